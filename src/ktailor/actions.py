@@ -1,0 +1,165 @@
+"""doit actions: each loads the project, calls one stage module, and reports errors as one paragraph.
+
+Actions are module-level functions taking plain strings so `doit -n N` can run them in worker
+processes. A KtailorError becomes `E: <message>` on stderr and a failed task (return False); a
+traceback only with KTAILOR_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+
+from . import __version__
+from .build import run_make
+from .config import configure_target
+from .download import fetch, is_verified
+from .errors import KtailorError
+from .extract import extract_tarball
+from .fragments import load_expected_drops, load_fragments, requested_options
+from .install import install_target
+from .layout import Project
+from .progress import info
+from .toolchain import compiler_version, jobs_from_env, make_vars, require_tools
+from .verify import verify_target
+
+
+def reports_errors(action: Callable[..., object]) -> Callable[..., bool]:
+    @wraps(action)
+    def wrapper(*args, **kwargs) -> bool:
+        try:
+            result = action(*args, **kwargs)
+        except KtailorError as exc:
+            if os.environ.get("KTAILOR_DEBUG"):
+                raise
+            print(f"E: {exc}", file=sys.stderr, flush=True)
+            return False
+        return result is not False
+
+    return wrapper
+
+
+def _load(root: str, version: str, target: str | None = None):
+    project = Project.from_env(root)
+    kernel = project.versions.get(version)
+    return project, kernel, (project.catalog.target(target) if target else None)
+
+
+def tarball_verified(task, values, tarball: str, sha256: str) -> bool:  # doit uptodate callable
+    return is_verified(Path(tarball), sha256)
+
+
+@reports_errors
+def download(root: str, version: str) -> None:
+    project, kernel, _ = _load(root, version)
+    fetch(kernel.url, project.tarball(kernel), kernel.sha256)
+
+
+@reports_errors
+def extract(root: str, version: str) -> None:
+    project, kernel, _ = _load(root, version)
+    started = time.monotonic()
+    tree = extract_tarball(project.tarball(kernel), project.source_tree(kernel), project.patches_root / kernel.series)
+    info(f"extracted {kernel.tarball_name} into {project.display(tree)} in {time.monotonic() - started:.1f}s")
+
+
+@reports_errors
+def remove_tree(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def requested_for(project: Project, kernel, target):
+    fragments = load_fragments(project.fragment_paths(target), project.root)
+    return requested_options(fragments, target.arch.name, kernel.version_tuple)
+
+
+@reports_errors
+def lint(root: str) -> None:
+    from .lint import format_findings, lint_fragments
+
+    project = Project.from_env(root)
+    names = sorted({project.catalog.targets[t].list_name for k in project.versions.kernels for t in k.targets}
+                   | {t.list_name for t in project.catalog.targets.values() if (project.fragments_dir / t.list_name).is_file()})
+    findings = lint_fragments(project.fragments_dir, project.root, project.catalog, names)
+    if findings:
+        print(format_findings(findings), file=sys.stderr)
+    errors = [f for f in findings if f.severity == "error"]
+    if errors:
+        raise_lint(len(errors))
+    info(f"lint: {len(names)} lists, {len(list(project.fragments_dir.glob('*.conf')))} fragments, "
+         f"{len(findings)} finding(s)")
+
+
+def raise_lint(count: int) -> None:
+    from .errors import InputError
+
+    raise InputError(f"lint found {count} error(s) in the fragments (listed above); fix them and run `doit lint` again.")
+
+
+@reports_errors
+def configure(root: str, version: str, target: str) -> None:
+    project, kernel, row = _load(root, version, target)
+    variables = make_vars(row, project.env)
+    require_tools(row, variables)
+    configure_target(
+        name=row.name, version=kernel.version, version_tuple=kernel.version_tuple, arch=row.arch.name,
+        kernel_arch=row.arch.kernel_arch, cross_compile=variables["CROSS_COMPILE"],
+        srctree=project.source_tree(kernel), target_dir=project.target_dir(kernel, row),
+        kbuild=project.kbuild(kernel, row), requested=requested_for(project, kernel, row),
+        expected_drops=load_expected_drops(project.fragments_dir / "expected-drops.toml"), variables=variables,
+    )
+
+
+@reports_errors
+def build(root: str, version: str, target: str) -> None:
+    project, kernel, row = _load(root, version, target)
+    variables = make_vars(row, project.env)
+    require_tools(row, variables)
+    target_dir = project.target_dir(kernel, row)
+    elapsed = run_make(project.source_tree(kernel), project.kbuild(kernel, row), variables,
+                       list(row.arch.make_targets), jobs_from_env(project.env), target_dir / "build.log",
+                       f"{row.name} {kernel.version}")
+    (target_dir / "build.json").write_text(json.dumps({
+        "seconds": round(elapsed, 1), "jobs": jobs_from_env(project.env), "make_vars": variables,
+        "compiler": compiler_version(row, variables), "host": platform.machine(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }, indent=2) + "\n")
+    info(f"built {row.name} {kernel.version} in {elapsed:.0f}s")
+
+
+@reports_errors
+def verify(root: str, version: str, target: str) -> None:
+    project, kernel, row = _load(root, version, target)
+    target_dir = project.target_dir(kernel, row)
+    report = verify_target(name=row.name, version=kernel.version, kernel_arch=row.arch.kernel_arch,
+                           kbuild=project.kbuild(kernel, row), images=row.arch.images, budget=row.size_budget,
+                           audit_file=target_dir / "audit.json", out=target_dir / "verify.json")
+    sizes = ", ".join(f"{name} {entry['size'] / 1e6:.2f} MB (budget {entry['budget'] / 1e6:.1f})"
+                      for name, entry in report["artifacts"].items())
+    info(f"verified {row.name} {kernel.version}: {sizes}")
+
+
+@reports_errors
+def install(root: str, version: str, target: str) -> None:
+    project, kernel, row = _load(root, version, target)
+    kbuild = project.kbuild(kernel, row)
+    target_dir = project.target_dir(kernel, row)
+    files = {Path(relative).name: kbuild / relative for relative in row.arch.images}
+    files |= {"config": kbuild / ".config", "System.map": kbuild / "System.map"}
+    build_info = json.loads((target_dir / "build.json").read_text()) if (target_dir / "build.json").is_file() else {}
+    manifest = {
+        "ktailor": __version__, "arch": row.arch.name, "type": row.type.name, "cmdline": row.cmdline,
+        "fragments": [str(project.display(p)) for p in project.fragment_paths(row)],
+        "toolchain": build_info.get("compiler", ""), "make_vars": build_info.get("make_vars", {}),
+        "build_seconds": build_info.get("seconds"), "built_at": build_info.get("finished_at"),
+        "source_sha256": kernel.sha256,
+    }
+    install_target(name=row.name, version=kernel.version, prefix=project.prefix, files=files, manifest=manifest,
+                   verify_file=target_dir / "verify.json", boot_file=target_dir / "boot.json")

@@ -1,0 +1,52 @@
+"""The build stage: make the target's images out of tree, quietly, with a progress bar.
+
+The full make output goes to build.log in the target dir; on failure the last lines and the log
+path are shown. The number of compile steps of the last successful build sizes the next bar.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections import deque
+from pathlib import Path
+
+from .errors import BuildFailed
+from .progress import bar, info
+from .toolchain import make_argv
+
+STEP_RE = re.compile(r"^\s{2}([A-Z][A-Z0-9_]*)\s+(\S+)")
+COUNT_FILE = "build.steps"
+
+
+def run_make(srctree: Path, kbuild: Path, variables: dict[str, str], goals: list[str], jobs: int, log: Path,
+             label: str) -> float:
+    """Run make, stream its output to `log`, show progress; return the wall time in seconds."""
+    argv = make_argv(srctree, kbuild, variables, goals, jobs)
+    counter = log.with_name(COUNT_FILE)
+    expected = int(counter.read_text()) if counter.is_file() and counter.read_text().strip().isdigit() else None
+    tail: deque[str] = deque(maxlen=25)
+    steps = 0
+    started = time.monotonic()
+    info(f"build {label}: make -j{jobs} {' '.join(goals)} (log: {log})")
+    with log.open("w") as handle, bar(total=expected, unit="step", desc=f"build {label}") as progress:
+        handle.write("$ " + " ".join(argv) + "\n")
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+        assert process.stdout is not None
+        for line in process.stdout:
+            handle.write(line)
+            tail.append(line.rstrip())
+            if match := STEP_RE.match(line):
+                steps += 1
+                progress.update(1)
+                progress.set_postfix_str(match[2][-40:], refresh=False)
+        returncode = process.wait()
+    elapsed = time.monotonic() - started
+    if returncode != 0:
+        shown = "\n".join(tail)
+        raise BuildFailed(f"make failed for {label} (exit {returncode}) after {elapsed:.0f}s; full log: {log}\n"
+                          f"last lines:\n{shown}")
+    if steps > 50:  # a no-op make says little about a full build
+        counter.write_text(f"{steps}\n")
+    return elapsed

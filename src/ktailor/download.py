@@ -1,0 +1,136 @@
+"""Download a kernel tarball: streaming, resumable, retried, checksummed, atomic.
+
+The file is written to `<name>.part`, resumed with an HTTP Range request after an interruption,
+and renamed into place only once its sha256 matches the pin in versions.toml. A mismatch deletes
+the partial file and says which URL gave which hash. file:// mirrors are copied the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import requests
+
+from .errors import ChecksumMismatch, DownloadError
+from .progress import bar, info
+
+CHUNK = 1 << 20
+RETRY_STATUSES = {429, 500, 502, 503, 504}
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verified_marker(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def is_verified(path: Path, sha256: str) -> bool:
+    """Cheap up-to-date check: the file exists and was verified with this sha256 at this size."""
+    marker = verified_marker(path)
+    if not path.is_file() or not marker.is_file():
+        return False
+    try:
+        recorded, size = marker.read_text().split()
+    except ValueError:
+        return False
+    return recorded == sha256 and int(size) == path.stat().st_size
+
+
+def fetch(url: str, destination: Path, sha256: str, *, retries: int = 5, timeout: float = 30.0,
+          backoff: float = 1.0, session: requests.Session | None = None) -> Path:
+    """Download `url` to `destination` and check its sha256; resume a `.part` file if one is there."""
+    if is_verified(destination, sha256):
+        return destination
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    part = destination.with_name(destination.name + ".part")
+    if urlparse(url).scheme == "file":
+        _copy_file_url(url, part)
+    else:
+        _download_http(url, part, retries=retries, timeout=timeout, backoff=backoff, session=session or requests.Session())
+    actual = sha256_of(part)
+    if actual != sha256:
+        part.unlink(missing_ok=True)
+        raise ChecksumMismatch(
+            f"checksum mismatch for {url}: expected sha256 {sha256}, got {actual}. The partial file was deleted. "
+            "If the pin in versions.toml is right, the mirror serves a different file; if you changed the version, "
+            "update its sha256 (`invoke upgrade --version …` fetches and verifies it)."
+        )
+    part.replace(destination)
+    verified_marker(destination).write_text(f"{sha256} {destination.stat().st_size}\n")
+    return destination
+
+
+def _copy_file_url(url: str, part: Path) -> None:
+    source = Path(unquote(urlparse(url).path))
+    if not source.is_file():
+        raise DownloadError(f"{url}: no such file on the file:// mirror; check KTAILOR_MIRROR and the v<major>.x layout.")
+    with source.open("rb") as src, part.open("wb") as dst, bar(total=source.stat().st_size, unit="B",
+                                                                  unit_scale=True, desc=source.name) as progress:
+        while block := src.read(CHUNK):
+            dst.write(block)
+            progress.update(len(block))
+    shutil.copystat(source, part)
+
+
+def _download_http(url: str, part: Path, *, retries: int, timeout: float, backoff: float,
+                   session: requests.Session) -> None:
+    last_problem = "no attempt made"
+    for attempt in range(1, retries + 1):
+        try:
+            if _attempt(url, part, timeout, session):
+                return
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+            last_problem = f"{type(exc).__name__}: {exc}"
+        except _Retryable as exc:
+            last_problem = str(exc)
+        if attempt < retries:
+            delay = backoff * 2 ** (attempt - 1)
+            info(f"download of {url} failed ({last_problem}); retry {attempt}/{retries - 1} in {delay:.0f}s, resuming")
+            time.sleep(delay)
+    raise DownloadError(
+        f"could not download {url} after {retries} attempts (last: {last_problem}). The partial file {part} is kept "
+        "and the next run resumes it. Check the network, or point KTAILOR_MIRROR at a reachable mirror."
+    )
+
+
+class _Retryable(Exception):
+    pass
+
+
+def _attempt(url: str, part: Path, timeout: float, session: requests.Session) -> bool:
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    with session.get(url, headers=headers, stream=True, timeout=timeout) as response:
+        if response.status_code == 416 and have:
+            part.unlink()  # what we have is longer than the file: start over
+            raise _Retryable("the partial file was larger than the remote one; starting over")
+        if response.status_code in RETRY_STATUSES:
+            raise _Retryable(f"HTTP {response.status_code}")
+        if response.status_code == 404:
+            raise DownloadError(
+                f"{url} does not exist on the mirror (HTTP 404). Check the version in versions.toml, and that the "
+                "mirror (KTAILOR_MIRROR) is laid out like kernel.org: <mirror>/v6.x/linux-6.1.1.tar.xz."
+            )
+        if response.status_code >= 400:
+            raise DownloadError(f"{url} answered HTTP {response.status_code}; check the mirror URL and your access.")
+        resumed = response.status_code == 206
+        mode = "ab" if resumed else "wb"
+        total = int(response.headers.get("Content-Length", 0)) + (have if resumed else 0)
+        with part.open(mode) as handle, bar(total=total or None, initial=have if resumed else 0, unit="B",
+                                            unit_scale=True, desc=part.name.removesuffix(".part")) as progress:
+            for block in response.iter_content(CHUNK):
+                handle.write(block)
+                progress.update(len(block))
+        if total and part.stat().st_size < total:
+            raise _Retryable(f"connection closed after {part.stat().st_size} of {total} bytes")
+    return True

@@ -1,0 +1,56 @@
+"""One exception tree: *your input is wrong* versus *the environment is broken*.
+
+Every error carries a message written for a human: what is wrong, where (file:line when there is
+one), and what to do. The edges (doit actions, invoke tasks, the CLI) print it as one paragraph;
+a traceback only appears with KTAILOR_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class KtailorError(Exception):
+    """Base class: a message meant for the user."""
+
+    prefix = "E"
+
+    def __init__(self, message: str, *, path: Path | str | None = None, line: int | None = None):
+        self.path = path
+        self.line = line
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        message = super().__str__()
+        if self.path is None:
+            return message
+        where = f"{self.path}:{self.line}" if self.line else f"{self.path}"
+        return f"{where}: {message}"
+
+
+class InputError(KtailorError):
+    """The user's data (versions.toml, targets.toml, fragments, options) is wrong."""
+
+
+class EnvironmentProblem(KtailorError):
+    """The machine is missing something or a tool failed (network, compiler, QEMU, disk)."""
+
+
+class DownloadError(EnvironmentProblem):
+    """The mirror could not deliver the file."""
+
+
+class ChecksumMismatch(KtailorError):
+    """A downloaded file is not the one versions.toml pins."""
+
+
+class ConfigAuditFailed(KtailorError):
+    """The kernel's kconfig did not give the options the fragments asked for."""
+
+
+class BuildFailed(EnvironmentProblem):
+    """make failed."""
+
+
+class VerificationFailed(KtailorError):
+    """A built artifact is not what it claims, or is over its size budget, or failed to boot."""

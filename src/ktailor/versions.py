@@ -1,0 +1,172 @@
+"""versions.toml: which kernels to build, their pinned sha256, and where to download them."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .errors import InputError
+from .targets import Catalog
+
+DEFAULT_MIRROR = "https://cdn.kernel.org/pub/linux/kernel"
+MIRROR_ENV = "KTAILOR_MIRROR"
+VERSION_RE = re.compile(r"^(?P<major>[1-9]\d*)\.(?P<minor>\d+)(?:\.(?P<patch>\d+))?$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    version: str
+    sha256: str
+    targets: tuple[str, ...]
+    mirror: str
+    is_default: bool
+
+    @property
+    def series(self) -> str:
+        """major.minor, e.g. '6.1' (the longterm series and the patches/ folder name)."""
+        return ".".join(self.version.split(".")[:2])
+
+    @property
+    def version_tuple(self) -> tuple[int, int, int]:
+        return parse_version(self.version)
+
+    @property
+    def tarball_name(self) -> str:
+        return f"linux-{self.version}.tar.xz"
+
+    @property
+    def url(self) -> str:
+        return tarball_url(self.mirror, self.version)
+
+
+def parse_version(version: str) -> tuple[int, int, int]:
+    match = VERSION_RE.match(version)
+    if not match:
+        raise ValueError(version)
+    return int(match["major"]), int(match["minor"]), int(match["patch"] or 0)
+
+
+def tarball_url(mirror: str, version: str) -> str:
+    major = version.split(".")[0]
+    return f"{mirror.rstrip('/')}/v{major}.x/linux-{version}.tar.xz"
+
+
+def _line_of(text: str, needle: str) -> int | None:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if needle in line:
+            return number
+    return None
+
+
+def check_mirror(url: str, path: Path, line: int | None, source: str) -> str:
+    parsed = urlparse(url)
+    if parsed.scheme in ("http", "https") and parsed.netloc:
+        return url
+    if parsed.scheme == "file" and parsed.path:
+        return url
+    raise InputError(
+        f"mirror {url!r} ({source}) is not a usable URL; give an http://, https:// or file:// URL "
+        f"of a directory laid out like kernel.org (…/v6.x/linux-6.1.1.tar.xz), e.g. {DEFAULT_MIRROR}.",
+        path=path,
+        line=line,
+    )
+
+
+@dataclass(frozen=True)
+class VersionsFile:
+    path: Path
+    kernels: tuple[Kernel, ...]
+
+    @property
+    def default(self) -> Kernel:
+        return next(k for k in self.kernels if k.is_default)
+
+    def get(self, version: str) -> Kernel:
+        for kernel in self.kernels:
+            if kernel.version == version:
+                return kernel
+        known = ", ".join(k.version for k in self.kernels)
+        raise InputError(f"kernel {version} is not listed (listed: {known}); add a [[kernel]] entry for it.", path=self.path)
+
+
+def load_versions(path: Path, catalog: Catalog, fragments_dir: Path, env: dict[str, str] | None = None) -> VersionsFile:
+    env = os.environ if env is None else env
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError("versions file not found; create it with a [[kernel]] entry (see README).", path=path) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"not valid TOML ({exc}); fix the syntax.", path=path) from None
+
+    if env.get(MIRROR_ENV):
+        mirror = check_mirror(env[MIRROR_ENV], path, None, f"from ${MIRROR_ENV}")
+    else:
+        raw_mirror = data.get("mirror", DEFAULT_MIRROR)
+        mirror = check_mirror(str(raw_mirror), path, _line_of(text, "mirror"), "the `mirror` key")
+
+    entries = data.get("kernel", [])
+    if not isinstance(entries, list) or not entries:
+        raise InputError("no kernels listed; add a [[kernel]] table with version and sha256.", path=path)
+
+    kernels: list[Kernel] = []
+    seen: dict[str, int | None] = {}
+    default_version = data.get("default")
+    for index, entry in enumerate(entries, start=1):
+        version = entry.get("version")
+        line = _line_of(text, f'"{version}"') if isinstance(version, str) else None
+        if not isinstance(version, str) or not VERSION_RE.match(version):
+            raise InputError(
+                f"kernel entry #{index} has version {version!r}, which is not a kernel.org release number; "
+                'write it like "6.1.192" or "6.12".',
+                path=path,
+                line=line,
+            )
+        if version in seen:
+            raise InputError(
+                f"kernel {version} is listed twice (first at line {seen[version]}); remove one of the entries.",
+                path=path,
+                line=line,
+            )
+        seen[version] = line
+        sha256 = entry.get("sha256")
+        if not isinstance(sha256, str) or not SHA256_RE.match(sha256):
+            raise InputError(
+                f"kernel {version}: sha256 {sha256!r} is not 64 lowercase hex digits; copy it from "
+                f"the sha256sums.asc next to the tarball on kernel.org (or `invoke upgrade --version {version}`).",
+                path=path,
+                line=_line_of(text, str(sha256)) if sha256 else line,
+            )
+        targets = entry.get("targets", catalog.default_targets())
+        for target in targets:
+            catalog.target(target, where=f" in kernel {version}'s targets ({path}:{_line_of(text, target) or line})")
+            list_file = fragments_dir / catalog.targets[target].list_name
+            if not list_file.is_file():
+                raise InputError(
+                    f"kernel {version} asks for target {target}, but its fragment list {list_file} does not exist; "
+                    f"create it (one fragment per line) or drop {target} from the targets.",
+                    path=path,
+                    line=_line_of(text, target) or line,
+                )
+        kernels.append(
+            Kernel(
+                version=version,
+                sha256=sha256,
+                targets=tuple(targets),
+                mirror=mirror,
+                is_default=(version == default_version) if default_version else index == 1,
+            )
+        )
+    if default_version is not None and default_version not in seen:
+        raise InputError(
+            f"default = {default_version!r} names no listed kernel; set it to one of {', '.join(seen)}.",
+            path=path,
+            line=_line_of(text, "default"),
+        )
+    return VersionsFile(path=path, kernels=tuple(kernels))

@@ -1,0 +1,99 @@
+"""Shared fixtures: a small ktailor project on disk, backed by the fake kernel in tests/fakelinux."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FAKELINUX = Path(__file__).resolve().parent / "fakelinux"
+
+FRAGMENT = """\
+# requirement: {group}
+# A test fragment.
+
+# The guest needs a serial console to say anything at all.
+CONFIG_SERIAL_8250=y
+# {symbol} is what this fragment is for.
+CONFIG_{symbol}=y
+"""
+
+
+def fake_tarball(directory: Path, version: str, extra: str = "") -> tuple[Path, str]:
+    """A kernel.org-style mirror entry holding the fake kernel tree; returns (tarball, sha256)."""
+    folder = directory / f"v{version.split('.')[0]}.x"
+    folder.mkdir(parents=True, exist_ok=True)
+    tarball = folder / f"linux-{version}.tar.xz"
+    staging = directory / f"staging-{version}"
+    shutil.copytree(FAKELINUX, staging / f"linux-{version}", ignore=shutil.ignore_patterns("__pycache__"))
+    if extra:
+        (staging / f"linux-{version}" / "unsupported").write_text(extra)
+    with tarfile.open(tarball, "w:xz") as archive:
+        archive.add(staging / f"linux-{version}", arcname=f"linux-{version}")
+    shutil.rmtree(staging)
+    return tarball, hashlib.sha256(tarball.read_bytes()).hexdigest()
+
+
+class ProjectFactory:
+    """Writes a project (targets.toml from the repo, small fragments, versions.toml) under tmp."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.mirror = root / "mirror"
+        (root / "fragments").mkdir(parents=True)
+        shutil.copy(REPO / "targets.toml", root / "targets.toml")
+        self.fragment("common.conf", "boot-console", "PRINTK")
+        self.fragment("x86.conf", "cpu", "X86_THING")
+        self.fragment("arm.conf", "cpu", "ARM_THING")
+        self.fragment("micro.conf", "transport", "VIRTIO_MMIO")
+        self.fragment("mini.conf", "pci", "PCI")
+        self.list("micro-x86_64.list", "common.conf", "x86.conf", "micro.conf")
+        self.list("mini-x86_64.list", "common.conf", "x86.conf", "mini.conf")
+        self.list("micro-aarch64.list", "common.conf", "arm.conf", "micro.conf")
+        self.list("mini-aarch64.list", "common.conf", "arm.conf", "mini.conf")
+
+    def fragment(self, name: str, group: str, symbol: str) -> Path:
+        path = self.root / "fragments" / name
+        path.write_text(FRAGMENT.format(group=group, symbol=symbol))
+        return path
+
+    def list(self, name: str, *entries: str) -> Path:
+        path = self.root / "fragments" / name
+        path.write_text("# test list\n" + "".join(f"{e}\n" for e in entries))
+        return path
+
+    def versions(self, kernels: list[tuple[str, str]], targets: list[str] | None = None, default: str | None = None) -> Path:
+        lines = [f'mirror = "{self.mirror.as_uri()}"']
+        if default:
+            lines.append(f'default = "{default}"')
+        for version, sha in kernels:
+            lines += ["", "[[kernel]]", f'version = "{version}"', f'sha256 = "{sha}"']
+            if targets:
+                lines.append("targets = [" + ", ".join(f'"{t}"' for t in targets) + "]")
+        path = self.root / "versions.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def kernel(self, version: str, unsupported: str = "") -> str:
+        _, sha = fake_tarball(self.mirror, version, unsupported)
+        return sha
+
+
+@pytest.fixture
+def project_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], ProjectFactory]:
+    for variable in ("KTAILOR_VERSIONS", "KTAILOR_MIRROR", "KTAILOR_MAKE_VARS", "JOBS"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("KTAILOR_BUILD_DIR", str(tmp_path / "build"))
+    monkeypatch.setenv("KTAILOR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("KTAILOR_PREFIX", str(tmp_path / "prefix"))
+    monkeypatch.setenv("KTAILOR_QUIET", "1")
+
+    def make() -> ProjectFactory:
+        return ProjectFactory(tmp_path / "project")
+
+    return make

@@ -1,0 +1,42 @@
+"""The fake kernel's tool: see Makefile."""
+
+import os
+import struct
+import sys
+from pathlib import Path
+
+srctree, out, arch, fail, goal, allconfig = sys.argv[1:7]
+out_dir = Path(out)
+out_dir.mkdir(parents=True, exist_ok=True)
+with (out_dir / "make-calls").open("a") as calls:
+    calls.write(f"{goal} ARCH={arch}\n")
+if fail == goal:
+    print(f"fake: {goal} failed as asked (FAIL={fail})", file=sys.stderr)
+    sys.exit(2)
+
+if goal == "allnoconfig":
+    unsupported = set(Path(srctree, "unsupported").read_text().split()) if Path(srctree, "unsupported").exists() else set()
+    lines = [f"CONFIG_FAKE_ARCH_{arch.upper()}=y"]
+    for line in Path(allconfig).read_text().splitlines():
+        symbol = line.split("=")[0].removeprefix("# ").split(" ")[0]
+        if symbol.removeprefix("CONFIG_") not in unsupported:
+            lines.append(line)
+    (out_dir / ".config").write_text("\n".join(lines) + "\n")
+    sys.exit(0)
+
+print(f"  CC      fake/{goal}.o")
+machine = {"x86": 62, "arm64": 183}[arch]
+elf = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9) + struct.pack("<HH", 2, machine) + bytes(44)
+(out_dir / "vmlinux").write_bytes(elf + os.urandom(64))
+(out_dir / "System.map").write_text("ffffffff81000000 T _text\n")
+boot = out_dir / "arch" / arch / "boot"
+boot.mkdir(parents=True, exist_ok=True)
+if goal == "bzImage":
+    header = bytearray(0x400)
+    header[0x1FE:0x200] = b"\x55\xaa"
+    header[0x202:0x206] = b"HdrS"
+    (boot / "bzImage").write_bytes(bytes(header))
+if goal == "Image":
+    header = bytearray(64)
+    header[0x38:0x3C] = b"ARM\x64"
+    (boot / "Image").write_bytes(bytes(header) + os.urandom(64))

@@ -1,0 +1,156 @@
+"""The task graph as data, and run in-process on the fake kernel: what reruns after which change."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from contextlib import redirect_stderr
+from pathlib import Path
+
+import pytest
+from doit.cmd_base import ModuleTaskLoader
+from doit.doit_cmd import DoitMain
+
+from ktailor import dag
+
+STAGES = ("download", "extract", "config", "build", "verify", "install")
+
+
+def task_module(root: Path) -> dict:
+    dag.load_project.cache_clear()
+    return {
+        "DOIT_CONFIG": dag.doit_config(root),
+        **{f"task_{stage}": (lambda stage=stage: getattr(dag, f"{stage}_tasks")(root)) for stage in STAGES},
+    }
+
+
+def run_doit(root: Path, *args: str) -> tuple[int, list[str], str]:
+    """Run doit in-process; return (exit code, tasks that executed, stderr)."""
+    err = io.StringIO()
+    report = root.parent / "doit-output.txt"
+    command = list(args) if args and args[0] in ("list", "clean") else ["run", "--output-file", str(report), *args]
+    with redirect_stderr(err):
+        code = DoitMain(ModuleTaskLoader(task_module(root))).run(command)
+    out = report.read_text() if report.exists() else ""
+    report.unlink(missing_ok=True)
+    ran = re.findall(r"^\.  (\S+)$", out, re.MULTILINE)
+    return code, ran, err.getvalue()
+
+
+def generated(root: Path, stage: str) -> dict[str, dict]:
+    dag.load_project.cache_clear()
+    tasks = list(getattr(dag, f"{stage}_tasks")(root))
+    return {t["name"]: t for t in tasks if t.get("name")}
+
+
+@pytest.fixture
+def two_kernels(project_factory):
+    project = project_factory()
+    old = project.kernel("6.1.1")
+    new = project.kernel("6.1.2")
+    project.versions([("6.1.1", old), ("6.1.2", new)], targets=["x86_64-micro", "aarch64-micro"], default="6.1.1")
+    return project
+
+
+def test_task_names_bare_for_default_kernel_and_suffixed_for_others(two_kernels):
+    names = set(generated(two_kernels.root, "build"))
+    assert names == {"x86_64-micro", "aarch64-micro", "x86_64-micro@6.1.2", "aarch64-micro@6.1.2"}
+    assert set(generated(two_kernels.root, "download")) == {"6.1.1", "6.1.2"}
+
+
+def test_each_stage_targets_feed_the_next_stage(two_kernels):
+    root = two_kernels.root
+    downloads, extracts = generated(root, "download"), generated(root, "extract")
+    configs, builds = generated(root, "config"), generated(root, "build")
+    verifies, installs = generated(root, "verify"), generated(root, "install")
+    for version in ("6.1.1", "6.1.2"):
+        assert downloads[version]["targets"][0] in extracts[version]["file_dep"]
+    for name, config in configs.items():
+        assert extracts[name.partition("@")[2] or "6.1.1"]["targets"][0] in config["file_dep"]
+        assert config["targets"][0] in builds[name]["file_dep"]  # .config
+        assert set(builds[name]["targets"]) - {p for p in builds[name]["targets"] if p.endswith("System.map")} <= set(
+            verifies[name]["file_dep"])
+        assert config["targets"][1] in verifies[name]["file_dep"]  # audit.json
+        assert verifies[name]["targets"][0] in installs[name]["file_dep"]
+
+
+def test_task_creation_reads_only_its_own_list(two_kernels):
+    config = generated(two_kernels.root, "config")["aarch64-micro"]
+    deps = {Path(p).name for p in config["file_dep"]}
+    assert {"common.conf", "arm.conf", "micro.conf", "micro-aarch64.list"} <= deps
+    assert "x86.conf" not in deps and "versions.toml" not in deps
+
+
+def test_full_run_then_noop_then_fragment_edit_reruns_only_its_targets(two_kernels):
+    root = two_kernels.root
+    code, ran, err = run_doit(root, "verify")
+    assert code == 0, err
+    assert {"config:x86_64-micro", "build:aarch64-micro@6.1.2", "verify:x86_64-micro@6.1.2"} <= set(ran)
+    assert ran.count("extract:6.1.1") == 1
+
+    code, ran, err = run_doit(root, "verify")
+    assert (code, ran) == (0, []), err
+
+    # x86.conf is only in the x86_64 list: both kernels' x86_64 column reruns, aarch64 stays.
+    (root / "fragments" / "x86.conf").write_text((root / "fragments" / "x86.conf").read_text() + "\n# more\nCONFIG_MORE=y\n")
+    code, ran, err = run_doit(root, "verify")
+    assert code == 0, err
+    assert sorted(ran) == sorted(f"{stage}:x86_64-micro{suffix}" for stage in ("config", "build", "verify")
+                                 for suffix in ("", "@6.1.2"))
+
+
+def test_editing_one_kernel_entry_reruns_only_that_kernel(two_kernels):
+    root = two_kernels.root
+    assert run_doit(root, "verify")[0] == 0
+    newer = two_kernels.kernel("6.1.3")
+    text = (root / "versions.toml").read_text().replace('"6.1.2"', '"6.1.3"')
+    text = re.sub(r'(version = "6.1.3"\nsha256 = )"[0-9a-f]+"', rf'\1"{newer}"', text)
+    (root / "versions.toml").write_text(text)
+    code, ran, err = run_doit(root, "verify")
+    assert code == 0, err
+    assert ran and all("6.1.3" in name for name in ran), ran
+
+
+def test_changed_make_variables_mark_config_and_build_stale(two_kernels, monkeypatch):
+    root = two_kernels.root
+    assert run_doit(root, "verify:x86_64-micro")[0] == 0
+    monkeypatch.setenv("KTAILOR_MAKE_VARS", "KCFLAGS=-pipe")
+    code, ran, err = run_doit(root, "verify:x86_64-micro")
+    assert code == 0, err
+    assert ran == ["config:x86_64-micro", "build:x86_64-micro", "verify:x86_64-micro"]
+    assert "build:aarch64-micro" not in ran
+
+
+def test_dropped_option_fails_config_with_a_table_and_no_usable_config(project_factory):
+    project = project_factory()
+    sha = project.kernel("6.1.1", unsupported="VIRTIO_MMIO")
+    project.versions([("6.1.1", sha)], targets=["x86_64-micro"])
+    code, ran, err = run_doit(project.root, "build:x86_64-micro")
+    assert code != 0
+    assert "CONFIG_VIRTIO_MMIO  y          n      fragments/micro.conf:7" in err
+    assert "Traceback" not in err
+    kbuild = Path(project.root.parent / "build" / "6.1.1" / "x86_64-micro" / "kbuild")
+    assert not (kbuild / ".config").exists() and (kbuild / ".config.rejected").exists()
+    assert "build:x86_64-micro" not in ran
+    audit = json.loads((kbuild.parent / "audit.json").read_text())
+    assert audit["status"] == "failed" and audit["differences"][0]["symbol"] == "VIRTIO_MMIO"
+
+
+def test_install_is_atomic_keeps_old_versions_and_switches_current(two_kernels):
+    root = two_kernels.root
+    prefix = root.parent / "prefix"
+    assert run_doit(root, "install:x86_64-micro", "install:x86_64-micro@6.1.2")[0] == 0
+    for version in ("6.1.1", "6.1.2"):
+        manifest = json.loads((prefix / version / "x86_64-micro" / "manifest.json").read_text())
+        assert manifest["version"] == version and set(manifest["sha256"]) == {"vmlinux", "bzImage", "config", "System.map"}
+    assert (prefix / "x86_64-micro").is_symlink()
+    assert not [p for p in (prefix / "6.1.1").iterdir() if p.name.startswith(".")]
+
+
+def test_bad_versions_file_is_one_paragraph_not_a_traceback(project_factory):
+    project = project_factory()
+    (project.root / "versions.toml").write_text('[[kernel]]\nversion = "6.1.x"\nsha256 = "00"\n')
+    code, _, err = run_doit(project.root, "list")
+    assert code != 0
+    assert "versions.toml:2" in err and "6.1.x" in err and "Traceback" not in err
