@@ -118,10 +118,10 @@ def _describe_bad_line(text: str) -> str:
         return "the CONFIG_ prefix must be upper case; write CONFIG_FOO=y."
     if re.match(r"^CONFIG_\w*[a-z]\w*=", text):
         return "Kconfig symbols are upper case; write the symbol in capitals."
-    if re.match(r"^[A-Z0-9_]+=", text):
-        return "is missing the CONFIG_ prefix; write CONFIG_" + text + "."
     if re.match(r"^CONFIG_[A-Z0-9_]+=", text):
         return "has a value that is not y, m, n, a number or a double-quoted string."
+    if re.match(r"^[A-Z0-9_]+=", text):
+        return "is missing the CONFIG_ prefix; write CONFIG_" + text + "."
     if text.startswith("#") and "is not set" in text:
         return "a 'not set' line must read exactly '# CONFIG_FOO is not set'."
     return "is neither an option (CONFIG_FOO=y), a '# CONFIG_FOO is not set' line, a comment nor blank; remove it."

@@ -58,7 +58,7 @@ def tarball_url(mirror: str, version: str) -> str:
 
 def _line_of(text: str, needle: str) -> int | None:
     for number, line in enumerate(text.splitlines(), start=1):
-        if needle in line:
+        if needle in line.split("#", 1)[0]:
             return number
     return None
 
@@ -109,7 +109,7 @@ def load_versions(path: Path, catalog: Catalog, fragments_dir: Path, env: dict[s
         mirror = check_mirror(env[MIRROR_ENV], path, None, f"from ${MIRROR_ENV}")
     else:
         raw_mirror = data.get("mirror", DEFAULT_MIRROR)
-        mirror = check_mirror(str(raw_mirror), path, _line_of(text, "mirror"), "the `mirror` key")
+        mirror = check_mirror(str(raw_mirror), path, _line_of(text, "mirror ="), "the `mirror` key")
 
     entries = data.get("kernel", [])
     if not isinstance(entries, list) or not entries:
@@ -120,7 +120,7 @@ def load_versions(path: Path, catalog: Catalog, fragments_dir: Path, env: dict[s
     default_version = data.get("default")
     for index, entry in enumerate(entries, start=1):
         version = entry.get("version")
-        line = _line_of(text, f'"{version}"') if isinstance(version, str) else None
+        line = _line_of(text, f'version = "{version}"') or _line_of(text, f'"{version}"') if isinstance(version, str) else None
         if not isinstance(version, str) or not VERSION_RE.match(version):
             raise InputError(
                 f"kernel entry #{index} has version {version!r}, which is not a kernel.org release number; "
@@ -145,14 +145,20 @@ def load_versions(path: Path, catalog: Catalog, fragments_dir: Path, env: dict[s
             )
         targets = entry.get("targets", catalog.default_targets())
         for target in targets:
-            catalog.target(target, where=f" in kernel {version}'s targets ({path}:{_line_of(text, target) or line})")
+            if target not in catalog.targets:
+                raise InputError(
+                    f"unknown target {target!r} for kernel {version}; known targets (targets.toml): "
+                    f"{', '.join(sorted(catalog.targets))}. Fix the name or add the target to targets.toml.",
+                    path=path,
+                    line=_line_of(text, f'"{target}"') or line,
+                )
             list_file = fragments_dir / catalog.targets[target].list_name
             if not list_file.is_file():
                 raise InputError(
                     f"kernel {version} asks for target {target}, but its fragment list {list_file} does not exist; "
                     f"create it (one fragment per line) or drop {target} from the targets.",
                     path=path,
-                    line=_line_of(text, target) or line,
+                    line=_line_of(text, f'"{target}"') or line,
                 )
         kernels.append(
             Kernel(
@@ -167,6 +173,6 @@ def load_versions(path: Path, catalog: Catalog, fragments_dir: Path, env: dict[s
         raise InputError(
             f"default = {default_version!r} names no listed kernel; set it to one of {', '.join(seen)}.",
             path=path,
-            line=_line_of(text, "default"),
+            line=_line_of(text, "default ="),
         )
     return VersionsFile(path=path, kernels=tuple(kernels))

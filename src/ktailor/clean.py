@@ -1,0 +1,57 @@
+"""Remove build outputs: build dirs by default; extracted sources and downloads only when asked.
+
+Installed kernels are never touched: running VMs may be using them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .layout import Project
+
+
+@dataclass
+class CleanPlan:
+    paths: list[Path] = field(default_factory=list)
+
+    def add(self, path: Path) -> None:
+        if path.exists() or path.is_symlink():
+            self.paths.append(path)
+
+
+def plan_clean(project: Project, *, target: str | None = None, version: str | None = None, sources: bool = False,
+               downloads: bool = False, everything: bool = False) -> CleanPlan:
+    kernels = [project.versions.get(version)] if version else list(project.versions.kernels)
+    if target:
+        project.catalog.target(target)
+    plan = CleanPlan()
+    for kernel in kernels:
+        for name in kernel.targets:
+            if target is None or name == target:
+                plan.add(project.target_dir(kernel, project.catalog.targets[name]))
+        if target is None:
+            plan.add(project.build_dir / kernel.version)
+        if sources or everything:
+            plan.add(project.source_tree(kernel))
+        if downloads or everything:
+            tarball = project.tarball(kernel)
+            for path in (tarball, tarball.with_name(tarball.name + ".sha256"), tarball.with_name(tarball.name + ".part")):
+                plan.add(path)
+    if everything:
+        plan.add(project.build_dir)
+    # a parent already listed covers its children
+    plan.paths = [p for p in plan.paths if not any(p != q and p.is_relative_to(q) for q in plan.paths)]
+    return plan
+
+
+def run_clean(plan: CleanPlan, *, dry_run: bool = False) -> list[Path]:
+    for path in plan.paths:
+        if dry_run:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    return plan.paths

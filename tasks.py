@@ -1,0 +1,99 @@
+"""invoke tasks: the commands a kernel maintainer types every week. Each parses its options and
+calls one ktailor function; the logic lives in src/ktailor/."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+
+from invoke import Context, Exit, task
+
+from ktailor.errors import KtailorError
+from ktailor.layout import Project
+
+ROOT = Path(__file__).resolve().parent
+
+
+def edge(function: Callable) -> Callable:
+    """Turn a ktailor error into one paragraph and exit code 2, like the doit side."""
+
+    @wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except KtailorError as exc:
+            raise Exit(f"E: {exc}", code=2) from None
+
+    return wrapper
+
+
+def _project() -> Project:
+    return Project.from_env(ROOT)
+
+
+def _kernel_and_target(project: Project, target: str, version: str | None):
+    kernel = project.versions.get(version) if version else project.versions.default
+    return kernel, project.catalog.target(target)
+
+
+@task(help={
+    "target": "only this target's build dir (e.g. x86_64-micro); default: every target",
+    "version": "only this kernel version; default: every kernel in versions.toml",
+    "sources": "also remove the extracted source trees",
+    "downloads": "also empty the download cache (tarballs are fetched again next time)",
+    "all": "everything above plus doit's state; installed kernels are never touched",
+    "dry_run": "only print what would be removed",
+})
+@edge
+def clean(c: Context, target: str = "", version: str = "", sources: bool = False, downloads: bool = False,
+          all: bool = False, dry_run: bool = False) -> None:  # noqa: A002 - `--all` is the natural flag
+    """Remove build dirs (and, when asked, sources and downloads). Never touches installed kernels."""
+    from ktailor.clean import plan_clean, run_clean
+
+    plan = plan_clean(_project(), target=target or None, version=version or None, sources=sources,
+                      downloads=downloads, everything=all)
+    removed = run_clean(plan, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for path in removed:
+        print(f"{verb} {path}")
+    if not removed:
+        print("nothing to clean")
+
+
+@task(help={
+    "target": "the target whose config to edit, e.g. x86_64-micro",
+    "version": "kernel version (default: the default kernel of versions.toml)",
+    "save_as": "save your changes as this new fragment, e.g. fragments/local-tweaks.conf",
+    "add_to_list": "also add the saved fragment to the target's list, so the next `doit` builds with it",
+})
+@edge
+def menuconfig(c: Context, target: str, version: str = "", save_as: str = "", add_to_list: bool = False) -> None:
+    """Run the kernel's menuconfig on a target's config and turn your edits into a fragment."""
+    from ktailor.menuconfig import run_menuconfig, save_changes
+    from ktailor.runner import run_doit, task_name
+    from ktailor.toolchain import make_vars
+
+    project = _project()
+    kernel, row = _kernel_and_target(project, target, version or None)
+    name = task_name("config", row.name, kernel.version, project.versions.default.version)
+    if run_doit(ROOT, name).returncode != 0:
+        raise Exit(f"E: `doit {name}` failed; fix that first.", code=2)
+    kbuild, target_dir = project.kbuild(kernel, row), project.target_dir(kernel, row)
+    before = target_dir / "menuconfig.before"
+    shutil.copy2(kbuild / ".config", before)
+    run_menuconfig(project.source_tree(kernel), kbuild, make_vars(row, project.env))
+    text, saved = save_changes(before=before, after=kbuild / ".config", target=row.name, target_dir=target_dir,
+                               save_as=Path(save_as) if save_as else None,
+                               list_file=project.fragments_dir / row.list_name if add_to_list and save_as else None,
+                               fragments_dir=project.fragments_dir)
+    if not text:
+        print("no changes")
+        return
+    print(text)
+    print(f"saved to {saved}" + (f" and added to {row.list_name}" if add_to_list and save_as else ""), file=sys.stderr)
+    if not save_as:
+        print("Not saved as a fragment: the next `doit` regenerates the config from the fragments. "
+              "Copy the file above into fragments/ (and its list) to keep these changes.", file=sys.stderr)
