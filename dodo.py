@@ -24,6 +24,10 @@ def task_config():
     yield from dag.config_tasks(ROOT)
 
 
+def task_report():
+    yield from dag.report_tasks(ROOT)
+
+
 def task_build():
     yield from dag.build_tasks(ROOT)
 

@@ -97,3 +97,16 @@ def menuconfig(c: Context, target: str, version: str = "", save_as: str = "", ad
     if not save_as:
         print("Not saved as a fragment: the next `doit` regenerates the config from the fragments. "
               "Copy the file above into fragments/ (and its list) to keep these changes.", file=sys.stderr)
+
+
+@task(help={
+    "option": "the option to explain, e.g. CONFIG_DM_CRYPT",
+    "target": "the target, e.g. x86_64-micro",
+    "version": "kernel version (default: the default kernel of versions.toml)",
+})
+@edge
+def explain(c: Context, option: str, target: str, version: str = "") -> None:
+    """Why an option has its value in a target: fragment and reason, dependencies, selects."""
+    from ktailor.why import explain_option
+
+    print(explain_option(_project(), option, target, version or None))

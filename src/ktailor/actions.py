@@ -147,6 +147,21 @@ def verify(root: str, version: str, target: str) -> None:
 
 
 @reports_errors
+def report(root: str, version: str, target: str) -> None:
+    from .report import write_report
+
+    project, kernel, row = _load(root, version, target)
+    fragments = load_fragments(project.fragment_paths(row), project.root)
+    target_dir = project.target_dir(kernel, row)
+    rows = write_report(target=row.name, version=kernel.version, fragments=fragments,
+                        requested=requested_options(fragments, row.arch.name, kernel.version_tuple),
+                        config=project.kbuild(kernel, row) / ".config", audit_file=target_dir / "audit.json",
+                        out_dir=target_dir)
+    landed = sum(r["status"] == "landed" for r in rows)
+    info(f"report {row.name} {kernel.version}: {landed}/{len(rows)} landed → {project.display(target_dir / 'report.md')}")
+
+
+@reports_errors
 def install(root: str, version: str, target: str) -> None:
     project, kernel, row = _load(root, version, target)
     kbuild = project.kbuild(kernel, row)

@@ -25,7 +25,7 @@ from .toolchain import compiler_fingerprint, make_vars
 from .versions import Kernel
 
 Task = dict
-DEFAULT_TASKS = ["download", "extract", "lint", "config", "build", "verify", "boot"]
+DEFAULT_TASKS = ["download", "extract", "lint", "config", "report", "build", "verify", "boot"]
 
 
 def doit_config(root: Path) -> dict:
@@ -198,6 +198,23 @@ def verify_tasks(root: Path) -> Iterator[Task]:
             "file_dep": [*image_paths(project, kernel, target), str(target_dir / "audit.json")],
             "targets": [str(target_dir / "verify.json")],
             "uptodate": [config_changed({"budget": target.size_budget, "images": target.arch.images})],
+            "clean": True,
+        }
+
+
+@reports_errors
+def report_tasks(root: Path) -> Iterator[Task]:
+    project = load_project(str(root))
+    yield _group("report", "write each target's requirement → option → final value table (report.md, report.json)")
+    for kernel, target, name in each_target(project):
+        target_dir = project.target_dir(kernel, target)
+        yield {
+            "name": name,
+            "doc": _stage_doc("report", kernel, target),
+            "actions": [(actions.report, [], _args(project, kernel, target))],
+            "file_dep": [str(project.kbuild(kernel, target) / ".config"), str(target_dir / "audit.json"),
+                         *map(str, project.fragment_paths(target))],
+            "targets": [str(target_dir / "report.md"), str(target_dir / "report.json")],
             "clean": True,
         }
 

@@ -109,7 +109,8 @@ class _Retryable(Exception):
 
 def _attempt(url: str, part: Path, timeout: float, session: requests.Session) -> bool:
     have = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
+    # identity: byte offsets for Range must count the file's bytes, not a compressed transfer's
+    headers = {"Accept-Encoding": "identity"} | ({"Range": f"bytes={have}-"} if have else {})
     with session.get(url, headers=headers, stream=True, timeout=timeout) as response:
         if response.status_code == 416 and have:
             part.unlink()  # what we have is longer than the file: start over
@@ -123,6 +124,9 @@ def _attempt(url: str, part: Path, timeout: float, session: requests.Session) ->
             )
         if response.status_code >= 400:
             raise DownloadError(f"{url} answered HTTP {response.status_code}; check the mirror URL and your access.")
+        # urllib3 2 raises on a body shorter than Content-Length and drops the bytes it had already
+        # read; let it hand them over instead, so the .part keeps them and the check below resumes.
+        response.raw.enforce_content_length = False
         resumed = response.status_code == 206
         mode = "ab" if resumed else "wb"
         total = int(response.headers.get("Content-Length", 0)) + (have if resumed else 0)

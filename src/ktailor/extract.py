@@ -8,6 +8,7 @@ unsafe survives. Without GNU tar or xz it falls back to tarfile with the 'data' 
 
 from __future__ import annotations
 
+import lzma
 import shutil
 import subprocess
 import tarfile
@@ -22,8 +23,13 @@ CHUNK = 1 << 20
 STAMP = ".ktailor-extracted"
 
 
-def unsafe_reason(member: tarfile.TarInfo) -> str | None:
-    """Why this member must not be extracted, or None when it is safe."""
+def unsafe_reason(member: tarfile.TarInfo, symlinks: set[PurePosixPath] | None = None) -> str | None:
+    """Why this member must not be extracted, or None when it is safe.
+
+    Give every member of one archive the same `symlinks` set: a path that steps through an earlier
+    symlink looks safe by name but is resolved by the filesystem (`a/up -> ..`, then `a/up/x -> ../..`).
+    """
+    seen = symlinks if symlinks is not None else set()
     name = PurePosixPath(member.name)
     if name.is_absolute():
         return "has an absolute path"
@@ -31,15 +37,41 @@ def unsafe_reason(member: tarfile.TarInfo) -> str | None:
         return "contains '..'"
     if member.isdev() or member.isfifo():
         return "is a device file or fifo"
+    crossed = _symlink_crossed(name, seen)
+    if crossed:
+        return f"lies under the symlink {str(crossed)!r}, which could lead outside the tree"
+    return _link_reason(member, name, seen)
+
+
+def _link_reason(member: tarfile.TarInfo, name: PurePosixPath, seen: set[PurePosixPath]) -> str | None:
+    """Why a link member points outside the tree, or None; a safe symlink is added to `seen`."""
+    target = PurePosixPath(member.linkname)
     if member.issym():
-        target = PurePosixPath(member.linkname)
         resolved = _normalise(name.parent / target)
-        if target.is_absolute() or resolved is None:
+        # Inside the extraction root is not enough: the root becomes the tree's parent once renamed.
+        if target.is_absolute() or resolved is None or resolved.parts[:1] != name.parts[:1]:
             return f"is a symlink to {member.linkname!r}, outside the tree"
-    if member.islnk():
-        target = PurePosixPath(member.linkname)
-        if target.is_absolute() or _normalise(target) is None:
-            return f"is a hard link to {member.linkname!r}, outside the tree"
+        if _symlink_crossed(name.parent / target, seen):
+            return f"is a symlink to {member.linkname!r}, through another symlink that could lead outside the tree"
+        seen.add(name)
+    elif member.islnk() and (target.is_absolute() or _normalise(target) is None or _symlink_crossed(target, seen)):
+        return f"is a hard link to {member.linkname!r}, outside the tree"
+    return None
+
+
+def _symlink_crossed(path: PurePosixPath, symlinks: set[PurePosixPath]) -> PurePosixPath | None:
+    """The first of `symlinks` that `path` steps into or out of (its last component may be one)."""
+    parts: list[str] = []
+    for part in path.parts:
+        if part in (".", ""):
+            continue
+        if parts and PurePosixPath(*parts) in symlinks:
+            return PurePosixPath(*parts)
+        if part == "..":
+            if parts:
+                parts.pop()
+        else:
+            parts.append(part)
     return None
 
 
@@ -110,8 +142,9 @@ def _extract_piped(tarball: Path, temp: Path) -> None:
         tee = _Tee(xz.stdout, tar.stdin, progress)
         try:
             with tarfile.open(fileobj=tee, mode="r|", bufsize=CHUNK) as archive:  # type: ignore[call-overload]
+                symlinks: set[PurePosixPath] = set()
                 for member in archive:
-                    reason = unsafe_reason(member)
+                    reason = unsafe_reason(member, symlinks)
                     if reason:
                         problem = f"member {member.name!r} {reason}"
                         break
@@ -151,15 +184,21 @@ def _uncompressed_size(tarball: Path) -> int | None:
 
 
 def _extract_tarfile(tarball: Path, temp: Path) -> None:
-    with tarfile.open(tarball, mode="r:xz") as archive:
-        members = []
-        for member in archive:
-            reason = unsafe_reason(member)
-            if reason:
-                raise InputError(f"refusing to extract: member {member.name!r} {reason}; the tarball is hostile.",
-                                 path=tarball)
-            members.append(member)
-        archive.extractall(temp, members=members, filter="data")
+    try:
+        with tarfile.open(tarball, mode="r:xz") as archive:
+            members: list[tarfile.TarInfo] = []
+            symlinks: set[PurePosixPath] = set()
+            for member in archive:
+                reason = unsafe_reason(member, symlinks)
+                if reason:
+                    raise InputError(f"refusing to extract: member {member.name!r} {reason}; the tarball is hostile.",
+                                     path=tarball)
+                members.append(member)
+            archive.extractall(temp, members=members, filter="data")
+    except tarfile.FilterError as exc:  # the 'data' filter is the second line of defence
+        raise InputError(f"refusing to extract: {exc}; the tarball is hostile.", path=tarball) from exc
+    except (tarfile.TarError, EOFError, lzma.LZMAError) as exc:
+        raise InputError(f"is not a valid .tar.xz ({exc}); delete it and download again.", path=tarball) from exc
 
 
 def apply_patches(tree: Path, patches_dir: Path) -> list[Path]:

@@ -1,0 +1,69 @@
+"""The traceability report: requirement group → option → requested → final → fragment:line → reason → status.
+
+One Markdown and one JSON file per target, built from the fragments, the final .config and the
+audit: the document a platform team puts in front of its security review.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .dotconfig import final_value, parse_dotconfig, same_value
+from .fragments import Fragment
+
+
+def report_rows(fragments: list[Fragment], requested_symbols: dict, final: dict[str, str], audit: dict) -> list[dict]:
+    differences = {d["symbol"]: d for d in audit.get("differences", [])}
+    rows = []
+    for fragment in fragments:
+        for option in fragment.options:
+            if requested_symbols.get(option.symbol) is not option:
+                continue  # scoped out for this arch/version, or overridden by a later fragment
+            value = final_value(final, option.symbol)
+            difference = differences.get(option.symbol)
+            if same_value(option.value, value):
+                status = "landed"
+            elif difference and difference.get("expected"):
+                status = "expected drop"
+            else:
+                status = "NOT LANDED"
+            rows.append({
+                "requirement": fragment.requirement or "(no header)",
+                "option": f"CONFIG_{option.symbol}",
+                "requested": option.value,
+                "final": value,
+                "where": option.where,
+                "reason": option.reason,
+                "status": status,
+                "explanation": (difference or {}).get("explanation", "") or (difference or {}).get("expected", ""),
+            })
+    return rows
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(target: str, version: str, rows: list[dict]) -> str:
+    landed = sum(r["status"] == "landed" for r in rows)
+    lines = [f"# {target} on Linux {version}: requirements traceability", "",
+             f"{landed} of {len(rows)} requested options landed in the final .config.", ""]
+    for requirement in dict.fromkeys(r["requirement"] for r in rows):
+        lines += [f"## {requirement}", "", "| option | requested | final | fragment:line | reason | status |",
+                  "|---|---|---|---|---|---|"]
+        for row in (r for r in rows if r["requirement"] == requirement):
+            status = row["status"] + (f" ({row['explanation']})" if row["explanation"] else "")
+            lines.append(f"| `{row['option']}` | {row['requested']} | {row['final']} | {row['where']} | "
+                         f"{_cell(row['reason'])} | {_cell(status)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(*, target: str, version: str, fragments: list[Fragment], requested: dict, config: Path,
+                 audit_file: Path, out_dir: Path) -> list[dict]:
+    audit = json.loads(audit_file.read_text()) if audit_file.is_file() else {}
+    rows = report_rows(fragments, requested, parse_dotconfig(config), audit)
+    (out_dir / "report.md").write_text(render_markdown(target, version, rows) + "\n")
+    (out_dir / "report.json").write_text(json.dumps({"target": target, "version": version, "rows": rows}, indent=2) + "\n")
+    return rows

@@ -1,0 +1,58 @@
+"""`invoke explain CONFIG_X --target T`: why X has its value in that target's final .config.
+
+Which fragment asked for it (file:line and its reason), the final value, the `depends on`
+expression with each operand's current value, who selects it, and — when the request did not
+land — the audit's explanation and fix.
+"""
+
+from __future__ import annotations
+
+from .dotconfig import final_value, parse_dotconfig, same_value
+from .errors import InputError
+from .fragments import load_fragments, requested_options
+from .layout import Project
+from .toolchain import make_vars
+
+
+def explain_option(project: Project, option: str, target: str, version: str | None = None) -> str:
+    from . import explain
+
+    symbol = option.removeprefix("CONFIG_").upper()
+    kernel = project.versions.get(version) if version else project.versions.default
+    row = project.catalog.target(target)
+    config = project.kbuild(kernel, row) / ".config"
+    if not config.is_file():
+        raise InputError(f"{config} does not exist; run `doit config:{row.name}` first.")
+    requested = requested_options(load_fragments(project.fragment_paths(row), project.root), row.arch.name,
+                                  kernel.version_tuple).get(symbol)
+    final = final_value(parse_dotconfig(config), symbol)
+    lines = [f"CONFIG_{symbol} in {row.name} (Linux {kernel.version}): final value {final}"]
+    if requested:
+        lines.append(f"  requested {requested.value} by {requested.where}: {requested.reason or '(no reason given!)'}")
+    else:
+        lines.append("  not requested by any fragment of this target: its value comes from kconfig defaults/selects")
+    variables = make_vars(row, project.env)
+    try:
+        kconf = explain.load_kconfig(project.source_tree(kernel), row.arch.kernel_arch, variables["CROSS_COMPILE"], config)
+    except explain.ExplainUnavailable as exc:
+        lines.append(f"  (dependency details unavailable: {exc})")
+        return "\n".join(lines)
+    sym = kconf.syms.get(symbol)
+    if sym is None or not sym.nodes:
+        result = explain.explain(kconf, symbol, requested.value if requested else "y", final,
+                                 srctree=project.source_tree(kernel), kernel_arch=row.arch.kernel_arch)
+        lines.append(f"  {result.detail}")
+        return "\n".join(lines)
+    node = sym.nodes[0]
+    lines.append(f"  defined at {node.filename}:{node.linenr}" + (f" — \"{node.prompt[0]}\"" if node.prompt else
+                                                                    " (no prompt: only selects/defaults set it)"))
+    if sym.direct_dep is not kconf.y:
+        lines.append(f"  depends on: {explain.render_expression(sym.direct_dep)}")
+    selecting = explain.selectors(sym.rev_dep)
+    if selecting:
+        lines.append("  selected by: " + ", ".join(f"{s.name}(={s.str_value})" for s, _ in selecting))
+    if requested and not same_value(requested.value, final):
+        result = explain.explain(kconf, symbol, requested.value, final, srctree=project.source_tree(kernel),
+                                 kernel_arch=row.arch.kernel_arch)
+        lines.append(f"  did not land: {result}")
+    return "\n".join(lines)

@@ -1,0 +1,371 @@
+"""extract_tarball on small .tar.xz files built here: the tree lands in place, hostile members never do."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ktailor import extract
+from ktailor.errors import InputError
+from ktailor.extract import STAMP, extract_tarball, is_extracted, unsafe_reason
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    kind: str = "file"  # file, dir, symlink, hardlink, chardev, fifo
+    data: bytes = b""
+    link: str = ""
+    mode: int = 0o644
+    culprit: bool = False  # the member the error must name
+
+
+def kernel_tree(top: str = "linux-6.1.5") -> list[Entry]:
+    return [
+        Entry(top, "dir", mode=0o755),
+        Entry(f"{top}/Makefile", data=b"VERSION = 6\nPATCHLEVEL = 1\nSUBLEVEL = 5\n"),
+        Entry(f"{top}/Kconfig", data=b'mainmenu "Linux"\n'),
+        Entry(f"{top}/drivers", "dir", mode=0o755),
+        Entry(f"{top}/drivers/hello.c", data=b"line one\nline two\nline three\n"),
+        Entry(f"{top}/scripts", "dir", mode=0o755),
+        Entry(f"{top}/scripts/check.sh", data=b"#!/bin/sh\nexit 0\n", mode=0o755),
+        Entry(f"{top}/scripts/hello.c", "symlink", link="../drivers/hello.c"),
+        Entry(f"{top}/drivers/hello-again.c", "hardlink", link=f"{top}/drivers/hello.c"),
+    ]
+
+
+def tar_info(entry: Entry) -> tuple[tarfile.TarInfo, io.BytesIO | None]:
+    info = tarfile.TarInfo(entry.name)
+    info.mtime = int(time.time())  # GNU tar warns about 1970 timestamps
+    info.mode = entry.mode
+    info.type = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
+                 "hardlink": tarfile.LNKTYPE, "chardev": tarfile.CHRTYPE, "fifo": tarfile.FIFOTYPE}[entry.kind]
+    info.linkname = entry.link
+    if entry.kind == "chardev":
+        info.devmajor, info.devminor = 1, 3  # /dev/null's numbers
+    if entry.kind != "file":
+        return info, None
+    info.size = len(entry.data)
+    return info, io.BytesIO(entry.data)
+
+
+def build_tarball(path: Path, entries: list[Entry]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:xz", preset=1) as archive:
+        for entry in entries:
+            archive.addfile(*tar_info(entry))
+    return path
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, str]]:
+    """Every path under root with its kind and content (or link target), to compare trees."""
+    result = {}
+    for path in sorted(root.rglob("*")):
+        relative = str(path.relative_to(root))
+        if path.is_symlink():
+            result[relative] = ("symlink", os.readlink(path))
+        elif path.is_dir():
+            result[relative] = ("dir", "")
+        else:
+            executable = "x" if path.stat().st_mode & stat.S_IXUSR else "-"
+            result[relative] = (f"file{executable}", path.read_text())
+    return result
+
+
+@pytest.fixture(autouse=True)
+def quiet(monkeypatch):
+    monkeypatch.setenv("KTAILOR_QUIET", "1")
+
+
+@pytest.fixture(params=["piped", "tarfile"], ids=["tar+xz", "tarfile-fallback"])
+def mode(request, monkeypatch):
+    """Run the test through GNU tar + xz, and again through the tarfile fallback."""
+    if request.param == "tarfile":
+        monkeypatch.setattr(extract.shutil, "which", lambda name: None)
+
+        def must_not_run(*args):
+            raise AssertionError("the piped path ran although xz and tar are 'missing'")
+
+        monkeypatch.setattr(extract, "_extract_piped", must_not_run)
+    return request.param
+
+
+@pytest.mark.parametrize("top", ["linux-6.1.5", "linux-source-6.1", "kernel"],
+                         ids=["kernel-org-name", "debian-source-name", "bare-name"])
+def test_a_good_tree_lands_at_the_destination_whatever_its_top_folder(tmp_path, mode, top):
+    tarball = build_tarball(tmp_path / "tarballs" / "linux.tar.xz", kernel_tree(top))
+    destination = tmp_path / "src" / "linux-6.1.5"
+
+    assert extract_tarball(tarball, destination) == destination
+
+    tree = snapshot(destination)
+    assert tree["Makefile"] == ("file-", "VERSION = 6\nPATCHLEVEL = 1\nSUBLEVEL = 5\n")
+    assert tree["scripts/check.sh"] == ("filex", "#!/bin/sh\nexit 0\n")
+    assert tree["scripts/hello.c"] == ("symlink", "../drivers/hello.c")
+    assert tree["drivers/hello-again.c"] == ("file-", "line one\nline two\nline three\n")
+    assert (destination / "drivers/hello-again.c").samefile(destination / "drivers/hello.c")
+    assert (destination / STAMP).read_text() == "linux.tar.xz\n"
+    assert is_extracted(destination)
+    assert list(destination.parent.iterdir()) == [destination], "a temp dir was left behind"
+
+
+def test_the_fallback_gives_the_same_tree_as_tar(tmp_path, monkeypatch):
+    tarball = build_tarball(tmp_path / "linux.tar.xz", kernel_tree())
+    piped = extract_tarball(tarball, tmp_path / "piped" / "linux")
+    monkeypatch.setattr(extract.shutil, "which", lambda name: None)
+
+    fallback = extract_tarball(tarball, tmp_path / "fallback" / "linux")
+
+    assert snapshot(fallback) == snapshot(piped)
+    assert len(snapshot(piped)) == len(kernel_tree())  # every member but the top folder, plus the stamp
+
+
+def test_an_existing_destination_is_replaced(tmp_path):
+    tarball = build_tarball(tmp_path / "linux.tar.xz", kernel_tree())
+    destination = tmp_path / "src" / "linux"
+    destination.mkdir(parents=True)
+    (destination / "left-over.o").write_text("from an older extraction")
+
+    extract_tarball(tarball, destination)
+
+    assert not (destination / "left-over.o").exists()
+    assert (destination / "Makefile").is_file()
+
+
+# Every escape target sits inside tmp_path at a spot the test then inspects:
+# tarballs are extracted from tmp/work/parent/.<tmp>/, so "../x" there means tmp/work/parent/x.
+HOSTILE = {
+    "absolute-path": [Entry("{tmp}/escaped-absolute", data=b"pwned\n", culprit=True)],
+    "dot-dot-at-top": [Entry("../escaped-dotdot", data=b"pwned\n", culprit=True)],
+    "dot-dot-inside-tree": [Entry("linux/../../escaped-dotdot", data=b"pwned\n", culprit=True)],
+    "symlink-to-etc": [Entry("linux/etc", "symlink", link="/etc", culprit=True)],
+    "absolute-symlink-then-write-through-it": [
+        Entry("linux/out", "symlink", link="{tmp}/outside", culprit=True),
+        Entry("linux/out/pwned", data=b"pwned\n"),
+    ],
+    "relative-symlink-escaping": [
+        Entry("linux/a", "symlink", link="../../outside", culprit=True),
+        Entry("linux/a/pwned", data=b"pwned\n"),
+    ],
+    "symlink-to-the-tree-parent": [Entry("linux/up", "symlink", link="..", culprit=True)],
+    "symlink-to-a-sibling-of-the-tree": [Entry("linux/next-door", "symlink", link="../victim", culprit=True)],
+    "member-under-an-earlier-symlink": [
+        Entry("linux/s1", "dir", mode=0o755),
+        Entry("linux/s1/s2", "dir", mode=0o755),
+        Entry("linux/s1/s2/up", "symlink", link="../.."),
+        Entry("linux/s1/s2/up/q", "symlink", link="../..", culprit=True),
+    ],
+    "symlink-target-through-an-earlier-symlink": [
+        Entry("linux/s1", "dir", mode=0o755),
+        Entry("linux/s1/s2", "dir", mode=0o755),
+        Entry("linux/s1/s2/up", "symlink", link="../.."),
+        Entry("linux/z", "symlink", link="s1/s2/up/..", culprit=True),
+    ],
+    "hardlink-outside": [Entry("linux/victim", "hardlink", link="../victim", culprit=True)],
+    "hardlink-absolute": [Entry("linux/victim", "hardlink", link="{tmp}/work/parent/victim", culprit=True)],
+    "char-device": [Entry("linux/null", "chardev", culprit=True)],
+    "fifo": [Entry("linux/pipe", "fifo", culprit=True)],
+}
+
+
+def hostile_tarball(tmp_path: Path, case: str, *, after_data: bool = False) -> tuple[Path, str]:
+    members = [Entry(e.name.format(tmp=tmp_path), e.kind, e.data, e.link.format(tmp=tmp_path), e.mode, e.culprit)
+               for e in HOSTILE[case]]
+    # The hostile member comes after a real-looking tree (and optionally after more than one
+    # read-ahead chunk of data), so tar has already written files when Python sees it.
+    padding = [Entry("linux/firmware.bin", data=b"\x00" * (extract.CHUNK + 4096))] if after_data else []
+    tarball = build_tarball(tmp_path / "tarballs" / f"{case}.tar.xz", kernel_tree("linux") + padding + members)
+    return tarball, next(entry.name for entry in members if entry.culprit)
+
+
+def outside_state(tmp_path: Path) -> dict[str, object]:
+    return {str(p.relative_to(tmp_path)): (p.read_bytes() if p.is_file() and not p.is_symlink() else None,
+                                            p.lstat().st_nlink if p.is_file() else None)
+            for p in sorted(tmp_path.rglob("*")) if "tarballs" not in p.parts}
+
+
+@pytest.mark.parametrize("after_data", [False, True], ids=["early", "after-1MiB"])
+@pytest.mark.parametrize("case", list(HOSTILE), ids=list(HOSTILE))
+def test_a_hostile_member_is_refused_and_leaves_nothing_behind(tmp_path, mode, case, after_data):
+    tarball, culprit = hostile_tarball(tmp_path, case, after_data=after_data)
+    parent = tmp_path / "work" / "parent"
+    (parent / "outside").mkdir(parents=True)
+    (parent / "victim").write_text("untouched\n")
+    (tmp_path / "outside").mkdir()
+    before = outside_state(tmp_path)
+    destination = parent / "linux"
+
+    with pytest.raises(InputError, match="refusing to extract") as raised:
+        extract_tarball(tarball, destination)
+
+    assert repr(culprit) in str(raised.value)
+    assert str(tarball) in str(raised.value)
+    assert not destination.exists()
+    assert outside_state(tmp_path) == before, "something was written or a temp dir was left behind"
+
+
+def test_the_data_filter_still_refuses_what_the_header_check_misses(tmp_path, monkeypatch):
+    tarball = build_tarball(tmp_path / "linux.tar.xz",
+                            [*kernel_tree("linux"), Entry("linux/etc", "symlink", link="/etc")])
+    monkeypatch.setattr(extract.shutil, "which", lambda name: None)
+    monkeypatch.setattr(extract, "unsafe_reason", lambda member, symlinks=None: None)
+    destination = tmp_path / "src" / "linux"
+
+    with pytest.raises(InputError, match="refusing to extract: 'linux/etc'"):
+        extract_tarball(tarball, destination)
+
+    assert list(destination.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ([Entry("linux", "dir", mode=0o755), Entry("linux/Kconfig")], "no top-level Makefile and Kconfig"),
+        ([Entry("linux", "dir", mode=0o755), Entry("linux/Makefile")], "no top-level Makefile and Kconfig"),
+        ([*kernel_tree("linux"), Entry("README")], "one top-level folder, found: README, linux"),
+        ([Entry("Makefile"), Entry("Kconfig")], "one top-level folder, found: Kconfig, Makefile"),
+    ],
+    ids=["no-makefile", "no-kconfig", "stray-top-level-file", "no-top-level-folder"],
+)
+def test_not_a_kernel_tree_is_an_input_error(tmp_path, mode, entries, message):
+    tarball = build_tarball(tmp_path / "tarballs" / "odd.tar.xz", entries)
+    destination = tmp_path / "src" / "linux"
+
+    with pytest.raises(InputError, match=message) as raised:
+        extract_tarball(tarball, destination)
+
+    assert str(tarball) in str(raised.value)
+    assert list(destination.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("spoil", [lambda path: path.write_text("<html>mirror error page</html>\n"),
+                                   lambda path: path.write_bytes(path.read_bytes()[:-200])],
+                         ids=["not-xz", "truncated"])
+def test_a_corrupt_tarball_is_an_input_error(tmp_path, mode, spoil):
+    tarball = build_tarball(tmp_path / "linux.tar.xz",
+                            [*kernel_tree("linux"), Entry("linux/firmware.bin", data=os.urandom(50_000))])
+    spoil(tarball)
+    destination = tmp_path / "src" / "linux"
+
+    with pytest.raises(InputError) as raised:
+        extract_tarball(tarball, destination)
+
+    assert str(tarball) in str(raised.value)
+    assert list(destination.parent.iterdir()) == []
+
+
+FIRST = """\
+--- a/drivers/hello.c
++++ b/drivers/hello.c
+@@ -1,3 +1,3 @@
+ line one
+-line two
++line two, patched once
+ line three
+"""
+SECOND = FIRST.replace("-line two\n+line two, patched once", "-line two, patched once\n+line two, patched twice")
+BROKEN = FIRST.replace("line two", "a line this tree never had")
+
+
+def write_patches(folder: Path, patches: dict[str, str]) -> Path:
+    folder.mkdir(parents=True)
+    for name in sorted(patches, reverse=True):  # created last-first, so directory order is not name order
+        (folder / name).write_text(patches[name])
+    return folder
+
+
+def test_patches_are_applied_in_name_order(tmp_path, mode):
+    tarball = build_tarball(tmp_path / "linux.tar.xz", kernel_tree())
+    patches = write_patches(tmp_path / "patches" / "6.1", {"0001-first.patch": FIRST, "0002-second.patch": SECOND,
+                                                           "README": "not a patch, ignored"})
+    destination = tmp_path / "src" / "linux"
+
+    extract_tarball(tarball, destination, patches)
+
+    assert (destination / "drivers/hello.c").read_text() == "line one\nline two, patched twice\nline three\n"
+    assert is_extracted(destination)
+    assert not list(destination.rglob("*.orig")) and not list(destination.rglob("*.rej"))
+
+
+def test_a_patch_that_does_not_apply_is_named_and_nothing_lands(tmp_path, mode):
+    tarball = build_tarball(tmp_path / "linux.tar.xz", kernel_tree())
+    patches = write_patches(tmp_path / "patches" / "6.1", {"0001-first.patch": FIRST, "0002-broken.patch": BROKEN})
+    destination = tmp_path / "src" / "linux"
+
+    with pytest.raises(InputError, match="does not apply") as raised:
+        extract_tarball(tarball, destination, patches)
+
+    assert str(raised.value).startswith(str(patches / "0002-broken.patch"))
+    assert list(destination.parent.iterdir()) == []
+
+
+def member(name: str, kind: str = "file", link: str = "") -> tarfile.TarInfo:
+    return tar_info(Entry(name, kind, link=link))[0]
+
+
+@pytest.mark.parametrize(
+    ("info", "reason"),
+    [
+        pytest.param(member("linux/Makefile"), None, id="regular-file"),
+        pytest.param(member("linux/arch", "dir"), None, id="directory"),
+        pytest.param(member("./linux/Makefile"), None, id="dot-slash-prefix"),
+        pytest.param(member("linux/scripts/dtc/include-prefixes/arm", "symlink", "../../../arch/arm/boot/dts"), None,
+                     id="symlink-inside-tree"),
+        pytest.param(member("linux/self", "symlink", "."), None, id="symlink-to-the-tree-itself"),
+        pytest.param(member("linux/a/b", "hardlink", "linux/a/c"), None, id="hardlink-inside-tree"),
+        pytest.param(member("/etc/passwd"), "has an absolute path", id="absolute"),
+        pytest.param(member("../x"), "contains '..'", id="dot-dot-at-top"),
+        pytest.param(member("linux/../../x"), "contains '..'", id="dot-dot-inside"),
+        pytest.param(member("linux/etc", "symlink", "/etc"), "is a symlink to '/etc', outside the tree",
+                     id="symlink-absolute"),
+        pytest.param(member("linux/a", "symlink", "../../x"), "is a symlink to '../../x', outside the tree",
+                     id="symlink-two-up"),
+        pytest.param(member("linux/a", "symlink", "../x"), "is a symlink to '../x', outside the tree",
+                     id="symlink-to-a-sibling"),
+        pytest.param(member("linux/up", "symlink", ".."), "is a symlink to '..', outside the tree",
+                     id="symlink-to-the-parent"),
+        pytest.param(member("linux/deep/a", "symlink", "../../../x"), "is a symlink to '../../../x', outside the tree",
+                     id="symlink-deep-escape"),
+        pytest.param(member("linux/h", "hardlink", "../etc/passwd"),
+                     "is a hard link to '../etc/passwd', outside the tree", id="hardlink-dot-dot"),
+        pytest.param(member("linux/h", "hardlink", "/etc/passwd"), "is a hard link to '/etc/passwd', outside the tree",
+                     id="hardlink-absolute"),
+        pytest.param(member("linux/null", "chardev"), "is a device file or fifo", id="char-device"),
+        pytest.param(member("linux/pipe", "fifo"), "is a device file or fifo", id="fifo"),
+    ],
+)
+def test_unsafe_reason(info, reason):
+    assert unsafe_reason(info) == reason
+
+
+UP = member("linux/s/up", "symlink", "..")
+
+
+@pytest.mark.parametrize(
+    ("earlier", "last", "reason"),
+    [
+        pytest.param(UP, member("linux/s/up/x"), "lies under the symlink 'linux/s/up', which could lead outside the tree",
+                     id="member-under-a-symlink"),
+        pytest.param(UP, member("linux/z", "symlink", "s/up/../.."),
+                     "is a symlink to 's/up/../..', through another symlink that could lead outside the tree",
+                     id="symlink-target-through-a-symlink"),
+        pytest.param(UP, member("linux/h", "hardlink", "linux/s/up/../Makefile"),
+                     "is a hard link to 'linux/s/up/../Makefile', outside the tree", id="hardlink-through-a-symlink"),
+        pytest.param(member("linux/s/lnk", "symlink", "../d"), member("linux/z", "symlink", "s/lnk"), None,
+                     id="symlink-to-a-symlink"),
+        pytest.param(member("linux/s/lnk", "symlink", "../d"), member("linux/s/lnk2", "symlink", "../s"), None,
+                     id="sibling-names-not-confused"),
+    ],
+)
+def test_unsafe_reason_remembers_earlier_symlinks(earlier, last, reason):
+    symlinks: set = set()
+    assert unsafe_reason(earlier, symlinks) is None
+
+    assert unsafe_reason(last, symlinks) == reason
