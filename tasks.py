@@ -110,3 +110,52 @@ def explain(c: Context, option: str, target: str, version: str = "") -> None:
     from ktailor.why import explain_option
 
     print(explain_option(_project(), option, target, version or None))
+
+
+@task(help={
+    "version": "point release to move to, e.g. 5.10.245 (replaces the entry of its series)",
+    "latest": "instead of --version: newest point release of the tracked series (releases.json, else the mirror listing)",
+    "replace": "entry to replace, by its current version (default: same series, else the default kernel)",
+    "dry_run": "print the change to versions.toml; write, download and build nothing",
+    "allow_downgrade": "allow a version lower than the tracked one",
+    "allow_series_change": "allow another major.minor series than the entry it replaces",
+    "insecure_skip_signature": "use the mirror's checksum file WITHOUT checking its signature (mirrors you control only)",
+    "keyring": "keyring with the kernel.org autosigner key (default $KTAILOR_KEYRING or "
+               "~/.config/ktailor/kernel.org-autosigner.gpg, fetched over WKD and pinned by fingerprint if missing)",
+})
+@edge
+def upgrade(c: Context, version: str = "", latest: bool = False, replace: str = "", dry_run: bool = False,
+            allow_downgrade: bool = False, allow_series_change: bool = False, insecure_skip_signature: bool = False,
+            keyring: str = "") -> None:
+    """Move a kernel in versions.toml to another point release: signed checksum, rewrite, pre-flight audit."""
+    from ktailor.upgrade import upgrade as run_upgrade
+
+    if not version and not latest:
+        raise Exit("E: say which release: --version X.Y.Z, or --latest for the newest of the tracked series.", code=2)
+    result = run_upgrade(ROOT, version or None, latest=latest, replace=replace or None, dry_run=dry_run,
+                         allow_downgrade=allow_downgrade, allow_series_change=allow_series_change,
+                         insecure_skip_signature=insecure_skip_signature, keyring=Path(keyring) if keyring else None)
+    if not result.ok:
+        raise Exit(code=1)
+
+
+@task(help={
+    "apply": "upgrade, build, verify, boot, and install only if every check passed",
+    "releases_url": "releases.json URL (default $KTAILOR_RELEASES_URL or https://www.kernel.org/releases.json)",
+    "json_out": "where to write the JSON summary (default build/security-update.json)",
+    "keyring": "as for upgrade",
+    "insecure_skip_signature": "as for upgrade",
+})
+def security_update(c: Context, apply: bool = False, releases_url: str = "", json_out: str = "", keyring: str = "",
+                    insecure_skip_signature: bool = False) -> None:
+    """Check tracked kernels against kernel.org; with --apply, patch and install them.
+
+    Exit codes: 0 up to date, 10 updated (or update available), 20 a check failed (nothing installed),
+    30 mirror/releases.json unreachable, 40 a series is end-of-life, 2 bad input, 1 other error.
+    """
+    from ktailor.security_update import security_update as run
+
+    code = run(ROOT, apply=apply, releases_url=releases_url or None, json_out=Path(json_out) if json_out else None,
+               keyring=Path(keyring) if keyring else None, insecure_skip_signature=insecure_skip_signature)
+    if code:
+        raise Exit(code=code)

@@ -1,0 +1,270 @@
+"""`invoke security-update`: are the tracked kernels still patched upstream, and if not, patch them.
+
+For every kernel in versions.toml, kernel.org's releases.json says whether its series has a newer
+point release, and whether the series is end-of-life (marked iseol, or no longer listed: then the
+next longterm series to move to is named, loudly). With apply, each newer point release goes
+through `upgrade` (signed checksum, pre-flight) and then the whole doit graph for that kernel's
+targets (build, verify, boot when the tree has a boot stage); only when every check of every
+target passed does `doit install` put it into the prefix. A kernel whose version is already
+current but is not installed in the prefix (an earlier night failed) is built and installed too,
+so a failure keeps reporting until it is fixed.
+
+The result is printed for humans and written as JSON (default build/security-update.json). The
+exit code is the worst outcome over all kernels (EXIT_* below, worst first: 2, 1, 30, 20, 40, 10, 0).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import ChecksumMismatch, ConfigAuditFailed, DownloadError, InputError, KtailorError, VerificationFailed
+from .layout import Project
+from .progress import info, warn
+from .releases import Release, fetch_releases, newest_on_mirror, next_longterm, series_status
+from .releases import releases_url as resolve_releases_url
+from .runner import run_doit, task_name
+from .signature import AUTOSIGNER_FINGERPRINT, SignatureError
+from .upgrade import upgrade
+from .versions import Kernel, parse_version
+
+EXIT_UP_TO_DATE = 0  # every tracked series is current (and, with --apply, installed)
+EXIT_ERROR = 1  # the machine is missing something (gpgv, a compiler, disk space); the message says what
+EXIT_BAD_INPUT = 2  # versions.toml / targets.toml / options are wrong; nothing was changed
+EXIT_UPDATED = 10  # --apply: upgraded, verified and installed; without --apply: a newer point release is available
+EXIT_CHECK_FAILED = 20  # a signature, checksum, pre-flight, build, verify or boot check failed: NOT installed
+EXIT_UNREACHABLE = 30  # releases.json or the mirror could not be reached
+EXIT_END_OF_LIFE = 40  # a tracked series is end-of-life (nothing worse happened): move to the next longterm series
+# Worst first: the exit code of a run is the first of these that any kernel hit.
+SEVERITY = (EXIT_BAD_INPUT, EXIT_ERROR, EXIT_UNREACHABLE, EXIT_CHECK_FAILED, EXIT_END_OF_LIFE, EXIT_UPDATED, EXIT_UP_TO_DATE)
+EXIT_NAMES = {EXIT_UP_TO_DATE: "up to date", EXIT_ERROR: "error", EXIT_BAD_INPUT: "bad input", EXIT_UPDATED: "updated",
+              EXIT_CHECK_FAILED: "check failed, not installed", EXIT_UNREACHABLE: "unreachable",
+              EXIT_END_OF_LIFE: "end of life"}
+
+
+def worst(codes: list[int]) -> int:
+    return min(codes, key=SEVERITY.index, default=EXIT_UP_TO_DATE)
+
+
+def exit_code_for(error: KtailorError) -> int:
+    if isinstance(error, DownloadError):
+        return EXIT_UNREACHABLE
+    if isinstance(error, SignatureError | ChecksumMismatch | VerificationFailed | ConfigAuditFailed):
+        return EXIT_CHECK_FAILED
+    if isinstance(error, InputError):
+        return EXIT_BAD_INPUT
+    return EXIT_ERROR
+
+
+@dataclass
+class KernelReport:
+    version: str
+    series: str
+    listed: bool
+    eol: bool
+    latest: str | None
+    latest_from: str  # releases.json | mirror listing | unknown
+    next_longterm: str | None  # the newest release of the series to move to when this one is end-of-life
+    installed: bool  # every target of this version is in the prefix
+    action: str = "none"  # none | update available | upgraded | installed | failed
+    new_version: str | None = None
+    targets: dict[str, dict] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    upgrade: dict | None = None
+    code: int = EXIT_UP_TO_DATE
+
+    @property
+    def update(self) -> bool:
+        return self.latest is not None and parse_version(self.latest) > parse_version(self.version)
+
+
+def is_installed(project: Project, kernel: Kernel) -> bool:
+    return all((project.install_dir(kernel, project.catalog.targets[t]) / "manifest.json").is_file() for t in kernel.targets)
+
+
+def assess(project: Project, kernel: Kernel, releases: list[Release]) -> KernelReport:
+    status = series_status(releases, kernel.series)
+    latest, source = status.latest, "releases.json"
+    problems = []
+    if not status.listed:
+        source = "mirror listing"
+        try:
+            latest = newest_on_mirror(kernel.mirror, kernel.series)
+        except DownloadError as exc:
+            source = "unknown"
+            problems.append(f"the series is not in releases.json and the mirror's listing could not be read: {exc}")
+    move_to = next_longterm(releases, kernel.series) if status.eol else None
+    report = KernelReport(kernel.version, kernel.series, status.listed, status.eol, latest, source,
+                          move_to.version if move_to else None, is_installed(project, kernel), problems=problems)
+    report.code = EXIT_END_OF_LIFE if report.eol else EXIT_UP_TO_DATE
+    if report.update:
+        report.action = "update available"
+        report.code = worst([report.code, EXIT_UPDATED])
+    return report
+
+
+def end_of_life_banner(report: KernelReport, url: str) -> str:
+    why = "releases.json marks it end-of-life" if report.listed else f"{url} no longer lists it"
+    tracked = report.new_version or report.version  # new_version: versions.toml was rewritten (built or not)
+    lines = [f"END OF LIFE: kernel series {report.series} (versions.toml: {tracked}) gets no more fixes from "
+             f"kernel.org ({why})."]
+    if report.next_longterm:
+        series = ".".join(report.next_longterm.split(".")[:2])
+        lines += [f"Move to the next longterm series, {series}:",
+                  f"    invoke upgrade --version {report.next_longterm} --allow-series-change --replace {tracked}",
+                  "and read the pre-flight (options that no longer land) before building."]
+    else:
+        lines.append("kernel.org lists no newer longterm series that is still maintained; pick a stable series by hand.")
+    bar = "!" * 78
+    return "\n".join([bar, *(f"!!! {line}" for line in lines), bar])
+
+
+def available_stages(root: Path) -> set[str]:
+    """The task groups of this tree's dodo.py (the boot stage is optional)."""
+    listing = run_doit(root, "list", "--quiet", capture=True)
+    return {line.split()[0] for line in listing.stdout.splitlines() if line.strip()}
+
+
+def _status_of(path: Path, missing: str) -> str:
+    try:
+        return str(json.loads(path.read_text()).get("status", "unknown"))
+    except (FileNotFoundError, ValueError):
+        return missing
+
+
+def build_and_install(root: Path, version: str, report: KernelReport) -> None:
+    """doit verify (+ boot) for every target of `version`; doit install only if all of it passed."""
+    project = Project.from_env(root)
+    kernel = project.versions.get(version)
+    default = project.versions.default.version
+    stages = ["verify", "boot"] if "boot" in available_stages(root) else ["verify"]
+    if "boot" not in stages:
+        warn("this tree has no boot stage (no `boot` task in dodo.py): kernels are installed without a boot test.")
+    checks = [task_name(stage, target, version, default) for target in kernel.targets for stage in stages]
+    info(f"building and checking {version}: doit {' '.join(checks)}")
+    checked = run_doit(root, "--continue", *checks)
+    for name in kernel.targets:
+        target_dir = project.target_dir(kernel, project.catalog.targets[name])
+        boot = _status_of(target_dir / "boot.json", "not reached") if "boot" in stages else "no boot stage"
+        report.targets[name] = {"verify": _status_of(target_dir / "verify.json", "not reached"), "boot": boot,
+                                "installed": False}
+    if checked.returncode != 0:
+        failed = [f"{name} (verify {t['verify']}, boot {t['boot']})" for name, t in report.targets.items()
+                  if t["verify"] != "passed" or t["boot"] not in ("pass", "no boot stage")]
+        report.problems.append(f"doit {' '.join(checks)} failed (exit {checked.returncode}): {', '.join(failed) or 'see above'}; "
+                               f"nothing was installed. Logs: {project.display(project.build_dir / version)}/<target>/")
+        report.action, report.code = "failed", EXIT_CHECK_FAILED
+        return
+    installs = [task_name("install", target, version, default) for target in kernel.targets]
+    installed = run_doit(root, *installs)
+    if installed.returncode != 0:
+        report.problems.append(f"doit {' '.join(installs)} failed (exit {installed.returncode}); see its output above.")
+        report.action, report.code = "failed", EXIT_CHECK_FAILED
+        return
+    for name in kernel.targets:
+        report.targets[name]["installed"] = True
+    report.installed = True
+    report.action = "upgraded" if report.new_version else "installed"
+    report.code = EXIT_END_OF_LIFE if report.eol else EXIT_UPDATED
+
+
+def apply_one(root: Path, report: KernelReport, *, keyring: Path | None, insecure_skip_signature: bool,
+              expected_fingerprint: str) -> None:
+    """Upgrade (when there is a newer point release) and build, check and install one kernel; fills in `report`."""
+    try:
+        _apply(root, report, keyring=keyring, insecure_skip_signature=insecure_skip_signature,
+               expected_fingerprint=expected_fingerprint)
+    except KtailorError as exc:
+        print(f"E: {exc}", file=sys.stderr, flush=True)
+        report.problems.append(str(exc))
+        report.action, report.code = "failed", exit_code_for(exc)
+
+
+def _apply(root: Path, report: KernelReport, *, keyring: Path | None, insecure_skip_signature: bool,
+           expected_fingerprint: str) -> None:
+    version = report.version
+    if report.update:
+        assert report.latest is not None
+        result = upgrade(root, report.latest, replace=report.version, keyring=keyring,
+                         insecure_skip_signature=insecure_skip_signature, expected_fingerprint=expected_fingerprint)
+        report.upgrade = result.to_json()
+        report.new_version = version = result.new_version
+        if not result.ok:
+            report.problems.append(f"the pre-flight of {version} failed; versions.toml names {version} but nothing was built "
+                                   "or installed. " + result.revert_hint())
+            report.action, report.code = "failed", EXIT_CHECK_FAILED
+            return
+    elif report.installed:
+        return
+    else:
+        info(f"{version} is current but not installed in the prefix: building and installing it")
+    build_and_install(root, version, report)
+
+
+def describe(report: KernelReport, apply: bool) -> str:
+    head = f"{report.version} (series {report.series}{', END OF LIFE' if report.eol else ''})"
+    if report.action == "upgraded":
+        return f"{head}: upgraded to {report.new_version}, checked ({_checks(report)}) and installed."
+    if report.action == "installed":
+        return f"{head}: current; built, checked ({_checks(report)}) and installed."
+    if report.action == "failed":
+        what = f"upgrade to {report.new_version}" if report.new_version else "update" if report.update else "build"
+        return f"{head}: {what} FAILED, NOT installed: " + " ".join(report.problems)
+    if report.update:
+        hint = "" if apply else " Run `invoke security-update --apply` (or `invoke upgrade --latest`)."
+        return f"{head}: {report.latest} is available ({report.latest_from}).{hint}"
+    state = "end-of-life" if report.eol else "up to date"
+    installed = "" if report.installed else " (not installed in the prefix)"
+    return f"{head}: {state}{installed}." + (" " + " ".join(report.problems) if report.problems else "")
+
+
+def _checks(report: KernelReport) -> str:
+    return "; ".join(f"{name}: verify {t['verify']}, boot {t['boot']}" for name, t in report.targets.items())
+
+
+def security_update(root: Path, *, apply: bool = False, releases_url: str | None = None, json_out: Path | None = None,
+                    keyring: Path | None = None, insecure_skip_signature: bool = False,
+                    expected_fingerprint: str = AUTOSIGNER_FINGERPRINT) -> int:
+    """Check every tracked series against kernel.org (and with `apply`, patch it); return the exit code."""
+    project = Project.from_env(root)
+    url = resolve_releases_url(releases_url, project.env)
+    summary: dict = {"checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "releases_url": url,
+                     "apply": apply, "kernels": []}
+    reports: list[KernelReport] = []
+    try:
+        kernels = project.versions.kernels
+        releases = fetch_releases(url)
+    except KtailorError as exc:
+        print(f"E: {exc}", file=sys.stderr, flush=True)
+        summary["error"] = str(exc)
+        return _finish(project, summary, reports, exit_code_for(exc), json_out)
+    reports = [assess(project, kernel, releases) for kernel in kernels]
+    if apply:
+        for report in reports:
+            apply_one(root, report, keyring=keyring, insecure_skip_signature=insecure_skip_signature,
+                      expected_fingerprint=expected_fingerprint)
+    print("security-update: " + ("applied" if apply else "report only (no --apply)") + f", releases from {url}")
+    for report in reports:
+        print("  " + describe(report, apply))
+    for report in reports:  # last, so it is what a cron mail or a journal tail shows
+        if report.eol:
+            print(end_of_life_banner(report, url))
+    return _finish(project, summary, reports, worst([r.code for r in reports]), json_out)
+
+
+def _finish(project: Project, summary: dict, reports: list[KernelReport], code: int, json_out: Path | None) -> int:
+    summary |= {"exit_code": code, "status": EXIT_NAMES[code], "kernels": [asdict(r) for r in reports]}
+    path = json_out or project.build_dir / "security-update.json"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(path.name + ".tmp")
+        temp.write_text(json.dumps(summary, indent=2) + "\n")
+        temp.replace(path)
+    except OSError as exc:
+        warn(f"could not write the JSON summary to {path} ({exc.strerror}).")
+    else:
+        print(f"exit {code} ({EXIT_NAMES[code]}); summary in {path}")
+    return code

@@ -1,0 +1,230 @@
+"""Check kernel.org's signed checksum files: a clear-signed sha256sums.asc, verified with gpgv.
+
+kernel.org publishes <mirror>/v6.x/sha256sums.asc, a clear-signed OpenPGP message signed by its
+checksum autosigner. gpgv checks it against one keyring file; the signer's fingerprint must also
+equal the pinned one (a keyring can hold any key, the pin says which one we trust). Only the text
+gpgv reports as signed is used: lines outside the signature never reach the checksum lookup.
+
+Where no keyring exists yet, the key is fetched the way kernel.org documents
+(`gpg --locate-keys autosigner@kernel.org`, over WKD) into a throwaway GNUPGHOME and kept only if
+its fingerprint is the pinned one.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DownloadError, EnvironmentProblem, InputError, KtailorError
+from .progress import info
+
+# The kernel.org checksum autosigner (https://www.kernel.org/signature.html).
+AUTOSIGNER_UID = "autosigner@kernel.org"
+AUTOSIGNER_FINGERPRINT = "B8868C80BA62A1FFFAF5FDA9632D3A06589DA6B1"
+KEYRING_ENV = "KTAILOR_KEYRING"
+SIGNED_HEADER = "-----BEGIN PGP SIGNED MESSAGE-----"
+SIGNATURE_HEADER = "-----BEGIN PGP SIGNATURE-----"
+SHA256_LINE_RE = re.compile(r"^(?P<sha>[0-9a-f]{64})\s+\*?(?P<name>\S+)$")
+
+
+class SignatureError(KtailorError):
+    """A checksum file is not signed by the key we trust (bad, missing, or another key's signature)."""
+
+
+@dataclass(frozen=True)
+class Verified:
+    body: str  # the signed text, exactly as gpgv reports it
+    signer: str  # fingerprint of the signing key
+    primary: str  # fingerprint of its primary key
+
+
+def default_keyring(env: dict[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    if env.get(KEYRING_ENV):
+        return Path(env[KEYRING_ENV]).expanduser()
+    config = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return config / "ktailor" / "kernel.org-autosigner.gpg"
+
+
+def normalize_fingerprint(fingerprint: str) -> str:
+    return fingerprint.replace(" ", "").upper()
+
+
+def verify_clearsigned(signed: bytes, keyring: Path, expected_fingerprint: str, *, source: str) -> Verified:
+    """Verify a clear-signed message with gpgv against `keyring`; return its signed body."""
+    expected = normalize_fingerprint(expected_fingerprint)
+    if not keyring.is_file():
+        raise InputError(f"keyring {keyring} does not exist; pass the kernel.org autosigner's key as a keyring file "
+                         f"(gpg --export {AUTOSIGNER_FINGERPRINT} > {keyring}) or set ${KEYRING_ENV}.")
+    if shutil.which("gpgv") is None:
+        raise EnvironmentProblem("gpgv is not installed, so the signature of kernel.org's checksums cannot be checked; "
+                                 "install it (apt install gpgv).")
+    with tempfile.TemporaryDirectory(prefix="ktailor-gpgv-") as scratch:
+        work = Path(scratch)
+        (work / "home").mkdir(mode=0o700)
+        body_file = work / "body"
+        # Input on stdin: given a file name, gpgv would also look for a detached-signature partner beside it.
+        result = subprocess.run(
+            ["gpgv", "--homedir", str(work / "home"), "--keyring", str(_binary_keyring(keyring, work)),
+             "--status-fd", "1", "--output", str(body_file), "-"],
+            input=signed, capture_output=True, check=False,
+        )
+        status = _status_lines(result.stdout.decode(errors="replace"))
+        body = body_file.read_text(errors="replace") if body_file.is_file() else ""
+    human = result.stderr.decode(errors="replace").strip()
+    _check_status(status, returncode=result.returncode, human=human, keyring=keyring, expected=expected, source=source)
+    validsig = status["VALIDSIG"][0].split()
+    return Verified(body=body, signer=validsig[0], primary=validsig[-1])
+
+
+def _status_lines(text: str) -> dict[str, list[str]]:
+    status: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.startswith("[GNUPG:] "):
+            keyword, _, rest = line.removeprefix("[GNUPG:] ").partition(" ")
+            status.setdefault(keyword, []).append(rest)
+    return status
+
+
+def _check_status(status: dict[str, list[str]], *, returncode: int, human: str, keyring: Path, expected: str,
+                  source: str) -> None:
+    if "BADSIG" in status:
+        raise SignatureError(f"{source}: BAD signature: the file was changed after it was signed. Do not use this mirror's "
+                             "files; fetch sha256sums.asc from kernel.org directly and report the mirror.")
+    if "ERRSIG" in status or "NO_PUBKEY" in status:
+        key = (status.get("NO_PUBKEY") or status.get("ERRSIG") or ["?"])[0].split()[0]
+        raise SignatureError(f"{source}: signed by key {key}, which is not in the keyring {keyring}. The checksums must be "
+                             f"signed by the kernel.org checksum autosigner ({AUTOSIGNER_FINGERPRINT}); if the keyring is "
+                             "stale, delete it so ktailor fetches the key again.")
+    for keyword, meaning in (("EXPKEYSIG", "the signing key has expired"), ("REVKEYSIG", "the signing key was revoked"),
+                             ("EXPSIG", "the signature has expired")):
+        if keyword in status:
+            raise SignatureError(f"{source}: {meaning} (gpgv: {keyword}). Refresh the keyring {keyring} (delete it and "
+                                 f"run again, or `gpg --locate-keys {AUTOSIGNER_UID}` and export it there).")
+    if "NEWSIG" not in status or "VALIDSIG" not in status:
+        tail = "\n".join(human.splitlines()[-3:])
+        raise SignatureError(f"{source} is not a valid clear-signed OpenPGP message (gpgv exit {returncode}: {tail}); "
+                             "the mirror must carry kernel.org's sha256sums.asc unchanged.")
+    if len(status["NEWSIG"]) != 1 or len(status["VALIDSIG"]) != 1:
+        raise SignatureError(f"{source} carries {len(status['NEWSIG'])} signatures; kernel.org's has exactly one. "
+                             "Refusing a file that was put together from several signed parts.")
+    fields = status["VALIDSIG"][0].split()
+    signer, primary = fields[0].upper(), fields[-1].upper()
+    if expected not in (signer, primary):
+        raise SignatureError(f"{source}: good signature, but by key {primary} (signing key {signer}), not by the pinned "
+                             f"signer {expected}. The keyring {keyring} trusts a key ktailor does not; replace it with "
+                             f"the kernel.org checksum autosigner's key ({AUTOSIGNER_UID}).")
+    if returncode != 0 or "GOODSIG" not in status:
+        raise SignatureError(f"{source}: gpgv did not accept the signature (exit {returncode}): {human}")
+
+
+def _binary_keyring(keyring: Path, work: Path) -> Path:
+    """gpgv reads binary keyrings only; an ASCII-armored export is converted here."""
+    data = keyring.read_bytes()
+    if not data.lstrip().startswith(b"-----BEGIN PGP PUBLIC KEY BLOCK-----"):
+        return keyring.resolve()
+    lines = data.decode(errors="replace").strip().splitlines()
+    start = lines.index("") + 1 if "" in lines else 1
+    encoded = [line for line in lines[start:] if not line.startswith(("=", "-----"))]
+    converted = work / "keyring.gpg"
+    converted.write_bytes(base64.b64decode("".join(encoded)))
+    return converted
+
+
+def unverified_body(text: str) -> str:
+    """The text of a clear-signed message without checking it (--insecure-skip-signature), or the text as is."""
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != SIGNED_HEADER:
+        return text
+    start = lines.index("") + 1 if "" in lines else 1
+    end = lines.index(SIGNATURE_HEADER) if SIGNATURE_HEADER in lines else len(lines)
+    return "\n".join(line[2:] if line.startswith("- ") else line for line in lines[start:end]) + "\n"
+
+
+def checksum_for(body: str, name: str) -> str | None:
+    """The sha256 a sha256sums body gives for `name` (lines `<sha256>  <name>`)."""
+    for line in body.splitlines():
+        match = SHA256_LINE_RE.match(line.strip())
+        if match and match["name"] == name:
+            return match["sha"]
+    return None
+
+
+# --- obtaining the key ---------------------------------------------------------------------------
+def obtain_autosigner_key(destination: Path, expected_fingerprint: str = AUTOSIGNER_FINGERPRINT) -> Path:
+    """Fetch the autosigner's key over WKD into a throwaway GNUPGHOME; keep it only if its fingerprint is pinned."""
+    if shutil.which("gpg") is None:
+        raise EnvironmentProblem(f"no keyring at {destination} and gpg is not installed to fetch one; install gnupg, "
+                                 f"or copy the kernel.org autosigner's key ({AUTOSIGNER_FINGERPRINT}) there.")
+    info(f"fetching the kernel.org checksum autosigner's key (gpg --locate-keys {AUTOSIGNER_UID}) into {destination}")
+    advice = (f"On a machine that can, run `gpg --locate-keys {AUTOSIGNER_UID} && gpg --export {AUTOSIGNER_FINGERPRINT} > "
+              f"kernel.org-autosigner.gpg` and copy the file to {destination} (or pass --keyring / set ${KEYRING_ENV}).")
+    with tempfile.TemporaryDirectory(prefix="ktailor-gnupg-") as home:
+        os.chmod(home, 0o700)
+        try:
+            result = subprocess.run(["gpg", "--homedir", home, "--batch", "--auto-key-locate", "clear,nodefault,wkd",
+                                     "--locate-keys", AUTOSIGNER_UID], capture_output=True, text=True, timeout=120, check=False)
+            if result.returncode != 0:
+                last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "no message"
+                raise DownloadError(f"could not fetch the kernel.org checksum autosigner's key over WKD "
+                                    f"(gpg exit {result.returncode}: {last}). {advice}")
+            return export_pinned_key(Path(home), expected_fingerprint, destination)
+        except subprocess.TimeoutExpired:
+            raise DownloadError(f"fetching the autosigner's key over WKD took over 2 minutes. {advice}") from None
+        finally:
+            if shutil.which("gpgconf"):  # the gpg-agent and dirmngr started for the throwaway home
+                subprocess.run(["gpgconf", "--homedir", home, "--kill", "all"], capture_output=True, check=False)
+
+
+def export_pinned_key(gnupghome: Path, expected_fingerprint: str, destination: Path) -> Path:
+    """Export the key with `expected_fingerprint` from `gnupghome` to a keyring file; refuse any other key."""
+    expected = normalize_fingerprint(expected_fingerprint)
+    listing = subprocess.run(["gpg", "--homedir", str(gnupghome), "--batch", "--with-colons", "--fingerprint"],
+                             capture_output=True, text=True, check=False).stdout
+    primaries = _primary_fingerprints(listing)
+    if expected not in primaries:
+        found = ", ".join(primaries) or "no key"
+        raise SignatureError(f"the key found for {AUTOSIGNER_UID} has fingerprint {found}, not the pinned {expected}; "
+                             "refusing it. Someone may be serving a false key; do not trust it.")
+    exported = subprocess.run(["gpg", "--homedir", str(gnupghome), "--batch", "--export", expected],
+                              capture_output=True, check=False).stdout
+    if not exported:
+        raise EnvironmentProblem(f"gpg could not export key {expected} from {gnupghome}.")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    temp = destination.with_name(destination.name + ".tmp")
+    temp.write_bytes(exported)
+    temp.replace(destination)
+    info(f"kept key {expected} in {destination}")
+    return destination
+
+
+def _primary_fingerprints(colons: str) -> list[str]:
+    """Fingerprints of primary keys in `gpg --with-colons --fingerprint` output (the fpr right after each pub)."""
+    found, after_pub = [], False
+    for line in colons.splitlines():
+        fields = line.split(":")
+        if fields[0] == "pub":
+            after_pub = True
+        elif fields[0] == "fpr" and after_pub:
+            found.append(fields[9].upper())
+            after_pub = False
+        elif fields[0] == "sub":
+            after_pub = False
+    return found
+
+
+def keyring_for(keyring: Path | None, expected_fingerprint: str, env: dict[str, str] | None = None) -> Path:
+    """The keyring to verify with: the one given, else $KTAILOR_KEYRING, else the default (fetched once if missing)."""
+    if keyring is not None:
+        return keyring.expanduser()
+    path = default_keyring(env)
+    env = os.environ if env is None else env
+    if path.is_file() or env.get(KEYRING_ENV):
+        return path
+    return obtain_autosigner_key(path, expected_fingerprint)

@@ -1,0 +1,236 @@
+"""`security_update` against releases.json and a signed kernel.org-style mirror on 127.0.0.1.
+
+With apply, the real doit graph builds, verifies, boots (a stand-in boot stage: QEMU cannot boot
+the fake kernel) and installs into a temp prefix; a failing check must leave the prefix alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from _signedmirror import (  # noqa: F401 - the fixture_* are pytest fixtures, used by name
+    KernelMirror,
+    dead_url,
+    fixture_served_mirror,
+    fixture_signing_key,
+    install_dodo,
+    use_mirror,
+    write_versions,
+)
+from ktailor.releases import next_longterm, parse_releases, series_status
+from ktailor.security_update import (
+    EXIT_BAD_INPUT,
+    EXIT_CHECK_FAILED,
+    EXIT_END_OF_LIFE,
+    EXIT_UNREACHABLE,
+    EXIT_UP_TO_DATE,
+    EXIT_UPDATED,
+    security_update,
+    worst,
+)
+
+TARGETS = ["x86_64-micro", "aarch64-micro"]
+
+
+@dataclass
+class Farm:
+    root: Path
+    mirror: KernelMirror
+    old_sha: str
+
+    @property
+    def versions(self) -> Path:
+        return self.root / "versions.toml"
+
+    @property
+    def prefix(self) -> Path:
+        return self.root.parent / "prefix"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.root.parent / "summary.json"
+
+    def summary(self) -> dict:
+        return json.loads(self.summary_file.read_text())
+
+    def run(self, apply: bool = False, **kwargs) -> int:
+        kwargs.setdefault("expected_fingerprint", self.mirror.key.fingerprint)
+        return security_update(self.root, apply=apply, releases_url=None, json_out=self.summary_file, **kwargs)
+
+
+@pytest.fixture
+def farm(project_factory, served_mirror, monkeypatch) -> Farm:
+    project = project_factory()
+    old_sha = project.kernel("6.1.4")
+    project.kernel("6.1.5")
+    served_mirror.sign_sums()
+    served_mirror.releases(("longterm", "6.1.5", False), ("longterm", "6.6.70", False), ("longterm", "6.12.13", False),
+                           ("stable", "6.13.2", False))
+    write_versions(project.root, served_mirror.url, "6.1.4", old_sha, TARGETS[:1])
+    install_dodo(project.root)
+    use_mirror(monkeypatch, served_mirror)
+    return Farm(project.root, served_mirror, old_sha)
+
+
+def test_newer_point_release_is_reported_and_nothing_changes(farm, capsys):
+    before = farm.versions.read_bytes()
+    assert farm.run() == EXIT_UPDATED
+    assert farm.versions.read_bytes() == before
+    (kernel,) = farm.summary()["kernels"]
+    assert (kernel["version"], kernel["latest"], kernel["action"], kernel["eol"]) == ("6.1.4", "6.1.5", "update available", False)
+    assert "6.1.5 is available" in capsys.readouterr().out
+
+
+def test_current_series_is_up_to_date(farm):
+    farm.mirror.releases(("longterm", "6.1.4", False))
+    assert farm.run() == EXIT_UP_TO_DATE
+    assert farm.summary()["status"] == "up to date"
+
+
+@pytest.mark.parametrize("entries, why", [
+    ([("longterm", "6.1.4", True), ("longterm", "6.6.70", False), ("longterm", "6.12.13", False)], "marks it end-of-life"),
+    ([("longterm", "6.6.70", False), ("longterm", "6.12.13", False), ("stable", "6.13.2", False)], "no longer lists it"),
+], ids=["iseol", "no-longer-listed"])
+def test_end_of_life_is_loud_and_names_the_next_longterm(farm, capsys, entries, why):
+    farm.mirror.releases(*entries)
+    assert farm.run() == EXIT_END_OF_LIFE
+    out = capsys.readouterr().out
+    assert "!!! END OF LIFE: kernel series 6.1" in out and why in out
+    assert "invoke upgrade --version 6.6.70 --allow-series-change --replace 6.1.4" in out  # 6.6, not 6.12
+    (kernel,) = farm.summary()["kernels"]
+    assert kernel["eol"] and kernel["next_longterm"] == "6.6.70"
+
+
+def test_unlisted_series_still_finds_newer_release_on_the_mirror(farm):
+    farm.mirror.releases(("longterm", "6.6.70", False))
+    farm.run()
+    (kernel,) = farm.summary()["kernels"]
+    assert (kernel["latest"], kernel["latest_from"]) == ("6.1.5", "mirror listing")
+
+
+def test_releases_json_unreachable_exits_30(farm, capsys):
+    assert security_update(farm.root, releases_url=f"{dead_url()}/releases.json", json_out=farm.summary_file) == EXIT_UNREACHABLE
+    assert "could not fetch releases.json" in capsys.readouterr().err
+    assert farm.summary()["exit_code"] == EXIT_UNREACHABLE
+
+
+def test_mirror_unreachable_on_apply_exits_30_and_changes_nothing(farm, monkeypatch):
+    monkeypatch.setenv("KTAILOR_MIRROR", dead_url())
+    before = farm.versions.read_bytes()
+    assert farm.run(apply=True) == EXIT_UNREACHABLE
+    assert farm.versions.read_bytes() == before
+    assert not farm.prefix.exists()
+
+
+def test_bad_versions_file_exits_2(farm):
+    farm.versions.write_text('[[kernel]]\nversion = "six"\n')
+    assert farm.run() == EXIT_BAD_INPUT
+    assert "not a kernel.org release number" in farm.summary()["error"]
+
+
+def test_apply_upgrades_builds_verifies_boots_and_installs_then_rests(farm, capsys):
+    write_versions(farm.root, farm.mirror.url, "6.1.4", farm.old_sha, TARGETS)
+    assert farm.run(apply=True) == EXIT_UPDATED
+
+    assert 'version = "6.1.5"' in farm.versions.read_text()
+    for target in TARGETS:
+        manifest = json.loads((farm.prefix / "6.1.5" / target / "manifest.json").read_text())
+        assert manifest["boot"]["status"] == "pass" and manifest["verify"]["status"] == "passed"
+        assert (farm.prefix / target).resolve() == (farm.prefix / "6.1.5" / target).resolve()
+    (kernel,) = farm.summary()["kernels"]
+    assert (kernel["action"], kernel["new_version"]) == ("upgraded", "6.1.5")
+    assert kernel["targets"]["aarch64-micro"] == {"verify": "passed", "boot": "pass", "installed": True}
+    assert kernel["upgrade"]["preflight"]["ok"]
+    assert "upgraded to 6.1.5" in capsys.readouterr().out
+
+    # The next night: current and installed, so nothing to do.
+    assert farm.run(apply=True) == EXIT_UP_TO_DATE
+    assert farm.summary()["kernels"][0]["action"] == "none"
+
+
+@pytest.mark.parametrize("failure", ["build", "boot"])
+def test_failed_check_is_never_installed(farm, monkeypatch, capsys, failure):
+    if failure == "build":
+        monkeypatch.setenv("KTAILOR_MAKE_VARS", "FAIL=vmlinux")
+    else:  # one target fails its boot: the other, though it passed everything, is not installed either
+        write_versions(farm.root, farm.mirror.url, "6.1.4", farm.old_sha, TARGETS)
+        monkeypatch.setenv("FAKE_BOOT_FAIL", "aarch64-micro")
+
+    assert farm.run(apply=True) == EXIT_CHECK_FAILED
+
+    assert not (farm.prefix / "6.1.5").exists() and not (farm.prefix / "x86_64-micro").exists()
+    (kernel,) = farm.summary()["kernels"]
+    assert kernel["action"] == "failed" and not kernel["installed"]
+    assert all(not t["installed"] for t in kernel["targets"].values())
+    assert "NOT installed" in capsys.readouterr().out
+    # versions.toml stays upgraded; the next night retries the build (and fails again until fixed).
+    assert 'version = "6.1.5"' in farm.versions.read_text()
+    if failure == "build":
+        assert farm.run(apply=True) == EXIT_CHECK_FAILED
+        assert farm.summary()["kernels"][0]["action"] == "failed"
+
+
+def test_tree_without_boot_stage_installs_after_verify(farm, capsys):
+    install_dodo(farm.root, boot=False)
+    assert farm.run(apply=True) == EXIT_UPDATED
+    assert (farm.prefix / "6.1.5" / "x86_64-micro" / "manifest.json").is_file()
+    assert farm.summary()["kernels"][0]["targets"]["x86_64-micro"]["boot"] == "no boot stage"
+    assert "no boot stage" in capsys.readouterr().err
+
+
+def test_tampered_signature_on_apply_is_a_failed_check(farm):
+    path = farm.mirror.folder() / "sha256sums.asc"
+    sha = farm.mirror.real_sums().split()[2]  # linux-6.1.5.tar.xz's
+    path.write_text(path.read_text().replace(sha, sha[::-1]))
+    assert farm.run(apply=True) == EXIT_CHECK_FAILED
+    assert 'version = "6.1.4"' in farm.versions.read_text()
+    assert "BAD signature" in farm.summary()["kernels"][0]["problems"][0]
+
+
+# --- releases.py and the exit-code order as units -----------------------------------------------------
+RELEASES = json.dumps({"latest_stable": {"version": "6.13.2"}, "releases": [
+    {"moniker": "mainline", "version": "6.14-rc1", "iseol": False},
+    {"moniker": "stable", "version": "6.13.2", "iseol": False},
+    {"moniker": "stable", "version": "6.12.9", "iseol": True},
+    {"moniker": "longterm", "version": "6.6.70", "iseol": False},
+    {"moniker": "longterm", "version": "6.1.124", "iseol": False},
+    {"moniker": "longterm", "version": "5.4.289", "iseol": True},
+    {"moniker": "linux-next", "version": "next-20250123", "iseol": False},
+]}).encode()
+
+
+def test_releases_parsing_skips_rc_and_next():
+    versions = [r.version for r in parse_releases(RELEASES, "test")]
+    assert versions == ["6.13.2", "6.12.9", "6.6.70", "6.1.124", "5.4.289"]
+
+
+@pytest.mark.parametrize("series, latest, eol, listed, move_to", [
+    ("6.1", "6.1.124", False, True, None),
+    ("5.4", "5.4.289", True, True, "6.1.124"),
+    ("4.19", None, True, False, "6.1.124"),
+    ("6.6", "6.6.70", False, True, None),
+], ids=["longterm", "eol-listed", "dropped", "newest-longterm"])
+def test_series_status_and_next_longterm(series, latest, eol, listed, move_to):
+    releases = parse_releases(RELEASES, "test")
+    status = series_status(releases, series)
+    assert (status.latest, status.eol, status.listed) == (latest, eol, listed)
+    found = next_longterm(releases, series) if status.eol else None
+    assert (found.version if found else None) == move_to
+
+
+def test_malformed_releases_json_is_an_unreachable_source():
+    from ktailor.errors import DownloadError
+
+    with pytest.raises(DownloadError, match=r"not kernel\.org's releases\.json format"):
+        parse_releases(b'{"releases": 3}', "http://x/releases.json")
+
+
+def test_worst_outcome_wins():
+    assert worst([EXIT_UPDATED, EXIT_END_OF_LIFE, EXIT_UP_TO_DATE]) == EXIT_END_OF_LIFE
+    assert worst([EXIT_UPDATED, EXIT_CHECK_FAILED, EXIT_UNREACHABLE]) == EXIT_UNREACHABLE
+    assert worst([EXIT_CHECK_FAILED, EXIT_BAD_INPUT]) == EXIT_BAD_INPUT
+    assert worst([]) == EXIT_UP_TO_DATE
