@@ -49,7 +49,7 @@ def _kernel_and_target(project: Project, target: str, version: str | None):
 })
 @edge
 def clean(c: Context, target: str = "", version: str = "", sources: bool = False, downloads: bool = False,
-          all: bool = False, dry_run: bool = False) -> None:  # noqa: A002 - `--all` is the natural flag
+          all: bool = False, dry_run: bool = False) -> None:
     """Remove build dirs (and, when asked, sources and downloads). Never touches installed kernels."""
     from ktailor.clean import plan_clean, run_clean
 

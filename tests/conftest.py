@@ -26,7 +26,7 @@ CONFIG_{symbol}=y
 
 def fake_tarball(directory: Path, version: str, extra: str = "") -> tuple[Path, str]:
     """A kernel.org-style mirror entry holding the fake kernel tree; returns (tarball, sha256)."""
-    folder = directory / f"v{version.split('.')[0]}.x"
+    folder = directory / f"v{version.split('.', maxsplit=1)[0]}.x"
     folder.mkdir(parents=True, exist_ok=True)
     tarball = folder / f"linux-{version}.tar.xz"
     staging = directory / f"staging-{version}"

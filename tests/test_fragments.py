@@ -112,7 +112,7 @@ def test_bad_lists(tmp_path, lists, words):
 def test_conflicts_need_override_and_later_fragment_wins(tmp_path):
     first = parse_fragment(write(tmp_path, "a.conf", HEADER + "# size\nCONFIG_NR_CPUS=8\n"))
     second = parse_fragment(write(tmp_path, "b.conf", HEADER + "# bigger VMs\nCONFIG_NR_CPUS=64\n"))
-    with pytest.raises(InputError, match=r"b.conf:5: CONFIG_NR_CPUS=64 conflicts with CONFIG_NR_CPUS=8 from .*a.conf:5.*@override"):
+    with pytest.raises(InputError, match=r"b\.conf:5: CONFIG_NR_CPUS=64 conflicts with .*a\.conf:5.*@override"):
         requested_options([first, second], "x86_64", (6, 1, 0))
     overriding = parse_fragment(write(tmp_path, "c.conf", HEADER + "# bigger VMs\n# @override\nCONFIG_NR_CPUS=64\n"))
     assert requested_options([first, overriding], "x86_64", (6, 1, 0))["NR_CPUS"].value == "64"
@@ -120,7 +120,7 @@ def test_conflicts_need_override_and_later_fragment_wins(tmp_path):
 
 def test_same_option_twice_in_one_fragment(tmp_path):
     fragment = parse_fragment(write(tmp_path, "a.conf", HEADER + "# one\nCONFIG_FOO=y\n# two\nCONFIG_FOO=y\n"))
-    with pytest.raises(InputError, match="a.conf:7: CONFIG_FOO is set twice in this fragment .first at line 5"):
+    with pytest.raises(InputError, match=r"a\.conf:7: CONFIG_FOO is set twice in this fragment \(first at line 5\)"):
         requested_options([fragment], "x86_64", (6, 1, 0))
 
 
@@ -137,5 +137,5 @@ def test_expected_drops_scoped_by_arch_and_versions(tmp_path):
     assert drop.applies("x86_64", (6, 1, 192)) and not drop.applies("x86_64", (6, 13, 0))
     assert not drop.applies("aarch64", (6, 1, 192)) and drop.line == 2
     write(tmp_path, "expected-drops.toml", '[[drop]]\noption = "CONFIG_FOO"\n')
-    with pytest.raises(InputError, match="needs option .* and a why"):
+    with pytest.raises(InputError, match=r"needs option .* and a why"):
         load_expected_drops(path)

@@ -31,8 +31,8 @@ def scripted_edit(tmp_path):
 
 def test_save_back_writes_a_fragment_lint_rejects_until_reasons_are_filled(tmp_path):
     target_dir, fragments = scripted_edit(tmp_path)
-    text, saved = save_changes(before=tmp_path / "before", after=tmp_path / "after", target="x86_64-micro",
-                               target_dir=target_dir, save_as=fragments / "local.conf",
+    _, saved = save_changes(before=tmp_path / "before", after=tmp_path / "after", target="x86_64-micro",
+                            target_dir=target_dir, save_as=fragments / "local.conf",
                                list_file=fragments / "micro-x86_64.list", fragments_dir=fragments)
     assert saved == fragments / "local.conf"
     fragment = parse_fragment(saved)
@@ -48,7 +48,7 @@ def test_changes_are_kept_when_not_saved_or_when_save_fails(tmp_path):
                                target_dir=target_dir, save_as=None, list_file=None, fragments_dir=fragments)
     assert saved is not None and saved.read_text() == text and "CONFIG_B=y" in text
     (fragments / "taken.conf").write_text("x")
-    with pytest.raises(InputError, match="already exists.*kept in"):
+    with pytest.raises(InputError, match=r"already exists.*kept in"):
         save_changes(before=tmp_path / "before", after=tmp_path / "after", target="x86_64-micro",
                      target_dir=target_dir, save_as=fragments / "taken.conf", list_file=None, fragments_dir=fragments)
 

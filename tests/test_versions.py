@@ -42,7 +42,7 @@ def test_mirror_env_overrides_the_file(project):
 
 
 def test_default_kernel_is_the_named_one(project):
-    text = f'default = "6.1.6"\n[[kernel]]\nversion = "6.1.5"\nsha256 = "{SHA}"\n[[kernel]]\nversion = "6.1.6"\nsha256 = "{SHA}"\n'
+    text = 'default = "6.1.6"\n' + "".join(f'[[kernel]]\nversion = "{v}"\nsha256 = "{SHA}"\n' for v in ("6.1.5", "6.1.6"))
     assert load(project, text).default.version == "6.1.6"
 
 

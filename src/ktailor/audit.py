@@ -109,10 +109,10 @@ def render_table(differences: list[Difference]) -> str:
     header = ("option", "requested", "final", "fragment:line", "status")
     rows = [(f"CONFIG_{d.symbol}", d.requested, d.final, d.where, d.status) for d in differences]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip()]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
-    for difference, row in zip(differences, rows):
-        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    for difference, row in zip(differences, rows, strict=True):
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         if difference.explanation:
             lines.append(f"    why: {difference.explanation}")
         if difference.expected:

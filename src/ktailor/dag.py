@@ -10,7 +10,7 @@ fragment reruns only the tasks that use it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from functools import lru_cache, wraps
+from functools import cache, wraps
 from pathlib import Path
 
 from doit.exceptions import InvalidTask
@@ -41,7 +41,7 @@ def doit_config(root: Path) -> dict:
     }
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_project(root: str) -> Project:
     return Project.from_env(root)
 
@@ -97,7 +97,7 @@ def download_tasks(root: Path) -> Iterator[Task]:
 @reports_errors
 def extract_tasks(root: Path) -> Iterator[Task]:
     project = load_project(str(root))
-    yield {"basename": "extract", "name": None, "doc": "unpack each kernel (and apply patches/<series>/) once, shared by its targets"}
+    yield _group("extract", "unpack each kernel (and apply patches/<series>/) once, shared by its targets")
     for kernel in project.versions.kernels:
         tree = project.source_tree(kernel)
         patches = sorted((project.patches_root / kernel.series).glob("*.patch"))
@@ -158,7 +158,8 @@ def config_tasks(root: Path) -> Iterator[Task]:
             "actions": [(actions.configure, [], _args(project, kernel, target))],
             "file_dep": [str(p) for p in deps] + ([str(drops)] if drops.is_file() else []),
             "targets": [str(project.kbuild(kernel, target) / ".config"), str(target_dir / "audit.json")],
-            "uptodate": [config_changed({"version": kernel.version, "arch": target.arch.name} | _toolchain_state(project, target))],
+            "uptodate": [config_changed({"version": kernel.version, "arch": target.arch.name}
+                                        | _toolchain_state(project, target))],
             "clean": [(actions.remove_tree, [str(target_dir)])],
         }
 

@@ -225,4 +225,4 @@ def is_extracted(tree: Path) -> bool:
     return (tree / STAMP).is_file()
 
 
-__all__ = ["extract_tarball", "apply_patches", "patches_for", "unsafe_reason", "is_extracted", "STAMP"]
+__all__ = ["STAMP", "apply_patches", "extract_tarball", "is_extracted", "patches_for", "unsafe_reason"]

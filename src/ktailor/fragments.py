@@ -28,8 +28,8 @@ _OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.
 
 
 def version_key(text: str) -> tuple[int, int, int]:
-    parts = [int(p) for p in text.split(".")]
-    return (parts + [0, 0, 0])[0], (parts + [0, 0, 0])[1], (parts + [0, 0, 0])[2]
+    major, minor, patch = [*(int(p) for p in text.split(".")), 0, 0, 0][:3]
+    return major, minor, patch
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,10 @@ def parse_fragment(path: Path, display: Path | None = None) -> Fragment:
 
     # Header: the leading comment block, which must be followed by a blank line.
     header_end = 0
-    while header_end < len(lines) and lines[header_end].startswith("#") and not NOT_SET_RE.match(lines[header_end]):
+    def in_header(text: str) -> bool:
+        return text.startswith("#") and not NOT_SET_RE.match(text)
+
+    while header_end < len(lines) and in_header(lines[header_end]):
         header_end += 1
     if header_end and (header_end == len(lines) or not lines[header_end].strip()):
         for number, text in enumerate(lines[:header_end], start=1):
@@ -156,7 +159,8 @@ def parse_fragment(path: Path, display: Path | None = None) -> Fragment:
         header_end = 0
     if fragment.requirement is None:
         fragment.problems.append(
-            Problem(shown, 1, "has no header; start the file with '# requirement: <group>', a line on what it covers, and a blank line.")
+            Problem(shown, 1, "has no header; start the file with '# requirement: <group>', a line on what it covers, "
+                              "and a blank line.")
         )
 
     comment: list[tuple[int, str]] = []  # the comment block directly above the current line

@@ -238,7 +238,7 @@ def _unique(findings: list[Finding]) -> list[Finding]:
 # --- source checks ---------------------------------------------------------------------------
 
 
-def lint_against_source(  # noqa: PLR0917 - the signature the config stage and `doit lint` call
+def lint_against_source(
     fragments_dir: Path, root: Path, catalog: Catalog, target_names: list[str], srctree: Path,
     kernel_version_tuple: Version,
 ) -> list[Finding]:

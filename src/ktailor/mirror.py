@@ -81,7 +81,7 @@ def versions_toml(entries: list[tuple[str, str]], mirror_url: str, targets: list
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's signature
+    def log_message(self, format: str, *args) -> None:
         pass
 
 

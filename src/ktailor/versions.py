@@ -52,7 +52,7 @@ def parse_version(version: str) -> tuple[int, int, int]:
 
 
 def tarball_url(mirror: str, version: str) -> str:
-    major = version.split(".")[0]
+    major = version.split(".", maxsplit=1)[0]
     return f"{mirror.rstrip('/')}/v{major}.x/linux-{version}.tar.xz"
 
 
