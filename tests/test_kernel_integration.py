@@ -1,0 +1,108 @@
+"""The real pipeline on Debian's real Linux source, from a kernel.org-style mirror on 127.0.0.1.
+
+Needs KTAILOR_TEST_TARBALL (scripts/test sets it to /usr/src/linux-source-6.1.tar.xz); optionally
+KTAILOR_TEST_TARBALL_6_12 for the 6.12 configure check. Builds x86_64-micro and aarch64-micro
+(minutes on 2 cores), configures every target, boots and installs into a temp prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ktailor.mirror import add_to_mirror, serve, versions_toml
+from ktailor.runner import run_doit
+
+REPO = Path(__file__).resolve().parents[1]
+TARBALL = os.environ.get("KTAILOR_TEST_TARBALL")
+TARBALL_6_12 = os.environ.get("KTAILOR_TEST_TARBALL_6_12")
+ALL_TARGETS = ["x86_64-micro", "x86_64-mini", "aarch64-micro", "aarch64-mini", "x86_64-micro-ebpf"]
+BUILT = ["x86_64-micro", "aarch64-micro"]
+
+pytestmark = [pytest.mark.kernel, pytest.mark.skipif(not TARBALL, reason="set KTAILOR_TEST_TARBALL to a kernel .tar.xz "
+                                                                          "(scripts/test does: linux-source-6.1)")]
+
+
+class Pipeline:
+    def __init__(self, work: Path, tarball: Path) -> None:
+        self.work = work
+        self.mirror = work / "mirror"
+        self.version, _, self.sha256 = add_to_mirror(tarball, self.mirror)
+        self.server, self.url = serve(self.mirror)
+        self.versions = work / "versions.toml"
+        self.versions.write_text(versions_toml([(self.version, self.sha256)], self.url, ALL_TARGETS))
+        self.env = dict(os.environ, KTAILOR_VERSIONS=str(self.versions), KTAILOR_BUILD_DIR=str(work / "build"),
+                        KTAILOR_CACHE=str(work / "cache"), KTAILOR_PREFIX=str(work / "prefix"), KTAILOR_QUIET="1")
+        self.env.pop("KTAILOR_MIRROR", None)
+
+    def doit(self, *args: str):
+        return run_doit(REPO, *args, env=self.env, capture=True)
+
+    def target_dir(self, target: str) -> Path:
+        return self.work / "build" / self.version / target
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    work = Path(os.environ.get("KTAILOR_TEST_WORK", tmp_path_factory.mktemp("kernel"))) / "pipeline"
+    work.mkdir(parents=True, exist_ok=True)
+    pipe = Pipeline(work, Path(TARBALL))
+    yield pipe
+    pipe.server.shutdown()
+
+
+def test_download_comes_from_the_local_mirror_and_is_verified(pipeline):
+    result = pipeline.doit(f"download:{pipeline.version}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    tarball = pipeline.work / "cache" / "downloads" / f"linux-{pipeline.version}.tar.xz"
+    assert tarball.is_file() and not tarball.with_name(tarball.name + ".part").exists()
+    assert tarball.with_name(tarball.name + ".sha256").read_text().split()[0] == pipeline.sha256
+
+
+def test_every_target_configures_with_zero_unexplained_drops(pipeline):
+    result = pipeline.doit("config")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    for target in ALL_TARGETS:
+        audit = json.loads((pipeline.target_dir(target) / "audit.json").read_text())
+        assert audit["status"] == "passed", (target, audit["differences"])
+        assert audit["requested"] > 40
+        assert all(d["status"] == "expected" for d in audit["differences"])
+
+
+def test_micro_targets_build_verify_and_install(pipeline):
+    names = [f"{stage}:{target}" for target in BUILT for stage in ("verify", "install")]
+    result = pipeline.doit(*names)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    for target in BUILT:
+        verify = json.loads((pipeline.target_dir(target) / "verify.json").read_text())
+        assert verify["status"] == "passed", verify["problems"]
+        installed = pipeline.work / "prefix" / pipeline.version / target
+        manifest = json.loads((installed / "manifest.json").read_text())
+        assert manifest["target"] == target and manifest["version"] == pipeline.version
+        for name, digest in manifest["sha256"].items():
+            assert len(digest) == 64 and (installed / name).is_file()
+        assert (pipeline.work / "prefix" / target).resolve() == installed.resolve()
+
+
+def test_second_run_does_nothing(pipeline):
+    names = [f"verify:{target}" for target in BUILT]
+    result = pipeline.doit(*names)
+    assert result.returncode == 0
+    assert "\n.  " not in "\n" + result.stdout, result.stdout  # every task reported up to date ("-- ")
+
+
+@pytest.mark.skipif(not TARBALL_6_12, reason="set KTAILOR_TEST_TARBALL_6_12 to check the fragments on 6.12 too")
+def test_every_target_configures_on_6_12(tmp_path):
+    pipe = Pipeline(tmp_path, Path(TARBALL_6_12))
+    try:
+        result = pipe.doit("config")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+        for target in ALL_TARGETS:
+            assert json.loads((pipe.target_dir(target) / "audit.json").read_text())["status"] == "passed"
+    finally:
+        pipe.server.shutdown()
+        shutil.rmtree(tmp_path / "build", ignore_errors=True)
