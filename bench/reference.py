@@ -1,0 +1,128 @@
+"""Benchmark ktailor's x86_64-micro against the guest kernels people use today.
+
+Builds, from the same extracted source, Firecracker's CI config (`make olddefconfig` on
+../shared/anchors/firecracker/microvm-kernel-ci-x86_64-6.1.config) and Kuasar's micro x86_64 fragments
+(allnoconfig + `scripts/kconfig/merge_config.sh -r -n`), then boots each N times interleaved with
+ktailor's built x86_64-micro under identical QEMU flags (the target's boot data, bzImage for all) and
+the same static init, and prints one Markdown table.
+
+    .venv/bin/python bench/reference.py --version 6.1.192 [--boots 10] [--anchors ../shared/anchors]
+
+Run it after `doit build:x86_64-micro` (same KTAILOR_* environment). Reference builds are cached in
+build/bench/ and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from ktailor.boot import StderrLog, boot_target  # noqa: E402
+from ktailor.errors import VerificationFailed  # noqa: E402
+from ktailor.layout import Project  # noqa: E402
+
+IMAGES = ["arch/x86/boot/bzImage", "vmlinux"]
+
+
+def make(srctree: Path, kbuild: Path, *goals: str, jobs: int = 2, env: dict | None = None) -> None:
+    argv = ["make", "-C", str(srctree), f"O={kbuild}", "ARCH=x86", f"-j{jobs}", *goals]
+    with (kbuild / "bench-build.log").open("a") as log:
+        subprocess.run(argv, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def build_firecracker(srctree: Path, kbuild: Path, anchors: Path) -> Path:
+    if not (kbuild / IMAGES[0]).is_file():
+        kbuild.mkdir(parents=True, exist_ok=True)
+        shutil.copy(anchors / "firecracker" / "microvm-kernel-ci-x86_64-6.1.config", kbuild / ".config")
+        make(srctree, kbuild, "olddefconfig")
+        make(srctree, kbuild, "bzImage", "vmlinux")
+    return kbuild
+
+
+def build_kuasar(srctree: Path, kbuild: Path, anchors: Path) -> Path:
+    if not (kbuild / IMAGES[0]).is_file():
+        kbuild.mkdir(parents=True, exist_ok=True)
+        base = anchors / "kuasar"
+        fragments = [str(base / line.strip()) for line in (base / "micro-kernel-x86_64.list").read_text().splitlines()
+                     if line.strip() and not line.startswith("#")]
+        env = dict(os.environ, ARCH="x86")
+        with (kbuild / "bench-build.log").open("a") as log:
+            subprocess.run([str(srctree / "scripts/kconfig/merge_config.sh"), "-r", "-n", "-O", str(kbuild),
+                            *fragments], check=True, cwd=srctree, env=env, stdout=log, stderr=subprocess.STDOUT)
+        make(srctree, kbuild, "bzImage", "vmlinux")
+    return kbuild
+
+
+def boot_once(target, kbuild: Path, workdir: Path) -> dict:
+    with contextlib.suppress(VerificationFailed):  # the references fail some probes; boot.json is still written
+        boot_target(target, kbuild, workdir, {}, StderrLog())
+    return json.loads((workdir / "boot.json").read_text())
+
+
+def summarise(name: str, kbuild: Path, boots: list[dict]) -> dict:
+    times = [b["metrics"]["time_to_init_ms"] for b in boots if b["metrics"].get("time_to_init_ms") is not None]
+    used = [b["metrics"]["guest_used_kib"] for b in boots if b["metrics"].get("guest_used_kib")]
+    probes = boots[-1]["probes"]
+    return {
+        "kernel": name,
+        "bzImage_mb": (kbuild / IMAGES[0]).stat().st_size / 1e6,
+        "vmlinux_mb": (kbuild / IMAGES[1]).stat().st_size / 1e6,
+        "init_ms": (statistics.median(times), min(times), max(times)) if times else None,
+        "used_mib": statistics.median(used) / 1024 if used else None,
+        "probes": f"{sum(p['status'] == 'pass' for p in probes)}/{len(probes)}",
+        "failed": [p["name"] for p in probes if p["status"] != "pass"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", help="kernel version in versions.toml (default: the default kernel)")
+    parser.add_argument("--boots", type=int, default=10)
+    parser.add_argument("--anchors", type=Path, default=ROOT.parent / "shared" / "anchors")
+    args = parser.parse_args()
+
+    project = Project.from_env(ROOT)
+    kernel = project.versions.get(args.version) if args.version else project.versions.default
+    target = project.catalog.target("x86_64-micro")
+    # identical QEMU flags for all three: the micro target's boot data, booting the bzImage
+    target = dataclasses.replace(target, boot=target.boot | {"kernel": IMAGES[0]})
+    srctree = project.source_tree(kernel)
+    bench_dir = project.build_dir / "bench" / kernel.version
+    kernels = {
+        "ktailor x86_64-micro": project.kbuild(kernel, target),
+        "Firecracker CI config": build_firecracker(srctree, bench_dir / "firecracker", args.anchors),
+        "Kuasar micro fragments": build_kuasar(srctree, bench_dir / "kuasar", args.anchors),
+    }
+    boots: dict[str, list[dict]] = {name: [] for name in kernels}
+    for round_number in range(args.boots):
+        for name, kbuild in kernels.items():  # interleaved: machine noise hits every kernel alike
+            workdir = bench_dir / "boots" / name.split()[0].lower()
+            boots[name].append(boot_once(target, kbuild, workdir))
+        print(f"round {round_number + 1}/{args.boots} done", file=sys.stderr)
+    rows = [summarise(name, kbuild, boots[name]) for name, kbuild in kernels.items()]
+    accel = boots["ktailor x86_64-micro"][-1]["accel"]
+    print(f"Linux {kernel.version}, x86_64, QEMU microvm under {accel.upper()}, {args.boots} interleaved boots each\n")
+    print("| kernel | bzImage | vmlinux | time-to-init median [min–max] | used memory at init | probes passed |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        timing = "n/a" if row["init_ms"] is None else "{:.0f} ms [{:.0f}–{:.0f}]".format(*row["init_ms"])
+        used = "n/a" if row["used_mib"] is None else f"{row['used_mib']:.1f} MiB"
+        failed = f" (fails: {', '.join(row['failed'])})" if row["failed"] else ""
+        print(f"| {row['kernel']} | {row['bzImage_mb']:.2f} MB | {row['vmlinux_mb']:.1f} MB | {timing} | {used} | "
+              f"{row['probes']}{failed} |")
+    (bench_dir / "reference.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
