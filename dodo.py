@@ -36,5 +36,9 @@ def task_verify():
     yield from dag.verify_tasks(ROOT)
 
 
+def task_boot():
+    yield from dag.boot_tasks(ROOT)
+
+
 def task_install():
     yield from dag.install_tasks(ROOT)

@@ -3,6 +3,7 @@ calls one ktailor function; the logic lives in src/ktailor/."""
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import sys
 from collections.abc import Callable
@@ -159,3 +160,21 @@ def security_update(c: Context, apply: bool = False, releases_url: str = "", jso
                keyring=Path(keyring) if keyring else None, insecure_skip_signature=insecure_skip_signature)
     if code:
         raise Exit(code=code)
+
+
+@task(help={
+    "target": "the target to boot, e.g. x86_64-micro",
+    "version": "kernel version (default: the default kernel of versions.toml)",
+    "initramfs": "boot from the initramfs instead of the ext4 root disk",
+})
+@edge
+def boot(c: Context, target: str, version: str = "", initramfs: bool = False) -> None:
+    """Boot a built kernel in QEMU with the console attached (Ctrl-A X quits), for debugging."""
+    from ktailor.boot import qemu_command
+
+    project = _project()
+    kernel, row = _kernel_and_target(project, target, version or None)
+    argv = qemu_command(row, project.kbuild(kernel, row), project.target_dir(kernel, row) / "boot-interactive",
+                        interactive=True, mode="initramfs" if initramfs else "rootfs")
+    print(shlex.join(argv), file=sys.stderr)
+    c.run(shlex.join(argv), pty=True, warn=True)

@@ -39,21 +39,21 @@ def task_boot():  # appended by tests/_signedmirror.py
     for kernel, target, name in dag.each_target(project):
         target_dir = project.target_dir(kernel, target)
 
-        def boot(out=target_dir / "boot.json", target=target.name):
+        def boot(out=target_dir / "boot" / "boot.json", target=target.name):
+            out.parent.mkdir(parents=True, exist_ok=True)
             status = "fail" if target in _os.environ.get("FAKE_BOOT_FAIL", "").split(",") else "pass"
             out.write_text(_json.dumps({"status": status, "message": f"fake boot: {status}"}))
             return status == "pass"
 
         yield {"name": name, "actions": [boot], "file_dep": [str(target_dir / "verify.json")],
-               "targets": [str(target_dir / "boot.json")]}
+               "targets": [str(target_dir / "boot" / "boot.json")]}
 '''
-WITHOUT_BOOT_STAGE = '\n\nglobals().pop("task_boot", None)  # appended by tests/_signedmirror.py: a tree with no boot stage\n'
 
 
-def install_dodo(root: Path, boot: bool = True) -> Path:
-    """Copy the project's real dodo.py into a test project, with the fake boot stage (or none)."""
+def install_dodo(root: Path) -> Path:
+    """Copy the project's real dodo.py into a test project, with the stand-in boot stage."""
     dodo = root / "dodo.py"
-    dodo.write_text((REPO / "dodo.py").read_text() + (FAKE_BOOT_STAGE if boot else WITHOUT_BOOT_STAGE))
+    dodo.write_text((REPO / "dodo.py").read_text() + FAKE_BOOT_STAGE)
     return dodo
 
 

@@ -47,6 +47,7 @@ class ProjectFactory:
         self.mirror = root / "mirror"
         (root / "fragments").mkdir(parents=True)
         shutil.copy(REPO / "targets.toml", root / "targets.toml")
+        shutil.copytree(REPO / "guest", root / "guest")
         self.fragment("common.conf", "boot-console", "PRINTK")
         self.fragment("x86.conf", "cpu", "X86_THING")
         self.fragment("arm.conf", "cpu", "ARM_THING")
@@ -92,6 +93,7 @@ def project_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable
     monkeypatch.setenv("KTAILOR_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("KTAILOR_PREFIX", str(tmp_path / "prefix"))
     monkeypatch.setenv("KTAILOR_QUIET", "1")
+    monkeypatch.setenv("KTAILOR_SKIP_BOOT", "1")  # the fake kernel cannot boot; its boot.json says "skipped"
 
     def make() -> ProjectFactory:
         return ProjectFactory(tmp_path / "project")

@@ -14,7 +14,7 @@ from doit.doit_cmd import DoitMain
 
 from ktailor import dag
 
-STAGES = ("download", "extract", "config", "build", "verify", "install")
+STAGES = ("download", "extract", "config", "build", "verify", "boot", "install")
 
 
 def task_module(root: Path) -> dict:
@@ -35,7 +35,7 @@ def run_doit(root: Path, *args: str) -> tuple[int, list[str], str]:
     out = report.read_text() if report.exists() else ""
     report.unlink(missing_ok=True)
     ran = re.findall(r"^\.  (\S+)$", out, re.MULTILINE)
-    return code, ran, err.getvalue()
+    return code, ran, err.getvalue() + ("" if code == 0 else out)
 
 
 def generated(root: Path, stage: str) -> dict[str, dict]:
@@ -140,7 +140,8 @@ def test_dropped_option_fails_config_with_a_table_and_no_usable_config(project_f
 def test_install_is_atomic_keeps_old_versions_and_switches_current(two_kernels):
     root = two_kernels.root
     prefix = root.parent / "prefix"
-    assert run_doit(root, "install:x86_64-micro", "install:x86_64-micro@6.1.2")[0] == 0
+    code, _, err = run_doit(root, "install:x86_64-micro", "install:x86_64-micro@6.1.2")
+    assert code == 0, err
     for version in ("6.1.1", "6.1.2"):
         manifest = json.loads((prefix / version / "x86_64-micro" / "manifest.json").read_text())
         assert manifest["version"] == version and set(manifest["sha256"]) == {"vmlinux", "bzImage", "config", "System.map"}

@@ -10,12 +10,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from ktailor.boot import StderrLog, boot_target
+from ktailor.errors import VerificationFailed
+from ktailor.fragments import load_fragments, requested_options
+from ktailor.layout import Project
 from ktailor.mirror import add_to_mirror, serve, versions_toml
 from ktailor.runner import run_doit
+from ktailor.versions import parse_version
 
 REPO = Path(__file__).resolve().parents[1]
 TARBALL = os.environ.get("KTAILOR_TEST_TARBALL")
@@ -32,6 +38,7 @@ class Pipeline:
         self.work = work
         self.mirror = work / "mirror"
         self.version, _, self.sha256 = add_to_mirror(tarball, self.mirror)
+        self.version_tuple = parse_version(self.version)
         self.server, self.url = serve(self.mirror)
         self.versions = work / "versions.toml"
         self.versions.write_text(versions_toml([(self.version, self.sha256)], self.url, ALL_TARGETS))
@@ -73,19 +80,24 @@ def test_every_target_configures_with_zero_unexplained_drops(pipeline):
         assert all(d["status"] == "expected" for d in audit["differences"])
 
 
-def test_micro_targets_build_verify_and_install(pipeline):
-    names = [f"{stage}:{target}" for target in BUILT for stage in ("verify", "install")]
+def test_micro_targets_build_verify_boot_and_install(pipeline):
+    names = [f"{stage}:{target}" for target in BUILT for stage in ("verify", "boot", "install")]
     result = pipeline.doit(*names)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     for target in BUILT:
         verify = json.loads((pipeline.target_dir(target) / "verify.json").read_text())
         assert verify["status"] == "passed", verify["problems"]
+        boot = json.loads((pipeline.target_dir(target) / "boot" / "boot.json").read_text())
+        assert boot["status"] == "pass", boot.get("message")
+        assert len(boot["probes"]) >= 25 and all(p["status"] == "pass" for p in boot["probes"])
+        assert 0 < boot["metrics"]["time_to_init_ms"] < 20_000 and boot["metrics"]["guest_used_kib"] > 1024
         installed = pipeline.work / "prefix" / pipeline.version / target
         manifest = json.loads((installed / "manifest.json").read_text())
         assert manifest["target"] == target and manifest["version"] == pipeline.version
         for name, digest in manifest["sha256"].items():
             assert len(digest) == 64 and (installed / name).is_file()
         assert (pipeline.work / "prefix" / target).resolve() == installed.resolve()
+        assert manifest["boot"]["status"] == "pass" and manifest["cmdline"]
 
 
 def test_second_run_does_nothing(pipeline):
@@ -93,6 +105,30 @@ def test_second_run_does_nothing(pipeline):
     result = pipeline.doit(*names)
     assert result.returncode == 0
     assert "\n.  " not in "\n" + result.stdout, result.stdout  # every task reported up to date ("-- ")
+
+
+def test_kernel_without_dm_crypt_fails_boot_naming_the_requirement(pipeline, tmp_path):
+    """A crippled copy of the built x86_64-micro (dm-crypt switched off, rebuilt incrementally)."""
+    project = Project.from_env(REPO)
+    kbuild = pipeline.target_dir("x86_64-micro") / "kbuild"
+    crippled = tmp_path / "kbuild"
+    shutil.copytree(kbuild, crippled, symlinks=True)
+    srctree = pipeline.work / "build" / "src" / f"linux-{pipeline.version}"
+    subprocess.run([str(srctree / "scripts" / "config"), "--file", str(crippled / ".config"), "-d", "DM_CRYPT"], check=True)
+    make = ["make", "-C", str(srctree), f"O={crippled}", "ARCH=x86", "-j2"]
+    subprocess.run([*make, "olddefconfig"], check=True, capture_output=True)
+    subprocess.run([*make, "vmlinux", "bzImage"], check=True, capture_output=True)
+    target = project.catalog.target("x86_64-micro")
+    fragments = load_fragments(project.fragment_paths(target), REPO)
+    requested = requested_options(fragments, "x86_64", pipeline.version_tuple)
+    with pytest.raises(VerificationFailed) as caught:
+        boot_target(target, crippled, tmp_path / "boot", requested, StderrLog(), guest_dir=REPO / "guest")
+    message = str(caught.value)
+    assert "probe dm-crypt failed" in message and "'volume-encryption'" in message
+    assert "fragments/crypto-luks.conf:" in message and "CONFIG_DM_CRYPT is not set in the built .config" in message
+    report = json.loads((tmp_path / "boot" / "boot.json").read_text())
+    assert report["status"] == "fail"
+    assert [p["name"] for p in report["probes"] if p["status"] != "pass"] == ["dm-crypt"]
 
 
 @pytest.mark.skipif(not TARBALL_6_12, reason="set KTAILOR_TEST_TARBALL_6_12 to check the fragments on 6.12 too")

@@ -174,14 +174,6 @@ def test_failed_check_is_never_installed(farm, monkeypatch, capsys, failure):
         assert farm.summary()["kernels"][0]["action"] == "failed"
 
 
-def test_tree_without_boot_stage_installs_after_verify(farm, capsys):
-    install_dodo(farm.root, boot=False)
-    assert farm.run(apply=True) == EXIT_UPDATED
-    assert (farm.prefix / "6.1.5" / "x86_64-micro" / "manifest.json").is_file()
-    assert farm.summary()["kernels"][0]["targets"]["x86_64-micro"]["boot"] == "no boot stage"
-    assert "no boot stage" in capsys.readouterr().err
-
-
 def test_tampered_signature_on_apply_is_a_failed_check(farm):
     path = farm.mirror.folder() / "sha256sums.asc"
     sha = farm.mirror.real_sums().split()[2]  # linux-6.1.5.tar.xz's

@@ -147,6 +147,15 @@ def verify(root: str, version: str, target: str) -> None:
 
 
 @reports_errors
+def boot(root: str, version: str, target: str) -> None:
+    from .boot import StderrLog, boot_target
+
+    project, kernel, row = _load(root, version, target)
+    boot_target(row, project.kbuild(kernel, row), project.target_dir(kernel, row) / "boot",
+                requested_for(project, kernel, row), StderrLog(), guest_dir=project.guest_dir)
+
+
+@reports_errors
 def report(root: str, version: str, target: str) -> None:
     from .report import write_report
 
@@ -177,4 +186,4 @@ def install(root: str, version: str, target: str) -> None:
         "source_sha256": kernel.sha256,
     }
     install_target(name=row.name, version=kernel.version, prefix=project.prefix, files=files, manifest=manifest,
-                   verify_file=target_dir / "verify.json", boot_file=target_dir / "boot.json")
+                   verify_file=target_dir / "verify.json", boot_file=target_dir / "boot" / "boot.json")

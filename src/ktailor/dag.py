@@ -221,6 +221,24 @@ def report_tasks(root: Path) -> Iterator[Task]:
 
 
 @reports_errors
+def boot_tasks(root: Path) -> Iterator[Task]:
+    project = load_project(str(root))
+    yield _group("boot", "boot each target in QEMU (its VMM's device model) and run the capability probes")
+    guest = [project.guest_dir / "init.c", project.guest_dir / "probes.toml"]
+    for kernel, target, name in each_target(project):
+        target_dir = project.target_dir(kernel, target)
+        yield {
+            "name": name,
+            "doc": _stage_doc("boot", kernel, target),
+            "actions": [(actions.boot, [], _args(project, kernel, target))],
+            "file_dep": [*image_paths(project, kernel, target), str(target_dir / "verify.json"), *map(str, guest)],
+            "targets": [str(target_dir / "boot" / "boot.json")],
+            "uptodate": [config_changed({"boot": target.boot, "cmdline": target.cmdline})],
+            "clean": [(actions.remove_tree, [str(target_dir / "boot")])],
+        }
+
+
+@reports_errors
 def install_tasks(root: Path) -> Iterator[Task]:
     project = load_project(str(root))
     yield _group("install", "install verified kernels into the prefix (KTAILOR_PREFIX, default /usr/share/ktailor)")
@@ -230,7 +248,8 @@ def install_tasks(root: Path) -> Iterator[Task]:
             "name": name,
             "doc": _stage_doc("install", kernel, target),
             "actions": [(actions.install, [], _args(project, kernel, target))],
-            "file_dep": [*image_paths(project, kernel, target), str(target_dir / "verify.json")],
+            "file_dep": [*image_paths(project, kernel, target), str(target_dir / "verify.json"),
+                         str(target_dir / "boot" / "boot.json")],
             "targets": [str(project.install_dir(kernel, target) / "manifest.json")],
             "uptodate": [config_changed({"prefix": str(project.prefix)})],
             "clean": [],  # never remove installed kernels: running VMs may use them

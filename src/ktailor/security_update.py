@@ -148,7 +148,7 @@ def build_and_install(root: Path, version: str, report: KernelReport) -> None:
     checked = run_doit(root, "--continue", *checks)
     for name in kernel.targets:
         target_dir = project.target_dir(kernel, project.catalog.targets[name])
-        boot = _status_of(target_dir / "boot.json", "not reached") if "boot" in stages else "no boot stage"
+        boot = _status_of(target_dir / "boot" / "boot.json", "not reached") if "boot" in stages else "no boot stage"
         report.targets[name] = {"verify": _status_of(target_dir / "verify.json", "not reached"), "boot": boot,
                                 "installed": False}
     if checked.returncode != 0:

@@ -1,0 +1,647 @@
+/*
+ * ktailor guest /init: proves from inside a booted guest that the kernel has what its target promises.
+ *
+ * Output is one machine-readable line per fact, parsed by src/ktailor/probes.py:
+ *   KTAILOR-INIT boottime_ns=<ns> pid=<pid>          first act: CLOCK_BOOTTIME, the clock /proc/uptime reads
+ *   KTAILOR-UPTIME seconds=<s>                        /proc/uptime itself (10 ms steps)
+ *   KTAILOR-KMSG us=<printk time> text=<message>      kernel lines the host needs even under `quiet`
+ *   KTAILOR-MEM total_kb=<n> available_kb=<n> used_kb=<n>
+ *   KTAILOR-PROBE name=<name> status=pass|fail|skip detail=<free text to end of line>
+ *   KTAILOR-DONE probes=<n> failed=<n>
+ *
+ * The probes to run come from the environment variable ktailor_probes (comma-separated; the kernel
+ * hands unknown `name=value` command-line words to init as environment).
+ * ktailor_vsock_cid=<cid> says the VM has a vsock device, so the guest must see that CID.
+ *
+ * Only as PID 1 does init mount anything, create cgroups or reboot: run on a host (the unit tests do)
+ * it only looks, reports side-effecting steps as skipped, and exits.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/klog.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/reboot.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <linux/bpf.h>
+#include <linux/dm-ioctl.h>
+#include <linux/filter.h>
+#include <linux/if_alg.h>
+#include <linux/seccomp.h>
+#include <linux/vm_sockets.h>
+
+enum status { PASS, FAIL, SKIP };
+static const char *const status_names[] = {"pass", "fail", "skip"};
+
+static int pid1;
+static char detail[512];
+
+static enum status say(enum status status, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(detail, sizeof(detail), fmt, ap);
+	va_end(ap);
+	return status;
+}
+
+static int read_file(const char *path, char *buf, size_t size)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, buf, size - 1);
+	close(fd);
+	if (n < 0)
+		return -1;
+	buf[n] = '\0';
+	return (int)n;
+}
+
+static int exists(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0;
+}
+
+/* Whether `word` appears in `text` as a whole whitespace-separated word. */
+static int has_word(const char *text, const char *word)
+{
+	size_t len = strlen(word);
+	for (const char *p = text; (p = strstr(p, word)); p += len) {
+		int starts = p == text || p[-1] == ' ' || p[-1] == '\t' || p[-1] == '\n';
+		int ends = p[len] == '\0' || p[len] == ' ' || p[len] == '\n' || p[len] == '\t';
+		if (starts && ends)
+			return 1;
+	}
+	return 0;
+}
+
+/* Run fn in a child so that what it changes (namespaces, seccomp) does not stick to init. */
+static int in_child(int (*fn)(long), long arg)
+{
+	pid_t pid = fork();
+	if (pid < 0)
+		return errno;
+	if (pid == 0)
+		_exit(fn(arg));
+	int wstatus;
+	if (waitpid(pid, &wstatus, 0) < 0)
+		return errno;
+	return WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 255;
+}
+
+static const char *mount_source_of(const char *target, const char *fstype)
+{
+	static char mounts[16384];
+	static char found[256];
+	if (read_file("/proc/mounts", mounts, sizeof(mounts)) < 0)
+		return NULL;
+	char *save = NULL;
+	for (char *line = strtok_r(mounts, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		char source[128], mnt[128], type[64];
+		if (sscanf(line, "%127s %127s %63s", source, mnt, type) == 3 && strcmp(mnt, target) == 0 &&
+		    (!fstype || strcmp(type, fstype) == 0)) {
+			snprintf(found, sizeof(found), "%s %s", source, type);
+			return found;
+		}
+	}
+	return NULL;
+}
+
+/* ---- probes ---------------------------------------------------------------------------------- */
+
+static enum status probe_vsock(const char *arg)
+{
+	(void)arg;
+	int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return say(FAIL, "socket(AF_VSOCK): %s", strerror(errno));
+	close(fd);
+	/* The socket family alone does not prove the virtio transport: its driver must be registered. */
+	if (!exists("/sys/bus/virtio/drivers/vmw_vsock_virtio_transport"))
+		return say(FAIL, "AF_VSOCK exists but the virtio vsock transport driver is not registered");
+	const char *want = getenv("ktailor_vsock_cid");
+	if (!want || !*want)
+		return say(PASS, "AF_VSOCK socket created; virtio transport registered; no vsock device in this VM");
+	unsigned int cid = 0;
+	int dev = open("/dev/vsock", O_RDONLY | O_CLOEXEC);
+	if (dev < 0 || ioctl(dev, IOCTL_VM_SOCKETS_GET_LOCAL_CID, &cid) < 0)
+		return say(FAIL, "cannot read the local CID from /dev/vsock: %s", strerror(errno));
+	close(dev);
+	if (cid != (unsigned int)strtoul(want, NULL, 10))
+		return say(FAIL, "local CID is %u, the VM's vsock device has %s", cid, want);
+	return say(PASS, "AF_VSOCK socket created; local CID %u", cid);
+}
+
+static enum status probe_dm_crypt(const char *arg)
+{
+	(void)arg;
+	static union {
+		struct dm_ioctl io;
+		char bytes[16384];
+	} buf;
+	int fd = open("/dev/mapper/control", O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return say(FAIL, "/dev/mapper/control: %s", strerror(errno));
+	memset(&buf, 0, sizeof(buf));
+	buf.io.version[0] = DM_VERSION_MAJOR;
+	buf.io.data_size = sizeof(buf);
+	buf.io.data_start = sizeof(struct dm_ioctl);
+	int rc = ioctl(fd, DM_LIST_VERSIONS, &buf);
+	int saved = errno;
+	close(fd);
+	if (rc < 0)
+		return say(FAIL, "DM_LIST_VERSIONS: %s", strerror(saved));
+	uint32_t offset = buf.io.data_start;
+	while (offset + sizeof(struct dm_target_versions) < sizeof(buf)) {
+		struct dm_target_versions *target = (struct dm_target_versions *)(buf.bytes + offset);
+		if (strcmp(target->name, "crypt") == 0)
+			return say(PASS, "device-mapper target crypt v%u.%u.%u", target->version[0],
+				   target->version[1], target->version[2]);
+		if (!target->next)
+			break;
+		offset += target->next;
+	}
+	return say(FAIL, "device-mapper works but its target list has no crypt");
+}
+
+/* Bind an AF_ALG socket to an algorithm and get an operation socket from it. */
+static int alg_open(const char *type, const char *name, const void *key, int keylen, int *tfm)
+{
+	struct sockaddr_alg sa = {.salg_family = AF_ALG};
+	strncpy((char *)sa.salg_type, type, sizeof(sa.salg_type) - 1);
+	strncpy((char *)sa.salg_name, name, sizeof(sa.salg_name) - 1);
+	*tfm = socket(AF_ALG, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (*tfm < 0)
+		return say(FAIL, "socket(AF_ALG): %s", strerror(errno)), -1;
+	if (bind(*tfm, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		return say(FAIL, "bind AF_ALG %s %s: %s", type, name, strerror(errno)), -1;
+	if (key && setsockopt(*tfm, SOL_ALG, ALG_SET_KEY, key, keylen) < 0)
+		return say(FAIL, "ALG_SET_KEY on %s: %s", name, strerror(errno)), -1;
+	int op = accept4(*tfm, NULL, 0, SOCK_CLOEXEC);
+	if (op < 0)
+		return say(FAIL, "accept on %s: %s", name, strerror(errno)), -1;
+	return op;
+}
+
+static enum status probe_xts_aes(const char *arg)
+{
+	(void)arg;
+	/* IEEE 1619 XTS-AES vector 2 (also the kernel's own testmgr vector). */
+	unsigned char key[32], iv[16] = {0x33, 0x33, 0x33, 0x33, 0x33}, text[32], out[32];
+	static const unsigned char expected[32] = {
+		0xc4, 0x54, 0x18, 0x5e, 0x6a, 0x16, 0x93, 0x6e, 0x39, 0x33, 0x40, 0x38, 0xac, 0xef, 0x83, 0x8b,
+		0xfb, 0x18, 0x6f, 0xff, 0x74, 0x80, 0xad, 0xc4, 0x28, 0x93, 0x82, 0xec, 0xd6, 0xd3, 0x94, 0xf0};
+	memset(key, 0x11, 16);
+	memset(key + 16, 0x22, 16);
+	memset(text, 0x44, sizeof(text));
+	int tfm = -1, op = alg_open("skcipher", "xts(aes)", key, sizeof(key), &tfm);
+	if (op < 0)
+		return close(tfm), FAIL;
+
+	char control[CMSG_SPACE(sizeof(uint32_t)) + CMSG_SPACE(sizeof(struct af_alg_iv) + sizeof(iv))] = {0};
+	struct iovec iov = {.iov_base = text, .iov_len = sizeof(text)};
+	struct msghdr msg = {.msg_control = control, .msg_controllen = sizeof(control), .msg_iov = &iov, .msg_iovlen = 1};
+	struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+	cmsg->cmsg_level = SOL_ALG;
+	cmsg->cmsg_type = ALG_SET_OP;
+	cmsg->cmsg_len = CMSG_LEN(sizeof(uint32_t));
+	*(uint32_t *)CMSG_DATA(cmsg) = ALG_OP_ENCRYPT;
+	cmsg = CMSG_NXTHDR(&msg, cmsg);
+	cmsg->cmsg_level = SOL_ALG;
+	cmsg->cmsg_type = ALG_SET_IV;
+	cmsg->cmsg_len = CMSG_LEN(sizeof(struct af_alg_iv) + sizeof(iv));
+	struct af_alg_iv *alg_iv = (struct af_alg_iv *)CMSG_DATA(cmsg);
+	alg_iv->ivlen = sizeof(iv);
+	memcpy(alg_iv->iv, iv, sizeof(iv));
+
+	enum status result;
+	if (sendmsg(op, &msg, 0) != (ssize_t)sizeof(text))
+		result = say(FAIL, "sendmsg to xts(aes): %s", strerror(errno));
+	else if (read(op, out, sizeof(out)) != (ssize_t)sizeof(out))
+		result = say(FAIL, "read from xts(aes): %s", strerror(errno));
+	else if (memcmp(out, expected, sizeof(out)) != 0)
+		result = say(FAIL, "xts(aes) encrypted the IEEE 1619 vector to the wrong ciphertext");
+	else
+		result = say(PASS, "xts(aes) via AF_ALG matches IEEE 1619 vector 2");
+	close(op);
+	close(tfm);
+	return result;
+}
+
+static enum status probe_sha256(const char *arg)
+{
+	(void)arg;
+	static const unsigned char expected[32] = {
+		0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40, 0xde, 0x5d, 0xae, 0x22, 0x23,
+		0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad};
+	unsigned char out[32];
+	int tfm = -1, op = alg_open("hash", "sha256", NULL, 0, &tfm);
+	if (op < 0)
+		return close(tfm), FAIL;
+	enum status result;
+	if (write(op, "abc", 3) != 3)
+		result = say(FAIL, "write to sha256: %s", strerror(errno));
+	else if (read(op, out, sizeof(out)) != (ssize_t)sizeof(out))
+		result = say(FAIL, "read from sha256: %s", strerror(errno));
+	else if (memcmp(out, expected, sizeof(out)) != 0)
+		result = say(FAIL, "sha256(\"abc\") came out wrong");
+	else
+		result = say(PASS, "sha256 via AF_ALG matches the FIPS 180-2 \"abc\" vector");
+	close(op);
+	close(tfm);
+	return result;
+}
+
+static enum status probe_filesystem(const char *fs)
+{
+	char text[4096];
+	if (read_file("/proc/filesystems", text, sizeof(text)) < 0)
+		return say(FAIL, "/proc/filesystems: %s", strerror(errno));
+	if (!has_word(text, fs))
+		return say(FAIL, "%s is not in /proc/filesystems", fs);
+	return say(PASS, "%s is in /proc/filesystems", fs);
+}
+
+static int devtmpfs_mounted_by_init;
+
+static enum status probe_devtmpfs(const char *arg)
+{
+	(void)arg;
+	const char *source = mount_source_of("/dev", "devtmpfs");
+	if (!source)
+		return say(FAIL, "/dev is not a devtmpfs");
+	return say(PASS, "/dev is a devtmpfs, mounted by %s", devtmpfs_mounted_by_init ? "init" : "the kernel");
+}
+
+static int unshare_child(long flag)
+{
+	return unshare((int)flag) < 0 ? errno : 0;
+}
+
+static enum status probe_namespace(const char *kind)
+{
+	static const struct {
+		const char *name;
+		int flag;
+	} kinds[] = {{"uts", CLONE_NEWUTS}, {"ipc", CLONE_NEWIPC}, {"user", CLONE_NEWUSER},
+		     {"pid", CLONE_NEWPID}, {"net", CLONE_NEWNET},   {"cgroup", CLONE_NEWCGROUP},
+		     {"mnt", CLONE_NEWNS}};
+	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+		if (strcmp(kinds[i].name, kind) != 0)
+			continue;
+		int err = in_child(unshare_child, kinds[i].flag);
+		if (err)
+			return say(FAIL, "unshare(CLONE_NEW%s): %s", kind, strerror(err));
+		return say(PASS, "unshare of a %s namespace works", kind);
+	}
+	return say(FAIL, "no such namespace kind: %s", kind);
+}
+
+#define CGROUP_ROOT "/sys/fs/cgroup"
+
+static enum status probe_cgroup2(const char *arg)
+{
+	(void)arg;
+	if (!mount_source_of(CGROUP_ROOT, "cgroup2"))
+		return say(FAIL, "cgroup2 is not mounted on " CGROUP_ROOT);
+	char text[512];
+	if (read_file(CGROUP_ROOT "/cgroup.controllers", text, sizeof(text)) < 0)
+		return say(FAIL, CGROUP_ROOT "/cgroup.controllers: %s", strerror(errno));
+	text[strcspn(text, "\n")] = '\0';
+	return say(PASS, "cgroup2 mounted; controllers: %s", text);
+}
+
+static enum status probe_cgroup_controller(const char *controller)
+{
+	char text[512];
+	if (read_file(CGROUP_ROOT "/cgroup.controllers", text, sizeof(text)) < 0)
+		return say(FAIL, "no cgroup2 hierarchy: " CGROUP_ROOT "/cgroup.controllers: %s", strerror(errno));
+	if (!has_word(text, controller))
+		return say(FAIL, "%s is not in cgroup.controllers (%.*s)", controller, (int)strcspn(text, "\n"), text);
+	return say(PASS, "%s is in cgroup.controllers", controller);
+}
+
+static enum status probe_cgroup_freeze(const char *arg)
+{
+	(void)arg;
+	/* cgroup v2's freezer is core: every non-root cgroup has cgroup.freeze. */
+	if (!pid1)
+		return say(SKIP, "not PID 1: would create a child cgroup on this host");
+	const char *child = CGROUP_ROOT "/ktailor-probe";
+	if (mkdir(child, 0755) < 0 && errno != EEXIST)
+		return say(FAIL, "mkdir %s: %s", child, strerror(errno));
+	int found = exists(CGROUP_ROOT "/ktailor-probe/cgroup.freeze");
+	rmdir(child);
+	return found ? say(PASS, "a child cgroup has cgroup.freeze") : say(FAIL, "a child cgroup has no cgroup.freeze");
+}
+
+static int seccomp_child(long unused)
+{
+	(void)unused;
+	struct sock_filter allow = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+	struct sock_fprog prog = {.len = 1, .filter = &allow};
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+		return 1;
+	if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0)
+		return errno == EINVAL ? 2 : 3;
+	return prctl(PR_GET_SECCOMP, 0, 0, 0, 0) == 2 ? 0 : 4;
+}
+
+static enum status probe_seccomp(const char *arg)
+{
+	(void)arg;
+	switch (in_child(seccomp_child, 0)) {
+	case 0:
+		return say(PASS, "an allow-all SECCOMP_SET_MODE_FILTER filter installs");
+	case 1:
+		return say(FAIL, "PR_SET_NO_NEW_PRIVS failed");
+	case 2:
+		return say(FAIL, "seccomp(SECCOMP_SET_MODE_FILTER): EINVAL (kernel without SECCOMP_FILTER)");
+	default:
+		return say(FAIL, "seccomp filter mode did not take effect");
+	}
+}
+
+static enum status probe_virtio_net(const char *arg)
+{
+	(void)arg;
+	char link[256], target[256] = "";
+	snprintf(link, sizeof(link), "/sys/class/net/eth0/device/driver");
+	if (!exists("/sys/class/net/eth0"))
+		return say(FAIL, "no eth0 in /sys/class/net");
+	ssize_t n = readlink(link, target, sizeof(target) - 1);
+	target[n > 0 ? n : 0] = '\0';
+	const char *driver = strrchr(target, '/') ? strrchr(target, '/') + 1 : target;
+	if (strcmp(driver, "virtio_net") != 0)
+		return say(FAIL, "eth0 is driven by %s, not virtio_net", *driver ? driver : "nothing");
+	return say(PASS, "eth0 is a virtio_net interface");
+}
+
+static void on_alarm(int sig)
+{
+	(void)sig;
+}
+
+static enum status probe_virtio_rng(const char *arg)
+{
+	(void)arg;
+	char current[128];
+	if (read_file("/sys/class/misc/hw_random/rng_current", current, sizeof(current)) < 0)
+		return say(FAIL, "no hw_random device (/sys/class/misc/hw_random): %s", strerror(errno));
+	current[strcspn(current, "\n")] = '\0';
+	if (strncmp(current, "virtio_rng", 10) != 0)
+		return say(FAIL, "the current hwrng is %s, not virtio_rng", current);
+	unsigned char bytes[16];
+	int fd = open("/dev/hwrng", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return say(FAIL, "/dev/hwrng: %s", strerror(errno));
+	/* PID 1 ignores signals it has no handler for, so install one to let alarm() interrupt read(). */
+	struct sigaction sa = {.sa_handler = on_alarm}, old;
+	sigaction(SIGALRM, &sa, &old);
+	alarm(5);
+	ssize_t n = read(fd, bytes, sizeof(bytes));
+	int saved = errno;
+	alarm(0);
+	sigaction(SIGALRM, &old, NULL);
+	close(fd);
+	if (n <= 0)
+		return say(FAIL, "reading /dev/hwrng: %s", n < 0 ? strerror(saved) : "no data");
+	return say(PASS, "read %zd bytes from /dev/hwrng (rng_current=%s)", n, current);
+}
+
+static enum status probe_virtio_blk(const char *arg)
+{
+	(void)arg;
+	struct stat st;
+	if (stat("/dev/vda", &st) < 0)
+		return say(FAIL, "/dev/vda: %s", strerror(errno));
+	if (!S_ISBLK(st.st_mode))
+		return say(FAIL, "/dev/vda is not a block device");
+	const char *root = mount_source_of("/", NULL);
+	return say(PASS, "/dev/vda is a block device; / is %s", root ? root : "unknown");
+}
+
+static enum status probe_virtio_driver(const char *driver)
+{
+	char path[256];
+	snprintf(path, sizeof(path), "/sys/bus/virtio/drivers/%s", driver);
+	DIR *dir = opendir(path);
+	if (!dir)
+		return say(FAIL, "driver %s is not registered on the virtio bus", driver);
+	const char *bound = NULL;
+	for (struct dirent *entry; (entry = readdir(dir));)
+		if (strncmp(entry->d_name, "virtio", 6) == 0) {
+			bound = entry->d_name;
+			break;
+		}
+	enum status result = bound ? say(PASS, "%s drives %s", driver, bound)
+				   : say(FAIL, "%s is registered but drives no device", driver);
+	closedir(dir);
+	return result;
+}
+
+static enum status probe_pci(const char *arg)
+{
+	(void)arg;
+	DIR *dir = opendir("/sys/bus/pci/devices");
+	if (!dir)
+		return say(FAIL, "/sys/bus/pci/devices: %s", strerror(errno));
+	int count = 0;
+	for (struct dirent *entry; (entry = readdir(dir));)
+		count += entry->d_name[0] != '.';
+	closedir(dir);
+	return count ? say(PASS, "%d PCI devices enumerated", count) : say(FAIL, "no PCI device enumerated");
+}
+
+static enum status probe_acpi(const char *arg)
+{
+	(void)arg;
+	return exists("/sys/firmware/acpi") ? say(PASS, "/sys/firmware/acpi exists") : say(FAIL, "/sys/firmware/acpi is missing");
+}
+
+static enum status probe_modules(const char *arg)
+{
+	(void)arg;
+	return exists("/proc/modules") ? say(PASS, "/proc/modules exists: modules can be loaded")
+				       : say(FAIL, "/proc/modules is missing: kernel without module support");
+}
+
+static enum status probe_bpf(const char *arg)
+{
+	(void)arg;
+	struct bpf_insn insns[] = {
+		{.code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 0}, /* r0 = 0 */
+		{.code = BPF_JMP | BPF_EXIT},                                         /* exit */
+	};
+	union bpf_attr attr;
+	memset(&attr, 0, sizeof(attr));
+	attr.prog_type = BPF_PROG_TYPE_SOCKET_FILTER;
+	attr.insns = (uintptr_t)insns;
+	attr.insn_cnt = sizeof(insns) / sizeof(insns[0]);
+	attr.license = (uintptr_t) "GPL";
+	int fd = (int)syscall(SYS_bpf, BPF_PROG_LOAD, &attr, sizeof(attr));
+	if (fd < 0)
+		return say(FAIL, "bpf(BPF_PROG_LOAD): %s", strerror(errno));
+	close(fd);
+	return say(PASS, "bpf() loaded a socket filter program");
+}
+
+/*
+ * The probes by name. An entry without an argument is a prefix family: the rest of the name is the
+ * argument (fs-ext4 runs probe_filesystem("ext4")). Which probes a target runs is data
+ * (guest/probes.toml); this table only says how each is done.
+ */
+static const struct {
+	const char *name;
+	enum status (*run)(const char *arg);
+	const char *arg; /* NULL: prefix family */
+} probes[] = {
+	{"vsock", probe_vsock, ""},
+	{"dm-crypt", probe_dm_crypt, ""},
+	{"crypto-xts-aes", probe_xts_aes, ""},
+	{"crypto-sha256", probe_sha256, ""},
+	{"devtmpfs", probe_devtmpfs, ""},
+	{"cgroup2", probe_cgroup2, ""},
+	{"cgroup-freeze", probe_cgroup_freeze, ""},
+	{"seccomp-filter", probe_seccomp, ""},
+	{"virtio-net", probe_virtio_net, ""},
+	{"virtio-rng", probe_virtio_rng, ""},
+	{"virtio-blk", probe_virtio_blk, ""},
+	{"virtio-balloon", probe_virtio_driver, "virtio_balloon"},
+	{"virtio-console", probe_virtio_driver, "virtio_console"},
+	{"pci", probe_pci, ""},
+	{"acpi", probe_acpi, ""},
+	{"modules", probe_modules, ""},
+	{"bpf", probe_bpf, ""},
+	{"fs-", probe_filesystem, NULL},
+	{"ns-", probe_namespace, NULL},
+	{"cgroup-", probe_cgroup_controller, NULL},
+};
+
+static enum status run_probe(const char *name)
+{
+	for (size_t i = 0; i < sizeof(probes) / sizeof(probes[0]); i++) {
+		size_t len = strlen(probes[i].name);
+		if (probes[i].arg && strcmp(name, probes[i].name) == 0)
+			return probes[i].run(probes[i].arg);
+		if (!probes[i].arg && strncmp(name, probes[i].name, len) == 0 && name[len])
+			return probes[i].run(name + len);
+	}
+	return say(FAIL, "init.c has no probe named %s", name);
+}
+
+/* ---- setup and report ------------------------------------------------------------------------ */
+
+static void mount_if_missing(const char *source, const char *target, const char *type, const char *data)
+{
+	if (mount_source_of(target, type))
+		return;
+	mkdir(target, 0755);
+	if (mount(source, target, type, MS_NOSUID | MS_NOEXEC, data) < 0)
+		printf("KTAILOR-WARN mount %s on %s: %s\n", type, target, strerror(errno));
+	else if (strcmp(type, "devtmpfs") == 0)
+		devtmpfs_mounted_by_init = 1;
+}
+
+static long meminfo_kb(const char *text, const char *key)
+{
+	const char *p = strstr(text, key);
+	return p ? strtol(p + strlen(key), NULL, 10) : -1;
+}
+
+/* Forward the kernel lines the host parses; under `quiet` they never reach the console. */
+static void forward_kmsg(void)
+{
+	int fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0) {
+		printf("KTAILOR-WARN /dev/kmsg: %s\n", strerror(errno));
+		return;
+	}
+	char record[8192];
+	for (;;) {
+		ssize_t n = read(fd, record, sizeof(record) - 1);
+		if (n < 0 && errno == EPIPE)
+			continue; /* records overwritten while reading: skip ahead */
+		if (n <= 0)
+			break;
+		record[n] = '\0';
+		unsigned long long us;
+		char *text = strchr(record, ';');
+		if (!text || sscanf(record, "%*u,%*u,%llu", &us) != 1)
+			continue;
+		text++;
+		text[strcspn(text, "\n")] = '\0';
+		if (strncmp(text, "Memory: ", 8) == 0 || (strncmp(text, "Run ", 4) == 0 && strstr(text, " as init process")))
+			printf("KTAILOR-KMSG us=%llu text=%s\n", us, text);
+	}
+	close(fd);
+}
+
+int main(void)
+{
+	struct timespec boot;
+	clock_gettime(CLOCK_BOOTTIME, &boot); /* first act: time-to-init */
+	pid1 = getpid() == 1;
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	printf("KTAILOR-INIT boottime_ns=%lld pid=%d\n", (long long)boot.tv_sec * 1000000000LL + boot.tv_nsec, (int)getpid());
+
+	if (pid1) {
+		mount_if_missing("proc", "/proc", "proc", NULL);
+		mount_if_missing("sysfs", "/sys", "sysfs", NULL);
+		mount_if_missing("devtmpfs", "/dev", "devtmpfs", NULL);
+		mount_if_missing("cgroup2", CGROUP_ROOT, "cgroup2", NULL);
+	}
+	char text[4096];
+	if (read_file("/proc/uptime", text, sizeof(text)) > 0)
+		printf("KTAILOR-UPTIME seconds=%.*s\n", (int)strcspn(text, " \n"), text);
+	if (read_file("/proc/meminfo", text, sizeof(text)) > 0) {
+		long total = meminfo_kb(text, "MemTotal:"), available = meminfo_kb(text, "MemAvailable:");
+		printf("KTAILOR-MEM total_kb=%ld available_kb=%ld used_kb=%ld\n", total, available, total - available);
+	}
+	forward_kmsg();
+
+	const char *wanted = getenv("ktailor_probes");
+	if (!wanted || !*wanted)
+		printf("KTAILOR-WARN no probes requested: the kernel command line has no ktailor_probes=\n");
+	char *list = strdup(wanted ? wanted : "");
+	int count = 0, failed = 0;
+	char *save = NULL;
+	for (char *name = strtok_r(list, ",", &save); name; name = strtok_r(NULL, ",", &save)) {
+		detail[0] = '\0';
+		enum status status = run_probe(name);
+		count++;
+		failed += status != PASS;
+		for (char *c = detail; *c; c++)
+			if (*c == '\n' || *c == '\r')
+				*c = ' ';
+		printf("KTAILOR-PROBE name=%s status=%s detail=%s\n", name, status_names[status], detail);
+	}
+	printf("KTAILOR-DONE probes=%d failed=%d\n", count, failed);
+	fflush(stdout);
+	if (!pid1)
+		return failed ? 1 : 0;
+	sync();
+	/* With reboot=t and QEMU's -no-reboot the VM exits; power-off would only halt a micro guest. */
+	reboot(RB_AUTOBOOT);
+	printf("KTAILOR-WARN reboot: %s\n", strerror(errno));
+	for (;;)
+		pause();
+}

@@ -1,0 +1,465 @@
+"""The boot stage: boot a built kernel in QEMU (standing in for the VMM) and prove its capabilities.
+
+The guest boots like a production guest: root filesystem on virtio-blk (an ext4 image made without
+root privileges by `mke2fs -d`), or an initramfs (a newc cpio written here). Its /init is
+guest/init.c, compiled static for the target; it runs the probes guest/probes.toml assigns to the
+target's type and prints one line per result, then reboots, which ends the VM (`reboot=t` plus
+QEMU's `-no-reboot`). The machine, transport and command line per target are data in targets.toml
+([target.X] cmdline, [target.X.boot]). KVM is used only where it works; elsewhere TCG, and it says so.
+
+Writes boot.json (status pass/fail/skipped, accel, per-probe results, failed probes mapped to their
+requirement and fragment:line, time-to-init, memory, image sizes) and console.log in the workdir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import shutil
+import stat
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+from .dotconfig import parse_dotconfig
+from .errors import EnvironmentProblem, InputError, VerificationFailed
+from .fragments import Option
+from .probes import (
+    QEMU_PREFIX,
+    GuestReport,
+    ProbeResult,
+    ProbeTable,
+    explain_failure,
+    find_hint,
+    load_probe_table,
+    parse_console,
+)
+from .progress import bar, info, warn
+from .targets import Target
+from .toolchain import TOOL_PACKAGES
+
+GUEST_DIR = Path(__file__).resolve().parents[2] / "guest"
+MODES = ("rootfs", "initramfs")
+SKIP_ENV = "KTAILOR_SKIP_BOOT"  # farms without QEMU: recorded as "not boot-verified", never as a pass
+TRANSPORTS = {"mmio": "device", "pci": "pci"}  # virtio-<kind>-<suffix>: QEMU's device model per transport
+VSOCK_DEVICE = Path("/dev/vhost-vsock")
+ROOTFS_SIZE = "16M"
+LAST_LINES = 40
+
+
+class Log(Protocol):
+    """What the stage reports through; logging.Logger fits, and so does StderrLog."""
+
+    def info(self, message: str) -> None: ...
+    def warning(self, message: str) -> None: ...
+
+
+class StderrLog:
+    """The house `I:` / `W:` lines on stderr."""
+
+    def info(self, message: str) -> None:
+        info(message)
+
+    def warning(self, message: str) -> None:
+        warn(message)
+
+
+@dataclass(frozen=True)
+class BootSettings:
+    """A target's [target.X.boot] table, checked."""
+
+    machine: str
+    devices: str  # "mmio" | "pci"
+    kernel: str  # image path inside the kbuild dir
+    memory_mib: int = 256
+    smp: int = 1
+    timeout_s: float = 60
+    cmdline_extra: str = ""  # appended to the target's cmdline for the boot test
+    tcg_cmdline_extra: str = ""  # only under TCG; {host_tsc_khz} is filled in
+    tcg_cpu: str = "max"
+    kvm_cpu: str = "host"
+    virtio_mmio_buses: tuple[int, ...] = ()  # pin virtio-mmio devices to these transports, in order
+    qemu_args: tuple[str, ...] = ()
+
+
+def boot_settings(target: Target) -> BootSettings:
+    where = f"targets.toml [target.{target.name}.boot]"
+    known = {f.name for f in fields(BootSettings)}
+    if unknown := sorted(set(target.boot) - known):
+        raise InputError(f"{where} has unknown key(s) {', '.join(unknown)}; the known keys are {', '.join(sorted(known))}.")
+    if missing := [key for key in ("machine", "devices", "kernel") if key not in target.boot]:
+        raise InputError(f"{where} has no {', '.join(missing)}; add `{missing[0]} = …` (see the other targets).")
+    if target.boot["devices"] not in TRANSPORTS:
+        raise InputError(f"{where} devices = {target.boot['devices']!r}; use one of {', '.join(TRANSPORTS)}.")
+    values = dict(target.boot)
+    for key in ("virtio_mmio_buses", "qemu_args"):
+        values[key] = tuple(values.get(key, ()))
+    return BootSettings(**values)
+
+
+def choose_accel(target: Target, wanted: str | None = None, *, host: str | None = None,
+                 cpuinfo: Path = Path("/proc/cpuinfo"), kvm_device: Path = Path("/dev/kvm")) -> tuple[str, str]:
+    """("kvm" | "tcg", why). KVM only for a same-arch guest on a host whose KVM can really run it."""
+    if wanted in ("kvm", "tcg"):
+        return wanted, f"{wanted} as requested"
+    host = host or platform.machine()
+    if host != target.arch.name:
+        return "tcg", f"the host is {host}, so the {target.arch.name} guest runs under TCG emulation"
+    if not os.access(kvm_device, os.R_OK | os.W_OK):
+        return "tcg", f"{kvm_device} is missing or not accessible, so the guest runs under TCG emulation"
+    if host == "x86_64":
+        text = cpuinfo.read_text() if cpuinfo.is_file() else ""
+        flags = next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), set())
+        if not flags & {"vmx", "svm"}:
+            return "tcg", (f"{kvm_device} exists but the CPU has no vmx/svm flag (software nested virtualization, whose "
+                           "guests crash), so the guest runs under TCG emulation: timings are slower than on KVM")
+    return "kvm", "KVM is available"
+
+
+def host_tsc_khz(cpuinfo: Path = Path("/proc/cpuinfo")) -> int | None:
+    """Under TCG the guest TSC ticks at the host's rate; 'cpu MHz' is the best cheap estimate."""
+    text = cpuinfo.read_text() if cpuinfo.is_file() else ""
+    for line in text.splitlines():
+        if line.startswith("cpu MHz"):
+            return round(float(line.split(":", 1)[1]) * 1000)
+    return None
+
+
+# --- guest files ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GuestFiles:
+    init: Path
+    rootfs: Path
+    initramfs: Path
+
+
+def compiler_for(target: Target) -> str:
+    return f"{target.arch.compiler_prefix()}gcc"
+
+
+def build_init(target: Target, source: Path, out_dir: Path) -> Path:
+    """Compile init.c static for the target; cached until init.c or the compiler command changes."""
+    init = out_dir / "init"
+    argv = [compiler_for(target), "-static", "-Os", "-s", "-Wall", "-o", str(init), str(source)]
+    key = f"{' '.join(argv[:-3])}\n{source.read_text()}"
+    stamp = out_dir / "init.key"
+    if init.is_file() and stamp.is_file() and stamp.read_text() == key:
+        return init
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        libc = "libc6-dev" if not target.arch.compiler_prefix() else f"libc6-dev-{target.arch.kernel_arch}-cross"
+        raise EnvironmentProblem(f"compiling the guest init for {target.name} failed ({' '.join(argv)}): "
+                                 f"{done.stderr.strip()[-800:]}. A static C library is needed (Debian: apt-get install {libc}).")
+    stamp.write_text(key)
+    return init
+
+
+@dataclass(frozen=True)
+class CpioEntry:
+    name: str
+    mode: int  # with the file type bits
+    data: bytes = b""
+    rdev: tuple[int, int] = (0, 0)
+
+
+def newc_archive(entries: list[CpioEntry]) -> bytes:
+    """An uncompressed newc cpio (what the kernel unpacks as an initramfs), device nodes included."""
+    out = bytearray()
+    for ino, entry in enumerate([*entries, CpioEntry("TRAILER!!!", 0)], start=1):
+        name = entry.name.encode() + b"\0"
+        nlink = 2 if stat.S_ISDIR(entry.mode) else 1
+        header = [ino, entry.mode, 0, 0, nlink, 0, len(entry.data), 0, 0, *entry.rdev, len(name), 0]
+        out += b"070701" + "".join(f"{value:08x}" for value in header).encode() + name
+        out += b"\0" * (-len(out) % 4)
+        out += entry.data
+        out += b"\0" * (-len(out) % 4)
+    return bytes(out)
+
+
+def make_initramfs(init: Path, out: Path) -> Path:
+    directory = stat.S_IFDIR | 0o755
+    entries = [CpioEntry(d, directory) for d in ("dev", "proc", "sys", "tmp")]
+    entries += [CpioEntry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)),
+                CpioEntry("init", stat.S_IFREG | 0o755, init.read_bytes())]
+    out.write_bytes(newc_archive(entries))
+    return out
+
+
+def make_rootfs(init: Path, out: Path) -> Path:
+    """An ext4 image holding /init and the mount points, made without root privileges."""
+    tree = out.with_suffix(".d")
+    shutil.rmtree(tree, ignore_errors=True)
+    for directory in ("dev", "proc", "sys", "tmp"):
+        (tree / directory).mkdir(parents=True)
+    shutil.copy2(init, tree / "init")
+    out.unlink(missing_ok=True)
+    argv = ["mke2fs", "-q", "-F", "-t", "ext4", "-L", "ktailor-root", "-m", "0", "-E", "root_owner=0:0",
+            "-d", str(tree), str(out), ROOTFS_SIZE]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise EnvironmentProblem(f"making the guest root filesystem failed ({' '.join(argv)}): {done.stderr.strip()}. "
+                                 "mke2fs needs -d support (e2fsprogs 1.43 or later).")
+    return out
+
+
+def prepare_guest(target: Target, workdir: Path, guest_dir: Path) -> GuestFiles:
+    out = workdir / "guest"
+    init = build_init(target, guest_dir / "init.c", out)
+    return GuestFiles(init, make_rootfs(init, out / "rootfs.ext4"), make_initramfs(init, out / "initramfs.cpio"))
+
+
+# --- the VM ----------------------------------------------------------------------------------------
+
+def kernel_cmdline(target: Target, settings: BootSettings, *, accel: str, mode: str, probe_names: list[str],
+                   vsock_cid: int | None, interactive: bool = False, tsc_khz: int | None = None) -> str:
+    words = [*target.cmdline.split(), *settings.cmdline_extra.split()]
+    extra = settings.tcg_cmdline_extra if accel == "tcg" else ""
+    if extra and ("{host_tsc_khz}" not in extra or tsc_khz):  # without a host value, leave the word out
+        words += extra.format(host_tsc_khz=tsc_khz).split()
+    if interactive:
+        words = [w for w in words if w != "quiet"]
+    words += ["root=/dev/vda", "rootfstype=ext4", "ro", "init=/init"] if mode == "rootfs" else ["rdinit=/init"]
+    # Words the kernel does not know reach /init as environment variables.
+    words.append("ktailor_probes=" + ",".join(probe_names))
+    if vsock_cid is not None:
+        words.append(f"ktailor_vsock_cid={vsock_cid}")
+    return " ".join(words)
+
+
+def build_qemu_argv(target: Target, settings: BootSettings, kernel: Path, files: GuestFiles, *, accel: str,
+                    cmdline: str, mode: str, vsock_cid: int | None, interactive: bool = False) -> list[str]:
+    suffix = TRANSPORTS[settings.devices]
+    argv = [target.arch.qemu, "-M", settings.machine, "-accel", accel,
+            "-cpu", settings.kvm_cpu if accel == "kvm" else settings.tcg_cpu,
+            "-m", f"{settings.memory_mib}M", "-smp", str(settings.smp),
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]
+    argv += ["-serial", "mon:stdio"] if interactive else ["-serial", "stdio", "-monitor", "none"]
+    argv += ["-kernel", str(kernel), "-append", cmdline]
+    if mode == "initramfs":
+        argv += ["-initrd", str(files.initramfs)]
+    argv += ["-drive", f"id=root,file={files.rootfs},format=raw,if=none,readonly=on",
+             "-netdev", "user,id=n0,restrict=on"]  # restrict: the guest gets a NIC but no way out
+    devices = [f"virtio-blk-{suffix},drive=root", f"virtio-net-{suffix},netdev=n0", f"virtio-rng-{suffix}",
+               f"virtio-balloon-{suffix}", f"virtio-serial-{suffix}"]
+    if vsock_cid is not None:
+        devices.append(f"vhost-vsock-{suffix},guest-cid={vsock_cid}")
+    for index, device in enumerate(devices):
+        pinned = settings.devices == "mmio" and index < len(settings.virtio_mmio_buses)
+        argv += ["-device", device + (f",bus=virtio-mmio-bus.{settings.virtio_mmio_buses[index]}" if pinned else "")]
+    return argv + list(settings.qemu_args)
+
+
+@dataclass
+class Plan:
+    argv: list[str]
+    accel: str
+    accel_note: str
+    settings: BootSettings
+    files: GuestFiles
+    table: ProbeTable
+    probe_names: list[str]
+
+
+def plan_boot(target: Target, kbuild: Path, workdir: Path, *, mode: str = "rootfs", accel: str | None = None,
+              interactive: bool = False, guest_dir: Path = GUEST_DIR) -> Plan:
+    if mode not in MODES:
+        raise InputError(f"boot mode {mode!r} is not one of {', '.join(MODES)}.")
+    settings = boot_settings(target)
+    kernel = kbuild / settings.kernel
+    if not kernel.is_file():
+        raise VerificationFailed(f"{target.name}: {kernel} does not exist, so there is nothing to boot; build the target "
+                                 f"first (targets.toml [target.{target.name}.boot] kernel = {settings.kernel!r}).")
+    table = load_probe_table(guest_dir / "probes.toml")
+    names = [p.name for p in table.for_target(target)]
+    chosen, note = choose_accel(target, accel)
+    # A vsock device only where the host has vhost-vsock; a CID per process so parallel boots do not collide.
+    vsock_cid = 1000 + os.getpid() if os.access(VSOCK_DEVICE, os.R_OK | os.W_OK) else None
+    files = prepare_guest(target, workdir, guest_dir)
+    cmdline = kernel_cmdline(target, settings, accel=chosen, mode=mode, probe_names=names, vsock_cid=vsock_cid,
+                             interactive=interactive, tsc_khz=host_tsc_khz())
+    argv = build_qemu_argv(target, settings, kernel, files, accel=chosen, cmdline=cmdline, mode=mode,
+                           vsock_cid=vsock_cid, interactive=interactive)
+    return Plan(argv, chosen, note, settings, files, table, names)
+
+
+def qemu_command(target: Target, kbuild: Path, workdir: Path, *, interactive: bool = False, mode: str = "rootfs",
+                 accel: str | None = None, guest_dir: Path = GUEST_DIR) -> list[str]:
+    """The QEMU argv that boots this target (guest files prepared in workdir); interactive keeps
+    the monitor on the console (Ctrl-A X quits) and drops `quiet`."""
+    return plan_boot(target, kbuild, workdir, mode=mode, accel=accel, interactive=interactive, guest_dir=guest_dir).argv
+
+
+@dataclass
+class VmRun:
+    lines: list[str] = field(default_factory=list)
+    stamps: list[float] = field(default_factory=list)  # seconds after QEMU started, per line
+    returncode: int | None = None
+    timed_out: bool = False
+    wall_s: float = 0.0
+
+
+def run_vm(argv: list[str], timeout_s: float, console_log: Path, label: str, probe_count: int) -> VmRun:
+    """Run QEMU with the console on a pipe, every line timestamped and saved; kill it at the timeout."""
+    run = VmRun()
+    lock = threading.Lock()
+    started = time.monotonic()
+    with console_log.open("w") as log:
+        log.write("$ " + shlex.join(argv) + "\n")
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+        def pump(stream: Any, prefix: str) -> None:
+            for raw in iter(stream.readline, b""):
+                line = prefix + raw.decode("utf-8", "replace").rstrip("\r\n")
+                with lock:
+                    run.stamps.append(time.monotonic() - started)
+                    run.lines.append(line)
+                    log.write(line + "\n")
+                    log.flush()
+
+        readers = [threading.Thread(target=pump, args=(process.stdout, ""), daemon=True),
+                   threading.Thread(target=pump, args=(process.stderr, QEMU_PREFIX), daemon=True)]
+        for reader in readers:
+            reader.start()
+        with bar(total=probe_count, unit="probe", desc=f"boot {label}", postfix="kernel booting") as progress:
+            while process.poll() is None:
+                if time.monotonic() - started > timeout_s:
+                    run.timed_out = True
+                    process.kill()
+                    break
+                time.sleep(0.1)
+                with lock:
+                    done = sum("KTAILOR-PROBE " in line for line in run.lines)
+                if done > progress.n:
+                    progress.set_postfix_str("probing", refresh=False)
+                    progress.update(done - progress.n)
+            run.returncode = process.wait()
+        run.wall_s = time.monotonic() - started
+        for reader in readers:
+            reader.join(timeout=5)
+        if run.timed_out:
+            log.write(f"[ktailor] killed QEMU after {timeout_s:g}s\n")
+    return run
+
+
+# --- the stage -------------------------------------------------------------------------------------
+
+@dataclass
+class BootResult:
+    target: str
+    status: str  # pass | fail | skipped
+    reason: str
+    report: dict[str, Any]  # what boot.json holds
+    boot_json: Path
+
+
+def _write(workdir: Path, report: dict[str, Any]) -> Path:
+    path = workdir / "boot.json"
+    temp = path.with_suffix(".json.tmp")
+    temp.write_text(json.dumps(report, indent=2) + "\n")
+    temp.replace(path)
+    return path
+
+
+def _skip(target: Target, workdir: Path, reason: str, log: Log) -> BootResult:
+    log.warning(f"{target.name} is NOT boot-verified: {reason}")
+    report = {"target": target.name, "status": "skipped", "reason": reason}
+    return BootResult(target.name, "skipped", reason, report, _write(workdir, report))
+
+
+def missing_tool(target: Target, mode: str) -> str | None:
+    """Why the stage cannot run here (a tool is missing), or None."""
+    needs = {target.arch.qemu: target.arch.qemu_package, compiler_for(target): TOOL_PACKAGES.get(compiler_for(target), "gcc")}
+    if mode == "rootfs":
+        needs["mke2fs"] = "e2fsprogs"
+    for tool, package in needs.items():
+        if not shutil.which(tool):
+            return f"{tool} is not installed; install it to boot-test kernels (Debian/Ubuntu: apt-get install {package})"
+    return None
+
+
+def metrics_of(guest: GuestReport, run: VmRun) -> dict[str, Any]:
+    init_at = next((t for t, line in zip(run.stamps, run.lines, strict=True) if "KTAILOR-INIT " in line), None)
+    return {
+        "time_to_init_ms": round(guest.boottime_ns / 1e6, 1) if guest.boottime_ns is not None else None,
+        "uptime_at_init_s": guest.uptime_s,
+        "printk_run_init_ms": round(guest.run_init_us / 1e3, 1) if guest.run_init_us is not None else None,
+        "host_wall_to_init_ms": round(init_at * 1e3) if init_at is not None else None,
+        "host_wall_to_exit_ms": round(run.wall_s * 1e3),
+        "guest_used_kib": guest.mem_used_kb,
+        "guest_mem_total_kib": guest.mem_total_kb,
+        "kernel_memory_kib": guest.kernel_memory,
+    }
+
+
+def boot_target(target: Target, kbuild: Path, workdir: Path, requested: dict[str, Option], log: Log, *,
+                mode: str = "rootfs", accel: str | None = None, guest_dir: Path = GUEST_DIR) -> BootResult:
+    """Boot the kernel in kbuild, run the probes, write boot.json; raise VerificationFailed on failure."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if os.environ.get(SKIP_ENV):
+        return _skip(target, workdir, f"{SKIP_ENV} is set: boot verification was skipped on purpose", log)
+    if reason := missing_tool(target, mode):
+        return _skip(target, workdir, reason, log)
+    plan = plan_boot(target, kbuild, workdir, mode=mode, accel=accel, guest_dir=guest_dir)
+    if plan.accel == "tcg" and accel is None:
+        log.info(f"{target.name}: {plan.accel_note}.")
+    console_log = workdir / "console.log"
+    run = run_vm(plan.argv, plan.settings.timeout_s, console_log, target.name, len(plan.probe_names))
+    guest = parse_console(run.lines)
+
+    sizes = {Path(relative).name: (kbuild / relative).stat().st_size
+             for relative in target.arch.images if (kbuild / relative).is_file()}
+    sizes |= {f"guest {path.name}": path.stat().st_size for path in (plan.files.init, plan.files.rootfs, plan.files.initramfs)}
+    report: dict[str, Any] = {
+        "target": target.name, "status": "pass", "mode": mode, "accel": plan.accel, "accel_note": plan.accel_note,
+        "kernel": str(kbuild / plan.settings.kernel), "qemu_command": plan.argv, "console_log": str(console_log),
+        "metrics": metrics_of(guest, run), "sizes": sizes, "probes": [], "guest_warnings": guest.warnings,
+    }
+
+    problem = None
+    if not guest.done:
+        if run.timed_out:
+            why = f"timed out after {plan.settings.timeout_s:g}s"
+        elif guest.boottime_ns is None:
+            why = "the VM ended before /init ran" + (f" (QEMU exit status {run.returncode})" if run.returncode else "")
+        else:
+            why = "the VM ended before /init finished its probes"
+        hint = find_hint(plan.table.hints, run.lines, timed_out=run.timed_out)
+        report |= {"hint": hint, "last_lines": run.lines[-LAST_LINES:]}
+        problem = f"{target.name} did not finish booting: {why}." + (f" Hint: {hint}." if hint else "")
+    elif run.timed_out:
+        problem = (f"{target.name} ran every probe but the VM did not exit within {plan.settings.timeout_s:g}s: "
+                   "the guest's reboot did not end it (reboot=t with QEMU -no-reboot).")
+
+    final = parse_dotconfig(kbuild / ".config") if (kbuild / ".config").is_file() else {}
+    failures = []
+    for probe in plan.table.for_target(target):
+        result = guest.probes.get(probe.name, ProbeResult(probe.name, "missing", "init printed no result"))
+        entry: dict[str, Any] = {"name": probe.name, "status": result.status, "detail": result.detail}
+        if result.status != "pass" and guest.done:
+            failure = explain_failure(probe, result, requested, final, plan.table.transport.get(plan.settings.devices, ()))
+            failures.append(failure)
+            entry |= failure.as_json()
+        report["probes"].append(entry)
+    if failures and not problem:
+        problem = (f"{target.name}: {len(failures)} of {len(plan.probe_names)} boot probes failed: "
+                   + "; ".join(f.sentence(target) for f in failures) + ".")
+
+    if problem:
+        message = f"{problem} Full console log: {console_log}; results: {workdir / 'boot.json'}"
+        report |= {"status": "fail", "message": message}
+        _write(workdir, report)
+        if "last_lines" in report:
+            message += f"\nlast {LAST_LINES} console lines:\n" + "\n".join(report["last_lines"])
+        raise VerificationFailed(message)
+    metrics = report["metrics"]
+    log.info(f"{target.name} booted under {plan.accel}: {len(plan.probe_names)} probes passed; init at "
+             f"{metrics['time_to_init_ms']} ms, VM done in {metrics['host_wall_to_exit_ms']} ms, "
+             f"{guest.mem_used_kb} KiB used at init")
+    return BootResult(target.name, "pass", "", report, _write(workdir, report))
