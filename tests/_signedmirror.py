@@ -187,3 +187,16 @@ def use_mirror(monkeypatch: pytest.MonkeyPatch, mirror: KernelMirror) -> None:
     monkeypatch.setenv("KTAILOR_KEYRING", str(mirror.key.keyring))
     monkeypatch.setenv("KTAILOR_RELEASES_URL", mirror.releases_url)
     monkeypatch.delenv("FAKE_BOOT_FAIL", raising=False)
+
+
+@dataclass
+class FarmBase:
+    """A test project served by a signed mirror: what upgrade and security-update tests share."""
+
+    root: Path
+    mirror: KernelMirror
+    old_sha: str
+
+    @property
+    def versions(self) -> Path:
+        return self.root / "versions.toml"

@@ -7,12 +7,12 @@ the fake kernel) and installs into a temp prefix; a failing check must leave the
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from _signedmirror import (  # noqa: F401 - the fixture_* are pytest fixtures, used by name
+    FarmBase,
     KernelMirror,
     dead_url,
     fixture_served_mirror,
@@ -36,16 +36,7 @@ from ktailor.security_update import (
 TARGETS = ["x86_64-micro", "aarch64-micro"]
 
 
-@dataclass
-class Farm:
-    root: Path
-    mirror: KernelMirror
-    old_sha: str
-
-    @property
-    def versions(self) -> Path:
-        return self.root / "versions.toml"
-
+class Farm(FarmBase):
     @property
     def prefix(self) -> Path:
         return self.root.parent / "prefix"

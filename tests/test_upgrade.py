@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from _signedmirror import (  # noqa: F401 - the fixture_* are pytest fixtures, used by name
+    FarmBase,
     KernelMirror,
     fixture_served_mirror,
     fixture_signing_key,
@@ -35,16 +34,7 @@ from ktailor.signature import (
 from ktailor.upgrade import rewrite_versions, upgrade
 
 
-@dataclass
-class Farm:
-    root: Path
-    mirror: KernelMirror
-    old_sha: str
-
-    @property
-    def versions(self) -> Path:
-        return self.root / "versions.toml"
-
+class Farm(FarmBase):
     def tarball_sha(self, version: str) -> str:
         return hashlib.sha256((self.mirror.folder() / f"linux-{version}.tar.xz").read_bytes()).hexdigest()
 

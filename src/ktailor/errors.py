@@ -10,6 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def line_of(text: str, needle: str) -> int | None:
+    """The number of the first line holding `needle` outside a `#` comment: where an error points."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if needle in line.split("#", 1)[0]:
+            return number
+    return None
+
+
 class KtailorError(Exception):
     """Base class: a message meant for the user."""
 

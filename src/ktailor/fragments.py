@@ -15,7 +15,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, line_of
 
 OPTION_RE = re.compile(r'^CONFIG_([A-Z0-9_]+)=(y|m|n|-?\d+|0x[0-9a-fA-F]+|"(?:[^"\\]|\\.)*")$')
 NOT_SET_RE = re.compile(r"^# CONFIG_([A-Z0-9_]+) is not set$")
@@ -330,7 +330,7 @@ def load_expected_drops(path: Path) -> list[ExpectedDrop]:
     drops = []
     for index, entry in enumerate(data.get("drop", []), start=1):
         option = str(entry.get("option", ""))
-        line = next((n for n, t in enumerate(text.splitlines(), 1) if option and option in t), None)
+        line = line_of(text, f'"{option}"') if option else None
         symbol = option.removeprefix("CONFIG_")
         if not re.fullmatch(r"[A-Z0-9_]+", symbol) or not entry.get("why"):
             raise InputError(f"[[drop]] #{index} needs option = \"CONFIG_FOO\" and a why = \"…\" sentence.", path=path, line=line)

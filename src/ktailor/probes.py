@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, line_of
 from .fragments import Option
 from .targets import Target
 
@@ -62,10 +62,6 @@ class ProbeTable:
         return [p for p in self.probes if p.applies_to(target)]
 
 
-def _line_of(text: str, needle: str) -> int | None:
-    return next((n for n, line in enumerate(text.splitlines(), 1) if needle in line), None)
-
-
 def load_probe_table(path: Path) -> ProbeTable:
     try:
         text = path.read_text()
@@ -77,7 +73,7 @@ def load_probe_table(path: Path) -> ProbeTable:
 
     probes = []
     for index, row in enumerate(data.get("probe", []), start=1):
-        line = _line_of(text, f'name = "{row.get("name")}"')
+        line = line_of(text, f'name = "{row.get("name")}"')
         missing = [key for key in ("name", "requirement", "symbols", "types") if not row.get(key)]
         if missing:
             raise InputError(f"[[probe]] #{index} has no {', '.join(missing)}; every probe needs name, "
@@ -96,7 +92,7 @@ def load_probe_table(path: Path) -> ProbeTable:
                              f"or when = one of {', '.join(HINT_CONDITIONS)}.", path=path)
         if row.get("when") and row["when"] not in HINT_CONDITIONS:
             raise InputError(f"[[hint]] #{index}: when = {row['when']!r} is not one of {', '.join(HINT_CONDITIONS)}.",
-                             path=path, line=_line_of(text, f'when = "{row["when"]}"'))
+                             path=path, line=line_of(text, f'when = "{row["when"]}"'))
         hints.append(Hint(text=row["hint"], match=row.get("match", ""), when=row.get("when", "")))
     transport = {kind: tuple(symbols) for kind, symbols in data.get("transport", {}).items()}
     return ProbeTable(path=path, probes=tuple(probes), transport=transport, hints=tuple(hints))

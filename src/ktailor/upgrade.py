@@ -28,7 +28,7 @@ import tomlkit
 from tomlkit.items import Item
 
 from .download import fetch
-from .errors import ChecksumMismatch, DownloadError, InputError
+from .errors import ChecksumMismatch, DownloadError, InputError, line_of
 from .layout import Project
 from .preflight import Preflight, render_preflight, run_preflight
 from .progress import info, warn
@@ -74,10 +74,7 @@ class UpgradeResult:
 
 # --- which entry, which version -------------------------------------------------------------------
 def _line_of_version(path: Path, version: str) -> int | None:
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if f'version = "{version}"' in line.split("#", 1)[0]:
-            return number
-    return None
+    return line_of(path.read_text(), f'version = "{version}"')
 
 
 def choose_entry(versions: VersionsFile, version: str | None, replace: str | None, allow_series_change: bool) -> Kernel:

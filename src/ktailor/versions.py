@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import InputError
+from .errors import InputError, line_of
 from .targets import Catalog
 
 DEFAULT_MIRROR = "https://cdn.kernel.org/pub/linux/kernel"
@@ -54,13 +54,6 @@ def parse_version(version: str) -> tuple[int, int, int]:
 def tarball_url(mirror: str, version: str) -> str:
     major = version.split(".", maxsplit=1)[0]
     return f"{mirror.rstrip('/')}/v{major}.x/linux-{version}.tar.xz"
-
-
-def _line_of(text: str, needle: str) -> int | None:
-    for number, line in enumerate(text.splitlines(), start=1):
-        if needle in line.split("#", 1)[0]:
-            return number
-    return None
 
 
 def check_mirror(url: str, path: Path, line: int | None, source: str) -> str:
@@ -109,7 +102,7 @@ def load_versions(path: Path, catalog: Catalog, fragments_dir: Path, env: dict[s
         mirror = check_mirror(env[MIRROR_ENV], path, None, f"from ${MIRROR_ENV}")
     else:
         raw_mirror = data.get("mirror", DEFAULT_MIRROR)
-        mirror = check_mirror(str(raw_mirror), path, _line_of(text, "mirror ="), "the `mirror` key")
+        mirror = check_mirror(str(raw_mirror), path, line_of(text, "mirror ="), "the `mirror` key")
 
     entries = data.get("kernel", [])
     if not isinstance(entries, list) or not entries:
@@ -120,7 +113,7 @@ def load_versions(path: Path, catalog: Catalog, fragments_dir: Path, env: dict[s
     default_version = data.get("default")
     for index, entry in enumerate(entries, start=1):
         version = entry.get("version")
-        line = _line_of(text, f'version = "{version}"') or _line_of(text, f'"{version}"') if isinstance(version, str) else None
+        line = line_of(text, f'version = "{version}"') or line_of(text, f'"{version}"') if isinstance(version, str) else None
         if not isinstance(version, str) or not VERSION_RE.match(version):
             raise InputError(
                 f"kernel entry #{index} has version {version!r}, which is not a kernel.org release number; "
@@ -141,7 +134,7 @@ def load_versions(path: Path, catalog: Catalog, fragments_dir: Path, env: dict[s
                 f"kernel {version}: sha256 {sha256!r} is not 64 lowercase hex digits; copy it from "
                 f"the sha256sums.asc next to the tarball on kernel.org (or `invoke upgrade --version {version}`).",
                 path=path,
-                line=_line_of(text, str(sha256)) if sha256 else line,
+                line=line_of(text, str(sha256)) if sha256 else line,
             )
         targets = entry.get("targets", catalog.default_targets())
         for target in targets:
@@ -150,7 +143,7 @@ def load_versions(path: Path, catalog: Catalog, fragments_dir: Path, env: dict[s
                     f"unknown target {target!r} for kernel {version}; known targets (targets.toml): "
                     f"{', '.join(sorted(catalog.targets))}. Fix the name or add the target to targets.toml.",
                     path=path,
-                    line=_line_of(text, f'"{target}"') or line,
+                    line=line_of(text, f'"{target}"') or line,
                 )
             list_file = fragments_dir / catalog.targets[target].list_name
             if not list_file.is_file():
@@ -158,7 +151,7 @@ def load_versions(path: Path, catalog: Catalog, fragments_dir: Path, env: dict[s
                     f"kernel {version} asks for target {target}, but its fragment list {list_file} does not exist; "
                     f"create it (one fragment per line) or drop {target} from the targets.",
                     path=path,
-                    line=_line_of(text, f'"{target}"') or line,
+                    line=line_of(text, f'"{target}"') or line,
                 )
         kernels.append(
             Kernel(
@@ -173,6 +166,6 @@ def load_versions(path: Path, catalog: Catalog, fragments_dir: Path, env: dict[s
         raise InputError(
             f"default = {default_version!r} names no listed kernel; set it to one of {', '.join(seen)}.",
             path=path,
-            line=_line_of(text, "default ="),
+            line=line_of(text, "default ="),
         )
     return VersionsFile(path=path, kernels=tuple(kernels))
