@@ -155,3 +155,12 @@ def test_bad_versions_file_is_one_paragraph_not_a_traceback(project_factory):
     code, _, err = run_doit(project.root, "list")
     assert code != 0
     assert "versions.toml:2" in err and "6.1.x" in err and "Traceback" not in err
+
+
+def test_parallel_run_builds_every_target(two_kernels):
+    root = two_kernels.root
+    code, ran, err = run_doit(root, "-n", "2", "verify")
+    assert code == 0, err
+    assert sorted(t for t in ran if t.startswith("verify:")) == sorted(
+        f"verify:{target}{suffix}" for target in ("x86_64-micro", "aarch64-micro") for suffix in ("", "@6.1.2"))
+    assert run_doit(root, "verify")[1] == []
