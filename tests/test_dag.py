@@ -164,3 +164,15 @@ def test_parallel_run_builds_every_target(two_kernels):
     assert sorted(t for t in ran if t.startswith("verify:")) == sorted(
         f"verify:{target}{suffix}" for target in ("x86_64-micro", "aarch64-micro") for suffix in ("", "@6.1.2"))
     assert run_doit(root, "verify")[1] == []
+
+
+def test_config_lints_the_targets_fragments_before_make(project_factory):
+    project = project_factory()
+    sha = project.kernel("6.1.1")
+    project.versions([("6.1.1", sha)], targets=["x86_64-micro"])
+    micro = project.root / "fragments" / "micro.conf"
+    micro.write_text(micro.read_text() + "CONFIG_NO_REASON=y\n")
+    code, ran, err = run_doit(project.root, "config:x86_64-micro")
+    assert code != 0 and "config:x86_64-micro" in ran
+    assert "fragments/micro.conf:8" in err and "reason" in err
+    assert not (project.root.parent / "build" / "6.1.1" / "x86_64-micro" / "kbuild" / "make-calls").exists()

@@ -105,7 +105,16 @@ def raise_lint(count: int) -> None:
 
 @reports_errors
 def configure(root: str, version: str, target: str) -> None:
+    from .lint import format_findings, lint_fragments
+
     project, kernel, row = _load(root, version, target)
+    # Lint first (fast, no make): this target's list, at this kernel version.
+    findings = [f for f in lint_fragments(project.fragments_dir, project.root, project.catalog, [row.list_name],
+                                          version=kernel.version_tuple)
+                if f.severity == "error"]
+    if findings:
+        print(format_findings(findings), file=sys.stderr)
+        raise_lint(len(findings))
     variables = make_vars(row, project.env)
     require_tools(row, variables)
     configure_target(
