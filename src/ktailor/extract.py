@@ -61,11 +61,14 @@ def _link_reason(member: tarfile.TarInfo, name: PurePosixPath, seen: set[PurePos
 
 def _symlink_crossed(path: PurePosixPath, symlinks: set[PurePosixPath]) -> PurePosixPath | None:
     """The first of `symlinks` that `path` steps into or out of (its last component may be one)."""
+    if not symlinks:
+        return None
+    names = {str(link) for link in symlinks}  # compare strings: this runs for every member of the tarball
     parts: list[str] = []
     for part in path.parts:
         if part in (".", ""):
             continue
-        if parts and PurePosixPath(*parts) in symlinks:
+        if parts and "/".join(parts) in names:
             return PurePosixPath(*parts)
         if part == "..":
             if parts:
