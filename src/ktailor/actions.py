@@ -21,7 +21,7 @@ from . import __version__
 from .build import run_make
 from .config import configure_target
 from .download import fetch, is_verified
-from .errors import KtailorError
+from .errors import InputError, KtailorError
 from .extract import extract_tarball
 from .fragments import load_expected_drops, load_fragments, requested_options
 from .install import install_target
@@ -85,8 +85,8 @@ def lint(root: str) -> None:
     from .lint import format_findings, lint_fragments
 
     project = Project.from_env(root)
-    names = sorted({project.catalog.targets[t].list_name for k in project.versions.kernels for t in k.targets}
-                   | {t.list_name for t in project.catalog.targets.values() if (project.fragments_dir / t.list_name).is_file()})
+    # every target's list that exists (versions.toml already insists on the lists of the kernels' targets)
+    names = sorted({t.list_name for t in project.catalog.targets.values() if (project.fragments_dir / t.list_name).is_file()})
     findings = lint_fragments(project.fragments_dir, project.root, project.catalog, names)
     if findings:
         print(format_findings(findings), file=sys.stderr)
@@ -98,8 +98,6 @@ def lint(root: str) -> None:
 
 
 def raise_lint(count: int) -> None:
-    from .errors import InputError
-
     raise InputError(f"lint found {count} error(s) in the fragments (listed above); fix them and run `doit lint` again.")
 
 
