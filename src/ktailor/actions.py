@@ -26,7 +26,8 @@ from .extract import extract_tarball
 from .fragments import load_expected_drops, load_fragments, requested_options
 from .install import install_target
 from .layout import Project
-from .progress import info
+from .configdiff import error_count, render_changes, target_drift
+from .progress import info, warn
 from .toolchain import compiler_version, jobs_from_env, make_vars, require_tools
 from .verify import verify_target
 
@@ -121,7 +122,26 @@ def configure(root: str, version: str, target: str) -> None:
         srctree=project.source_tree(kernel), target_dir=project.target_dir(kernel, row),
         kbuild=project.kbuild(kernel, row), requested=requested_for(project, kernel, row),
         expected_drops=load_expected_drops(project.fragments_dir / "expected-drops.toml"), variables=variables,
+        providers=providers_of(project, kernel), other_trees=other_trees(project, kernel),
     )
+
+
+def providers_of(project: Project, kernel) -> dict[str, list[str]]:
+    """symbol -> the targets whose fragments turn it on at this kernel version (where an option belongs)."""
+    found: dict[str, list[str]] = {}
+    for target in project.catalog.targets.values():
+        if not (project.fragments_dir / target.list_name).is_file():
+            continue
+        for symbol, option in requested_for(project, kernel, target).items():
+            if option.value not in ("n", ""):
+                found.setdefault(symbol, []).append(target.name)
+    return found
+
+
+def other_trees(project: Project, kernel) -> list[tuple[str, Path]]:
+    """(version, source tree) of every other kernel in versions.toml that is extracted here."""
+    return [(other.version, project.source_tree(other)) for other in project.versions.kernels
+            if other.version != kernel.version and (project.source_tree(other) / "Kconfig").is_file()]
 
 
 @reports_errors
@@ -169,12 +189,24 @@ def report(root: str, version: str, target: str) -> None:
     project, kernel, row = _load(root, version, target)
     fragments = load_fragments(project.fragment_paths(row), project.root)
     target_dir = project.target_dir(kernel, row)
+    drifts = {}
+    for other in project.versions.kernels:
+        if other.version != kernel.version and row.name in other.targets:
+            drifted = target_drift(project, row, other.version, kernel)
+            if drifted is not None:
+                drifts[other.version] = drifted
     rows = write_report(target=row.name, version=kernel.version, fragments=fragments,
                         requested=requested_options(fragments, row.arch.name, kernel.version_tuple),
                         config=project.kbuild(kernel, row) / ".config", audit_file=target_dir / "audit.json",
-                        out_dir=target_dir)
+                        out_dir=target_dir, drifts=drifts)
     landed = sum(r["status"] == "landed" for r in rows)
-    info(f"report {row.name} {kernel.version}: {landed}/{len(rows)} landed → {project.display(target_dir / 'report.md')}")
+    errors = sum(error_count(*pair) for pair in drifts.values())
+    compared = f"; whole .config compared with {', '.join(drifts)}: {errors} must-stay loss(es)" if drifts else ""
+    info(f"report {row.name} {kernel.version}: {landed}/{len(rows)} landed{compared} → "
+         f"{project.display(target_dir / 'report.md')}")
+    for other, (changes, missing) in drifts.items():
+        if error_count(changes, missing):
+            warn(f"{row.name}: {other} → {kernel.version} loses what must stay:\n{render_changes(other, kernel.version, changes, missing)}")
 
 
 @reports_errors

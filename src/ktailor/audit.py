@@ -76,6 +76,7 @@ class AuditResult:
     differences: list[Difference]
     stale_expected: list[str]
     explainer: str  # "kconfiglib" or "unavailable: why"
+    causes: list = field(default_factory=list)  # rootcause.Cause: differences grouped by what started them
 
     @property
     def unexpected(self) -> list[Difference]:
@@ -94,12 +95,22 @@ class AuditResult:
             "explainer": self.explainer,
             "differences": [asdict(d) | {"status": d.status} for d in self.differences],
             "stale_expected_drops": self.stale_expected,
+            "root_causes": [cause.to_json() for cause in self.causes],
         }
 
     def write(self, path: Path) -> None:
         temp = path.with_suffix(".json.tmp")
         temp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
         temp.replace(path)
+
+
+def render_causes(causes: list) -> str:
+    """One paragraph per root cause, before the table, so the one fix is read before 27 symptoms."""
+    if not causes:
+        return ""
+    lines = ["Root cause" + ("s" if len(causes) > 1 else "") + ":"]
+    lines += [f"  * {cause.sentence()}" for cause in causes]
+    return "\n".join(lines) + "\n"
 
 
 def render_table(differences: list[Difference]) -> str:

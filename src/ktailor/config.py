@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .audit import AuditResult, Difference, compare, mark_expected, render_table
+from .audit import AuditResult, Difference, compare, mark_expected, render_causes, render_table
 from .dotconfig import final_value, parse_dotconfig, same_value
 from .errors import ConfigAuditFailed, EnvironmentProblem
 from .fragments import Option, fragment_text
@@ -43,56 +43,95 @@ def write_fragment_file(path: Path, requested: dict[str, Option]) -> Path:
 
 
 def explain_differences(differences: list[Difference], srctree: Path, kbuild: Path, kernel_arch: str,
-                        cross_compile: str) -> str:
-    """Fill in why each difference happened; returns 'kconfiglib' or 'unavailable: <why>'."""
+                        cross_compile: str, requested: dict[str, Option] | None = None,
+                        providers: dict[str, list[str]] | None = None,
+                        other_trees: list[tuple[str, Path]] | None = None) -> tuple[str, list]:
+    """Fill in why each difference happened and group them by root cause (rootcause.Cause, for the
+    unexpected ones); returns ('kconfiglib' or 'unavailable: <why>', causes)."""
     if not differences:
-        return "not needed"
+        return "not needed", []
     try:
         from . import explain
     except ImportError as exc:  # kconfiglib missing
-        return f"unavailable: {exc}"
+        return f"unavailable: {exc}", []
     try:
         kconf = explain.load_kconfig(srctree, kernel_arch, cross_compile, kbuild / ".config")
     except explain.ExplainUnavailable as exc:
         for difference in differences:
             difference.explanation = f"explanation unavailable for this kernel version: {exc}"
-        return f"unavailable: {exc}"
+        return f"unavailable: {exc}", []
     for difference in differences:
         try:
             result = explain.explain(kconf, difference.symbol, difference.requested, difference.final,
-                                     srctree=srctree, kernel_arch=kernel_arch)
+                                     srctree=srctree, kernel_arch=kernel_arch, target_options=requested,
+                                     providers=providers, other_trees=other_trees)
         except Exception as exc:  # noqa: BLE001 - the explainer must never hide the difference itself
             difference.explanation = f"explanation unavailable: {type(exc).__name__}: {exc}"
             continue
         difference.explanation = result.detail
         difference.explanation_kind = result.kind
         difference.fix = [line for line in result.fix if line.startswith("CONFIG_") or line.startswith("# CONFIG_")]
-    return "kconfiglib"
+    from .rootcause import find_causes
+    try:
+        causes = find_causes(kconf, [d for d in differences if not d.expected], requested or {}, srctree)
+    except Exception as exc:  # noqa: BLE001 - grouping is a help; the differences are reported regardless
+        info(f"root-cause grouping unavailable: {type(exc).__name__}: {exc}")
+        causes = []
+    return "kconfiglib", causes
 
 
-def verify_fixes(differences: list[Difference], requested: dict[str, Option], srctree: Path,
-                 variables: dict[str, str]) -> None:
-    """Re-run kconfig with every proposed fix applied and record which requests then land."""
-    fixes = [line for d in differences for line in d.fix]
-    if not fixes:
-        return
+def with_fixes(requested: dict[str, Option], fixes: list[str]) -> str | None:
+    """The target's own fragments plus fix lines, or None when a fix contradicts one of its requests
+    (a check must run with the target's choices, not with a line that silently overrides one)."""
+    extra = {}
+    for line in fixes:
+        symbol = line.removeprefix("# ").removeprefix("CONFIG_").split("=")[0].split(" ")[0]
+        option = requested.get(symbol)
+        if option is not None and option.text != line:
+            return None
+        if option is None:
+            extra[symbol] = line
+    return fragment_text(requested) + "".join(f"{line}\n" for line in extra.values())
+
+
+def _final_with(text: str, srctree: Path, variables: dict[str, str]) -> dict[str, str] | None:
     with tempfile.TemporaryDirectory(prefix="ktailor-fixcheck-") as scratch:
         work = Path(scratch)
         fragment = work / "fragment.config"
-        fragment.write_text(fragment_text(requested) + "".join(f"{line}\n" for line in fixes))
+        fragment.write_text(text)
         try:
             config = run_allnoconfig(srctree, work / "kbuild", variables, fragment, work / "config.log")
         except EnvironmentProblem:
-            return
-        values = parse_dotconfig(config)
+            return None
+        return parse_dotconfig(config)
+
+
+def verify_fixes(differences: list[Difference], requested: dict[str, Option], srctree: Path,
+                 variables: dict[str, str], causes: list | None = None) -> None:
+    """Re-run kconfig with the target's fragments plus every proposed fix and record which requests
+    then land; then the same for each root cause's one fix, counting the differences that land."""
+    fixes = [line for d in differences for line in d.fix]
+    text = with_fixes(requested, fixes) if fixes else None
+    values = _final_with(text, srctree, variables) if text else None
     for difference in differences:
-        if difference.fix:
+        if difference.fix and values is not None:
             difference.fix_verified = same_value(difference.requested, final_value(values, difference.symbol))
+    for cause in causes or []:
+        if not cause.root.fix or cause.root.conflict:
+            continue
+        text = with_fixes(requested, list(cause.root.fix))
+        values = _final_with(text, srctree, variables) if text else None
+        if values is None:
+            continue
+        missing = [d.symbol for d in differences if not same_value(d.requested, final_value(values, d.symbol))]
+        cause.landed_with_fix = len(differences) - len(missing)
+        cause.still_missing = missing
 
 
 def configure_target(*, name: str, version: str, version_tuple: tuple[int, int, int], arch: str, kernel_arch: str,
                      cross_compile: str, srctree: Path, target_dir: Path, kbuild: Path, requested: dict[str, Option],
-                     expected_drops: list, variables: dict[str, str]) -> AuditResult:
+                     expected_drops: list, variables: dict[str, str], providers: dict[str, list[str]] | None = None,
+                     other_trees: list[tuple[str, Path]] | None = None) -> AuditResult:
     target_dir.mkdir(parents=True, exist_ok=True)
     fragment_file = write_fragment_file(target_dir / "fragment.config", requested)
     rejected = kbuild / ".config.rejected"
@@ -101,9 +140,11 @@ def configure_target(*, name: str, version: str, version_tuple: tuple[int, int, 
     config = run_allnoconfig(srctree, kbuild, variables, fragment_file, target_dir / "config.log")
     differences = compare(requested, parse_dotconfig(config))
     stale = mark_expected(differences, expected_drops, arch, version_tuple)
-    explainer = explain_differences(differences, srctree, kbuild, kernel_arch, cross_compile)
-    verify_fixes([d for d in differences if not d.expected], requested, srctree, variables)
-    result = AuditResult(name, version, len(requested), differences, [f"CONFIG_{d.symbol}" for d in stale], explainer)
+    explainer, causes = explain_differences(differences, srctree, kbuild, kernel_arch, cross_compile, requested,
+                                            providers, other_trees)
+    verify_fixes([d for d in differences if not d.expected], requested, srctree, variables, causes)
+    result = AuditResult(name, version, len(requested), differences, [f"CONFIG_{d.symbol}" for d in stale], explainer,
+                         causes)
     result.write(target_dir / "audit.json")
     for drop in stale:
         warn(f"fragments/expected-drops.toml:{drop.line}: CONFIG_{drop.symbol} is declared as an expected drop for "
@@ -116,6 +157,6 @@ def configure_target(*, name: str, version: str, version_tuple: tuple[int, int, 
         raise ConfigAuditFailed(
             f"{name} ({version}): {len(result.unexpected)} requested option(s) did not land in the final .config "
             f"(rejected config kept at {rejected}; details in {target_dir / 'audit.json'}):\n"
-            f"{render_table(result.unexpected)}"
+            f"{render_causes(causes)}{render_table(result.unexpected)}"
         )
     return result

@@ -203,6 +203,15 @@ def verify_tasks(root: Path) -> Iterator[Task]:
         }
 
 
+def _other_configs(project: Project, kernel: Kernel, target: Target) -> list[str]:
+    """The same target's final .config on the other kernels (the report compares the whole config with
+    them) and the must-stay set it checks the comparison against."""
+    must_stay = project.fragments_dir / "must-stay.toml"
+    return [str(project.kbuild(other, target) / ".config") for other in project.versions.kernels
+            if other.version != kernel.version and target.name in other.targets] + \
+        ([str(must_stay)] if must_stay.is_file() else [])
+
+
 @reports_errors
 def report_tasks(root: Path) -> Iterator[Task]:
     project = load_project(str(root))
@@ -214,7 +223,7 @@ def report_tasks(root: Path) -> Iterator[Task]:
             "doc": _stage_doc("report", kernel, target),
             "actions": [(actions.report, [], _args(project, kernel, target))],
             "file_dep": [str(project.kbuild(kernel, target) / ".config"), str(target_dir / "audit.json"),
-                         *map(str, project.fragment_paths(target))],
+                         *map(str, project.fragment_paths(target)), *_other_configs(project, kernel, target)],
             "targets": [str(target_dir / "report.md"), str(target_dir / "report.json")],
             "clean": True,
         }

@@ -44,7 +44,8 @@ from kconfiglib import (
 
 from .errors import EnvironmentProblem
 
-KINDS = ("unknown-symbol", "other-arch", "unmet-dependency", "no-prompt", "selected", "choice", "toolchain", "other")
+KINDS = ("unknown-symbol", "other-version", "other-arch", "unmet-dependency", "excluded-by-target", "no-prompt", "selected",
+         "choice", "toolchain", "other")
 
 # Symbols that describe the compiler, assembler, linker or Rust toolchain (when they have no prompt).
 TOOLCHAIN_NAME_RE = re.compile(
@@ -207,6 +208,44 @@ def _arch_symbols(srctree: Path) -> dict[str, frozenset[str]]:
     return {symbol: frozenset(arches) for symbol, arches in by_symbol.items()}
 
 
+@functools.lru_cache(maxsize=8)
+def tree_symbols(srctree: Path) -> frozenset[str]:
+    """Every `config`/`menuconfig` defined anywhere in a source tree (any arch)."""
+    found: set[str] = set()
+    for kconfig in srctree.rglob("Kconfig*"):
+        if kconfig.is_file():
+            found.update(ENTRY_RE.findall(kconfig.read_text(errors="replace")))
+    return frozenset(found)
+
+
+def _version_tuple(text: str) -> tuple[int, int, int]:
+    numbers = [int(p) for p in re.findall(r"\d+", text)[:3]]
+    return (*numbers, 0, 0, 0)[:3]  # type: ignore[return-value]
+
+
+def _by_version(versions: Iterable[str]) -> list[str]:
+    return sorted(versions, key=_version_tuple)
+
+
+def version_scope(lacking: list[str], having: list[str]) -> str:
+    """The `@only` condition that separates versions without a symbol from versions with it:
+    `version>=5.11` when every version that has it is newer (the first series after the newest one
+    without it; `version>=6.1.188` within one series), `version<6.2` when every one that has it is
+    older; "" when they interleave."""
+    low, high = [_version_tuple(v) for v in lacking], [_version_tuple(v) for v in having]
+    if min(high) > max(low):
+        return f"version>={_next_after(max(low), min(high))}"
+    if max(high) < min(low):
+        return f"version<{_next_after(max(high), min(low))}"
+    return ""
+
+
+def _next_after(old: tuple[int, int, int], new: tuple[int, int, int]) -> str:
+    if old[:2] == new[:2]:
+        return f"{old[0]}.{old[1]}.{old[2] + 1}"
+    return f"{old[0]}.{old[1] + 1}"
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> list[str]:
     """Up to three candidate names close to `name` (CONFIG_ prefixes ignored), best first."""
     name = name.removeprefix("CONFIG_")
@@ -242,12 +281,20 @@ def has_prompt(sym: Symbol | Choice) -> bool:
 
 
 def explain(kconf: kconfiglib.Kconfig, symbol: str, requested: str, final: str, *,
-            srctree: Path, kernel_arch: str) -> Explanation:
-    """Why CONFIG_<symbol> came out as `final` ("" = absent) when `requested` was asked for."""
+            srctree: Path, kernel_arch: str, target_options: dict | None = None,
+            providers: dict[str, list[str]] | None = None,
+            other_trees: list[tuple[str, Path]] | None = None) -> Explanation:
+    """Why CONFIG_<symbol> came out as `final` ("" = absent) when `requested` was asked for.
+
+    `target_options` (symbol -> fragments.Option) are the target's own requests: a fix never undoes
+    one of them, and a dependency the target deliberately turns off is said to be so. `providers`
+    (symbol -> targets that turn it on) names where such an option belongs; `other_trees`
+    ((version, source tree) of the other tracked kernels) turns an unknown symbol into a scope hint.
+    """
     name = symbol.removeprefix("CONFIG_")
     sym = kconf.syms.get(name)
     if sym is None or not sym.nodes:
-        return _explain_missing(kconf, name, requested, srctree, kernel_arch)
+        return _explain_missing(kconf, name, requested, srctree, kernel_arch, other_trees or [])
     if is_toolchain_decided(sym, srctree):
         return Explanation(
             "toolchain",
@@ -255,7 +302,7 @@ def explain(kconf: kconfiglib.Kconfig, symbol: str, requested: str, final: str, 
             "the compiler, assembler or linker.",
             [f"remove {_line(name, requested)}"],
         )
-    planner = FixPlanner(srctree)
+    planner = FixPlanner(srctree, target_options, providers)
     if sym.orig_type not in (BOOL, TRISTATE):
         return _explain_value(sym, requested, final, planner)
     want, got = _tristate(requested), _tristate(final)
@@ -267,10 +314,20 @@ def explain(kconf: kconfiglib.Kconfig, symbol: str, requested: str, final: str, 
 
 
 def _explain_missing(kconf: kconfiglib.Kconfig, name: str, requested: str, srctree: Path,
-                     kernel_arch: str) -> Explanation:
+                     kernel_arch: str, other_trees: list[tuple[str, Path]]) -> Explanation:
     remove = f"remove {_line(name, requested)}"
     other = symbols_for_other_arches(srctree, kernel_arch).get(name)
     version = kernel_version(srctree)
+    elsewhere = [v for v, tree in other_trees if v != version and name in tree_symbols(tree.resolve())]
+    if elsewhere and not other:
+        lacking = [version, *(v for v, tree in other_trees if v != version and v not in elsewhere)]
+        scope = version_scope(lacking, elsewhere)
+        hint = f"scope it `# @only {scope}`" if scope else "scope it with `# @only version…` for the versions that have it"
+        return Explanation(
+            "other-version",
+            f"{name} is not in Linux {version}; it is in {', '.join(_by_version(elsewhere))} → {hint}.",
+            [remove],
+        )
     if other:
         return Explanation(
             "other-arch",
@@ -369,6 +426,15 @@ def _explain_unmet(sym: Symbol, dep: Expr, want: int, got: int, planner: FixPlan
     if failing and all(_is_probe(sc, planner.srctree) for sc, _ in failing):
         detail += " Those are decided by the compiler, assembler or linker, not by a fragment."
         return Explanation("toolchain", detail, [], rendered)
+    excluded = planner.excluded(failing)
+    if excluded:
+        blocker, option = excluded[0]
+        detail += (f" This target deliberately sets {option.text} ({option.where}"
+                   + (f": {option.reason}" if option.reason else "") + f"), so {sym.name} cannot land in it")
+        homes = planner.providers.get(blocker, [])
+        detail += (f"; it belongs in {', '.join(homes)}, which turn {blocker} on." if homes else
+                   f"; it belongs in a target that turns {blocker} on.")
+        return Explanation("excluded-by-target", detail, [f"remove {_line(sym.name, _tri_str(want))}"], rendered)
     foreign = _foreign_operands(failing, planner.srctree)
     if foreign:  # an &&-ed operand that cannot hold on this arch: nothing else matters
         owners = "; ".join(f"{name} exists only for {', '.join(arches)}" for name, arches in foreign.items())
@@ -484,9 +550,26 @@ class FixPlanner:
     """The option lines that make an expression true: the cheapest side of each `||`, dependencies before
     their dependents, prompt-less symbols through a selector or their own default. One per explanation."""
 
-    def __init__(self, srctree: Path) -> None:
+    def __init__(self, srctree: Path, target_options: dict | None = None,
+                 providers: dict[str, list[str]] | None = None) -> None:
         self.srctree = srctree
+        self.fixed = target_options or {}  # the target's own requests: a plan never changes them
+        self.providers = providers or {}
         self._memo: dict[tuple[str, int], Plan] = {}
+
+    def excluded(self, failing: list[tuple[Expr, int | None]]) -> list[tuple[str, Any]]:
+        """Failing operands the target itself requests at a value that keeps them failing."""
+        found = []
+        for sc, wanted in failing:
+            option = self.fixed.get(getattr(sc, "name", ""))
+            if option is not None and wanted is not None and _tristate(option.value) != wanted \
+                    and (wanted == 0) == (_tristate(option.value) > 0):
+                found.append((sc.name, option))
+        return found
+
+    def _against_target(self, sc: Symbol, low: int, high: int) -> bool:
+        option = self.fixed.get(sc.name)
+        return option is not None and not low <= _tristate(option.value) <= high
 
     def lines(self, expr: Expr, need: int) -> list[str]:
         return list(self.expr(expr, need, 0)[0])
@@ -519,6 +602,8 @@ class FixPlanner:
             return (), 0
         if not isinstance(sc, Symbol) or sc.is_constant or is_toolchain_decided(sc, self.srctree) or depth > FIX_DEPTH:
             return (), 1
+        if self._against_target(sc, need, 2):
+            return (), 1  # the target turns it off on purpose
         key = (sc.name, need)
         if key not in self._memo:
             self._memo[key] = ((), 1)  # a dependency loop is no way to turn it on
@@ -529,7 +614,7 @@ class FixPlanner:
         """Make `sc` at most `limit` (for `!FOO` and `FOO=n`)."""
         if not isinstance(sc, Symbol) or sc.tri_value <= limit:
             return (), 0
-        if sc.is_constant or is_toolchain_decided(sc, self.srctree):
+        if sc.is_constant or is_toolchain_decided(sc, self.srctree) or self._against_target(sc, 0, limit):
             return (), 1
         return (f"remove {_line(sc.name, sc.str_value)}",), 0
 

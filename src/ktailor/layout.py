@@ -74,15 +74,25 @@ class Project:
         return self.cache_dir / "downloads" / kernel.tarball_name
 
     def source_tree(self, kernel: Kernel) -> Path:
-        return self.build_dir / "src" / f"linux-{kernel.version}"
+        return self.source_tree_of(kernel.version)
+
+    def source_tree_of(self, version: str) -> Path:
+        """By version string: also for a kernel versions.toml no longer lists (the one an upgrade replaced)."""
+        return self.build_dir / "src" / f"linux-{version}"
 
     def target_dir(self, kernel: Kernel, target: Target) -> Path:
         """ktailor's files for one target (logs, audit.json, verify.json, boot.json)."""
-        return self.build_dir / kernel.version / target.name
+        return self.target_dir_of(kernel.version, target.name)
+
+    def target_dir_of(self, version: str, target_name: str) -> Path:
+        return self.build_dir / version / target_name
 
     def kbuild(self, kernel: Kernel, target: Target) -> Path:
         """The kernel's own out-of-tree build directory (make O=…)."""
-        return self.target_dir(kernel, target) / "kbuild"
+        return self.kbuild_of(kernel.version, target.name)
+
+    def kbuild_of(self, version: str, target_name: str) -> Path:
+        return self.target_dir_of(version, target_name) / "kbuild"
 
     def install_dir(self, kernel: Kernel, target: Target) -> Path:
         return self.prefix / kernel.version / target.name

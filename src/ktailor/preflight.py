@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .configdiff import Change, MustStay, error_count, render_changes, target_drift
+from .configdiff import to_json as drift_json
 from .layout import Project
 from .runner import run_doit, task_name
 
@@ -24,10 +26,18 @@ class TargetPreflight:
     compared_with: str | None  # the old version whose audit.json was read, or None when it has none
     no_longer_land: list[dict] = field(default_factory=list)
     now_land: list[dict] = field(default_factory=list)
+    drift: list[Change] = field(default_factory=list)  # unrequested changes of the whole .config
+    must_stay_missing: list[MustStay] = field(default_factory=list)
+    drift_compared: bool = False  # both versions had a final .config to compare
+
+    @property
+    def drift_errors(self) -> int:
+        return error_count(self.drift, self.must_stay_missing)
 
     def to_json(self) -> dict:
         return {"target": self.target, "audit": self.audit, "compared_with": self.compared_with,
-                "no_longer_land": self.no_longer_land, "now_land": self.now_land}
+                "no_longer_land": self.no_longer_land, "now_land": self.now_land,
+                "config_drift": drift_json(self.drift, self.must_stay_missing) if self.drift_compared else None}
 
 
 @dataclass
@@ -39,7 +49,7 @@ class Preflight:
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0 and all(t.audit == "passed" for t in self.targets)
+        return self.returncode == 0 and all(t.audit == "passed" and not t.drift_errors for t in self.targets)
 
     def to_json(self) -> dict:
         return {"ok": self.ok, "old_version": self.old_version, "new_version": self.new_version,
@@ -73,13 +83,15 @@ def run_preflight(root: Path, new_version: str, old_version: str, env: dict[str,
     for name in kernel.targets:
         row = project.catalog.targets[name]
         new_audit = read_audit(project.target_dir(kernel, row) / "audit.json")
-        old_audit = read_audit(project.build_dir / old_version / name / "audit.json")
+        old_audit = read_audit(project.target_dir_of(old_version, name) / "audit.json")
         if new_audit is None:
             targets.append(TargetPreflight(name, "missing", old_version if old_audit else None))
             continue
         no_longer, now = compare_audits(old_audit, new_audit)
+        drifted = target_drift(project, row, old_version, kernel)
+        changes, missing = drifted if drifted is not None else ([], [])
         targets.append(TargetPreflight(name, str(new_audit.get("status", "failed")), old_version if old_audit else None,
-                                       no_longer, now))
+                                       no_longer, now, changes, missing, drifted is not None))
     return Preflight(old_version, new_version, result.returncode, targets)
 
 
@@ -87,11 +99,15 @@ def render_preflight(preflight: Preflight) -> str:
     """What changed for each target, in words, for the terminal."""
     old, new = preflight.old_version, preflight.new_version
     lines = [f"pre-flight {old} → {new}: configured {len(preflight.targets)} target(s), "
-             + ("every requested option lands." if preflight.ok else "PROBLEMS, see below.")]
+             + ("every requested option lands and nothing that must stay was lost." if preflight.ok
+                else "PROBLEMS, see below.")]
     for target in preflight.targets:
         if target.audit == "missing":
             lines.append(f"  {target.target}: the config stage did not finish (see the doit output above); nothing to compare.")
             continue
+        if target.drift_compared:
+            lines.append(f"  {target.target}: whole .config {old} → {new}:")
+            lines += ["  " + line for line in render_changes(old, new, target.drift, target.must_stay_missing).splitlines()]
         if not target.no_longer_land and not target.now_land:
             fate = "no option changed its fate" if target.compared_with else f"no audit of {old} here to compare with"
             lines.append(f"  {target.target}: audit {target.audit}; {fate}.")

@@ -60,10 +60,32 @@ def render_markdown(target: str, version: str, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def render_drift(version: str, drifts: dict[str, tuple[list, list]]) -> str:
+    """The whole-config comparison with each other tracked version, as a Markdown section."""
+    from .configdiff import render_changes
+
+    if not drifts:
+        return ""
+    lines = ["## Unrequested differences from the other tracked kernels", "",
+             "Options no fragment requests whose final value differs (grouped by kconfig menu); "
+             "`E:` marks a feature of `fragments/must-stay.toml` that is lost.", ""]
+    for other, (changes, missing) in drifts.items():
+        lines += [f"### Linux {other} → {version}", "", "```",
+                  render_changes(other, version, changes, missing), "```", ""]
+    return "\n".join(lines)
+
+
 def write_report(*, target: str, version: str, fragments: list[Fragment], requested: dict, config: Path,
-                 audit_file: Path, out_dir: Path) -> list[dict]:
+                 audit_file: Path, out_dir: Path, drifts: dict[str, tuple[list, list]] | None = None) -> list[dict]:
+    """`drifts`: other version -> (configdiff changes, must-stay losses) of this target."""
+    from .configdiff import to_json as drift_json
+
     audit = json.loads(audit_file.read_text()) if audit_file.is_file() else {}
     rows = report_rows(fragments, requested, parse_dotconfig(config), audit)
-    (out_dir / "report.md").write_text(render_markdown(target, version, rows) + "\n")
-    (out_dir / "report.json").write_text(json.dumps({"target": target, "version": version, "rows": rows}, indent=2) + "\n")
+    drifts = drifts or {}
+    (out_dir / "report.md").write_text(render_markdown(target, version, rows) + "\n" + render_drift(version, drifts))
+    (out_dir / "report.json").write_text(json.dumps({
+        "target": target, "version": version, "rows": rows,
+        "config_drift": {other: drift_json(*pair) for other, pair in drifts.items()},
+    }, indent=2) + "\n")
     return rows

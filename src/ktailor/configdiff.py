@@ -1,0 +1,203 @@
+"""Whole-config drift: what changed between two versions' final .config that nobody asked for.
+
+The audit checks requested options only. A kernel's defaults change between versions too (5.10's
+allnoconfig turned EXPERT on and with it FUTEX, EPOLL, SHMEM … off), and such a loss is invisible
+to an audit of requests. This module compares the complete final .config of one target on two
+kernel versions, keeps the unrequested on/off changes, groups them by the kconfig menu they sit in,
+and checks them against `fragments/must-stay.toml`: userspace ABI and security features that must
+never be lost unnoticed. Symbols that exist in only one of the two trees are listed apart (renamed
+or removed), never as losses.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .dotconfig import final_value, parse_dotconfig
+from .errors import InputError, line_of
+
+TRISTATES = ("y", "m", "n")
+
+
+@dataclass(frozen=True)
+class MustStay:
+    symbol: str
+    arch: str | None
+    why: str
+    line: int | None
+    also: tuple[str, ...] = ()  # other names of the same feature (renames): any one of them being on is enough
+    absent_ok: str = ""  # why a kernel without the symbol is fine (it became unconditional)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.symbol, *self.also)
+
+
+@dataclass(frozen=True)
+class Change:
+    symbol: str
+    old: str
+    new: str
+    menu: str
+    kind: str  # "lost" (y/m → n), "gained" (n → y/m), "changed" (y ↔ m), "removed" (gone from the new tree),
+    #            "added" (new in the new tree)
+    must_stay: str = ""  # the must-stay.toml why, when the symbol is in that set
+
+    @property
+    def error(self) -> bool:
+        return bool(self.must_stay) and self.kind == "lost"
+
+
+def load_must_stay(path: Path) -> list[MustStay]:
+    if not path.is_file():
+        return []
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"not valid TOML ({exc}); fix the syntax.", path=path) from None
+    entries = []
+    for index, entry in enumerate(data.get("keep", []), start=1):
+        option = str(entry.get("option", ""))
+        symbol = option.removeprefix("CONFIG_")
+        line = line_of(text, f'"{option}"') if option else None
+        if not option.startswith("CONFIG_") or not symbol.replace("_", "").isalnum() or not entry.get("why"):
+            raise InputError(f'[[keep]] #{index} needs option = "CONFIG_FOO" and a why = "…" sentence.', path=path, line=line)
+        also = tuple(str(name).removeprefix("CONFIG_") for name in entry.get("also", []))
+        entries.append(MustStay(symbol, entry.get("arch"), str(entry["why"]), line, also, str(entry.get("absent_ok", ""))))
+    return entries
+
+
+def compare_configs(old: dict[str, str], new: dict[str, str], requested: set[str], *, arch: str,
+                    old_symbols: frozenset[str], new_symbols: frozenset[str], must_stay: list[MustStay],
+                    menus: dict[str, str] | None = None) -> list[Change]:
+    """Every unrequested bool/tristate symbol whose final value differs between the two configs."""
+    keep = {name: m.why for m in must_stay if m.arch in (None, arch) for name in m.names}
+    # a must-stay symbol that is gone needs a look, unless the entry says why (unconditional) or names its rename
+    settled = {name for m in must_stay if m.absent_ok or m.also for name in m.names}
+    menus = menus or {}
+    changes = []
+    for symbol in sorted(set(old) | set(new)):
+        if symbol in requested:
+            continue
+        before, after = final_value(old, symbol), final_value(new, symbol)
+        if before == after or before not in TRISTATES or after not in TRISTATES:
+            continue
+        if symbol not in new_symbols:
+            kind = "removed"
+        elif symbol not in old_symbols:
+            kind = "added"
+        elif after == "n":
+            kind = "lost"
+        elif before == "n":
+            kind = "gained"
+        else:
+            kind = "changed"
+        why = "" if kind == "removed" and symbol in settled else keep.get(symbol, "")
+        changes.append(Change(symbol, before, after, menus.get(symbol, "(no menu)"), kind, why))
+    return changes
+
+
+def must_stay_missing(new: dict[str, str], must_stay: list[MustStay], arch: str,
+                      new_symbols: frozenset[str]) -> list[MustStay]:
+    """Must-stay symbols this kernel has but the config leaves off (whether requested or not)."""
+    return [m for m in must_stay if m.arch in (None, arch) and any(n in new_symbols for n in m.names)
+            and all(final_value(new, n) == "n" for n in m.names)]
+
+
+def menus_of(kconf, symbols: set[str]) -> dict[str, str]:
+    """symbol -> the title of the menu it sits in (kconfiglib), for grouping."""
+    import kconfiglib
+
+    found = {}
+    for name in symbols:
+        sym = kconf.syms.get(name)
+        if sym is None or not sym.nodes:
+            continue
+        node = sym.nodes[0].parent
+        while node is not None and not (node.item is kconfiglib.MENU and node.prompt):
+            node = node.parent
+        found[name] = node.prompt[0] if node is not None and node is not kconf.top_node else "(top level)"
+    return found
+
+
+def render_changes(old_version: str, new_version: str, changes: list[Change], missing: list[MustStay] = ()) -> str:
+    """Unrequested changes grouped by menu, must-stay losses first, for the terminal and report.md."""
+    if not changes and not missing:
+        return f"  no unrequested option changed between {old_version} and {new_version}."
+    lines = []
+    for entry in missing:
+        lines.append(f"  E: CONFIG_{entry.symbol} is off on {new_version} but must stay on "
+                     f"(fragments/must-stay.toml:{entry.line}): {entry.why} Request it in a fragment.")
+    for change in (c for c in changes if c.error and c.symbol not in {m.symbol for m in missing}):
+        lines.append(f"  E: CONFIG_{change.symbol} was {change.old} on {old_version} and is n on {new_version}; "
+                     f"it must stay on: {change.must_stay} Request it in a fragment.")
+    counts = {kind: sum(c.kind == kind for c in changes) for kind in ("lost", "gained", "changed", "removed", "added")}
+    lines.insert(0, f"  unrequested changes {old_version} → {new_version}: {counts['lost']} turned off, "
+                    f"{counts['gained']} turned on, {counts['changed']} y↔m; besides, {counts['removed']} symbols "
+                    f"exist only in {old_version} and {counts['added']} only in {new_version} (all in the JSON)")
+    by_menu: dict[str, list[Change]] = {}
+    for change in changes:
+        if change.kind in ("lost", "gained", "changed"):
+            by_menu.setdefault(change.menu, []).append(change)
+    for menu in sorted(by_menu):
+        lines.append(f"  {menu}: " + ", ".join(f"{c.symbol} {c.old}→{c.new}" for c in by_menu[menu]))
+    gone = [c.symbol for c in changes if c.kind == "removed" and c.must_stay]
+    if gone:
+        lines.append(f"  W: must-stay option(s) no longer in {new_version}: {', '.join(gone)}; check what replaced "
+                     "them (renamed, or built in unconditionally) and update fragments/must-stay.toml.")
+    return "\n".join(lines)
+
+
+def drift(*, old_config: Path, new_config: Path, requested: set[str], arch: str, old_tree: Path, new_tree: Path,
+          kernel_arch: str, cross_compile: str, must_stay: list[MustStay]) -> tuple[list[Change], list[MustStay]]:
+    """Compare two final .config files of one target (the trees give which symbols exist, and the menus)."""
+    from .explain import ExplainUnavailable, load_kconfig, tree_symbols
+
+    old, new = parse_dotconfig(old_config), parse_dotconfig(new_config)
+
+    def symbols(tree: Path, values: dict[str, str]) -> frozenset[str]:
+        # a removed source tree (`invoke clean --sources`): what its .config lists is all that is known
+        return tree_symbols(tree.resolve()) if (tree / "Kconfig").is_file() else frozenset(values)
+
+    old_symbols, new_symbols = symbols(old_tree, old), symbols(new_tree, new)
+    changed = {s for s in set(old) | set(new) if final_value(old, s) != final_value(new, s)}
+    menus: dict[str, str] = {}
+    for tree in (old_tree, new_tree):  # the new tree's menus win
+        try:
+            menus |= menus_of(load_kconfig(tree, kernel_arch, cross_compile, None), changed)
+        except ExplainUnavailable:
+            continue
+    changes = compare_configs(old, new, requested, arch=arch, old_symbols=old_symbols, new_symbols=new_symbols,
+                              must_stay=must_stay, menus=menus)
+    return changes, must_stay_missing(new, must_stay, arch, new_symbols)
+
+
+def to_json(changes: list[Change], missing: list[MustStay]) -> dict:
+    return {"changes": [asdict(c) | {"error": c.error} for c in changes],
+            "must_stay_missing": [asdict(m) for m in missing],
+            "errors": error_count(changes, missing)}
+
+
+def error_count(changes: list[Change], missing: list[MustStay]) -> int:
+    return len({c.symbol for c in changes if c.error} | {m.symbol for m in missing})
+
+
+def target_drift(project, target, old_version: str, kernel) -> tuple[list[Change], list[MustStay]] | None:
+    """Drift of one target from `old_version` to `kernel` in this project's build tree (layout.Project),
+    or None when either version has no final .config for it."""
+    from .fragments import load_fragments, requested_options
+    from .toolchain import make_vars
+
+    old_config = project.kbuild_of(old_version, target.name) / ".config"
+    new_config = project.kbuild(kernel, target) / ".config"
+    if not old_config.is_file() or not new_config.is_file():
+        return None
+    requested = requested_options(load_fragments(project.fragment_paths(target), project.root), target.arch.name,
+                                  kernel.version_tuple)
+    return drift(old_config=old_config, new_config=new_config, requested=set(requested), arch=target.arch.name,
+                 old_tree=project.source_tree_of(old_version), new_tree=project.source_tree(kernel),
+                 kernel_arch=target.arch.kernel_arch, cross_compile=make_vars(target, project.env)["CROSS_COMPILE"],
+                 must_stay=load_must_stay(project.fragments_dir / "must-stay.toml"))
