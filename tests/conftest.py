@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import tarfile
 from collections.abc import Callable
@@ -24,8 +25,10 @@ CONFIG_{symbol}=y
 """
 
 
-def fake_tarball(directory: Path, version: str, extra: str = "") -> tuple[Path, str]:
-    """A kernel.org-style mirror entry holding the fake kernel tree; returns (tarball, sha256)."""
+def fake_tarball(directory: Path, version: str, extra: str = "", defaults: str = "") -> tuple[Path, str]:
+    """A kernel.org-style mirror entry holding the fake kernel tree; returns (tarball, sha256).
+    `extra`: symbols that never land; `defaults`: .config lines (one per line) its allnoconfig adds
+    unasked, each symbol also defined in its Kconfig so that it exists in that tree."""
     folder = directory / f"v{version.split('.', maxsplit=1)[0]}.x"
     folder.mkdir(parents=True, exist_ok=True)
     tarball = folder / f"linux-{version}.tar.xz"
@@ -33,6 +36,11 @@ def fake_tarball(directory: Path, version: str, extra: str = "") -> tuple[Path, 
     shutil.copytree(FAKELINUX, staging / f"linux-{version}", ignore=shutil.ignore_patterns("__pycache__"))
     if extra:
         (staging / f"linux-{version}" / "unsupported").write_text(extra)
+    if defaults:
+        (staging / f"linux-{version}" / "defaults").write_text(defaults)
+        with (staging / f"linux-{version}" / "Kconfig").open("a") as kconfig:
+            for symbol in re.findall(r"CONFIG_([A-Z0-9_]+)", defaults):
+                kconfig.write(f"\nconfig {symbol}\n\tbool \"a default\"\n")
     with tarfile.open(tarball, "w:xz") as archive:
         archive.add(staging / f"linux-{version}", arcname=f"linux-{version}")
     shutil.rmtree(staging)
@@ -80,8 +88,8 @@ class ProjectFactory:
         path.write_text("\n".join(lines) + "\n")
         return path
 
-    def kernel(self, version: str, unsupported: str = "") -> str:
-        _, sha = fake_tarball(self.mirror, version, unsupported)
+    def kernel(self, version: str, unsupported: str = "", defaults: str = "") -> str:
+        _, sha = fake_tarball(self.mirror, version, unsupported, defaults)
         return sha
 
 

@@ -1,8 +1,9 @@
 """The real pipeline on Debian's real Linux source, from a kernel.org-style mirror on 127.0.0.1.
 
-Needs KTAILOR_TEST_TARBALL (scripts/test sets it to /usr/src/linux-source-6.1.tar.xz); optionally
-KTAILOR_TEST_TARBALL_6_12 for the 6.12 configure check. Builds x86_64-micro and aarch64-micro
-(minutes on 2 cores), configures every target, boots and installs into a temp prefix.
+For Linux 5.10 (the default kernel: KTAILOR_TEST_TARBALL_5_10, Debian 11's linux-source-5.10) and
+6.1 (KTAILOR_TEST_TARBALL, /usr/src/linux-source-6.1.tar.xz): configures every target, builds
+x86_64-micro and aarch64-micro (minutes each on 2 cores), verifies, boots and installs them into a
+temp prefix. KTAILOR_TEST_TARBALL_6_12 adds the 6.12 configure check. scripts/test sets all three.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from ktailor.versions import parse_version
 REPO = Path(__file__).resolve().parents[1]
 TARBALL = os.environ.get("KTAILOR_TEST_TARBALL")
 TARBALL_6_12 = os.environ.get("KTAILOR_TEST_TARBALL_6_12")
+TARBALLS = {"5.10": os.environ.get("KTAILOR_TEST_TARBALL_5_10"), "6.1": TARBALL}
 ALL_TARGETS = ["x86_64-micro", "x86_64-mini", "aarch64-micro", "aarch64-mini", "x86_64-micro-ebpf"]
 BUILT = ["x86_64-micro", "aarch64-micro"]
 
-pytestmark = [pytest.mark.kernel, pytest.mark.skipif(not TARBALL, reason="set KTAILOR_TEST_TARBALL to a kernel .tar.xz "
-                                                                          "(scripts/test does: linux-source-6.1)")]
+pytestmark = [pytest.mark.kernel]
 
 
 class Pipeline:
@@ -53,11 +54,15 @@ class Pipeline:
         return self.work / "build" / self.version / target
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    work = Path(os.environ.get("KTAILOR_TEST_WORK", tmp_path_factory.mktemp("kernel"))) / "pipeline"
+@pytest.fixture(scope="module", params=sorted(TARBALLS), ids=lambda series: f"linux-{series}")
+def pipeline(request, tmp_path_factory):
+    tarball = TARBALLS[request.param]
+    if not tarball:
+        variable = "KTAILOR_TEST_TARBALL" + ("_5_10" if request.param == "5.10" else "")
+        pytest.skip(f"set {variable} to Debian's linux-source-{request.param} tarball (scripts/test does)")
+    work = Path(os.environ.get("KTAILOR_TEST_WORK", tmp_path_factory.mktemp("kernel"))) / f"pipeline-{request.param}"
     work.mkdir(parents=True, exist_ok=True)
-    pipe = Pipeline(work, Path(TARBALL))
+    pipe = Pipeline(work, Path(tarball))
     yield pipe
     pipe.server.shutdown()
 
@@ -105,6 +110,16 @@ def test_second_run_does_nothing(pipeline):
     result = pipeline.doit(*names)
     assert result.returncode == 0
     assert "\n.  " not in "\n" + result.stdout, result.stdout  # every task reported up to date ("-- ")
+
+
+def test_default_kernel_keeps_the_userspace_abi(pipeline):
+    """The final x86_64-micro .config has what 5.10's allnoconfig used to switch off (EMBEDDED → EXPERT)."""
+    config = (pipeline.target_dir("x86_64-micro") / "kbuild" / ".config").read_text().splitlines()
+    for symbol in ("FUTEX", "EPOLL", "SHMEM", "MULTIUSER", "BLOCK", "POSIX_TIMERS", "FILE_LOCKING", "X86_UMIP"):
+        assert f"CONFIG_{symbol}=y" in config, symbol
+    assert "CONFIG_EXPERT=y" not in config and "CONFIG_DEBUG_KERNEL=y" not in config
+    if pipeline.version_tuple[:2] == (5, 10):
+        assert "CONFIG_X86_SMAP=y" in config and "# CONFIG_EMBEDDED is not set" in config
 
 
 def test_kernel_without_dm_crypt_fails_boot_naming_the_requirement(pipeline, tmp_path):

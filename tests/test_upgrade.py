@@ -208,6 +208,33 @@ def test_preflight_reports_options_that_no_longer_land_before_building(project_f
     assert not (project.root.parent / "build" / "6.1.5" / "x86_64-micro" / "build.log").exists()
 
 
+def test_preflight_flags_a_lost_must_stay_default_that_no_audit_sees(project_factory, served_mirror, monkeypatch,
+                                                                    capsys):
+    project = project_factory()
+    (project.root / "fragments" / "must-stay.toml").write_text(
+        '[[keep]]\noption = "CONFIG_FUTEX"\nwhy = "Every pthread mutex is built on futex(2)."\n')
+    # nobody requests FUTEX or STACKTRACE: the old kernel's defaults give both, the new one's only STACKTRACE
+    old_sha = project.kernel("6.1.4", defaults="CONFIG_FUTEX=y\nCONFIG_STACKTRACE=y\nCONFIG_GONE=y\n")
+    project.kernel("6.1.5", defaults="# CONFIG_FUTEX is not set\nCONFIG_STACKTRACE=y\nCONFIG_NEW_DEFAULT=y\n")
+    served_mirror.sign_sums()
+    write_versions(project.root, served_mirror.url, "6.1.4", old_sha, ["x86_64-micro"])
+    install_dodo(project.root)
+    use_mirror(monkeypatch, served_mirror)
+    run_doit(project.root, "config:x86_64-micro")
+    capsys.readouterr()
+
+    result = upgrade(project.root, "6.1.5", expected_fingerprint=served_mirror.key.fingerprint)
+
+    (target,) = result.preflight.targets
+    assert target.audit == "passed" and not target.no_longer_land  # the audit of requests sees nothing…
+    assert target.drift_errors == 1 and not result.ok  # …the whole-config comparison does
+    assert [(c.symbol, c.kind) for c in target.drift] == [("FUTEX", "lost"), ("GONE", "removed"), ("NEW_DEFAULT", "added")]
+    assert [m.symbol for m in target.must_stay_missing] == ["FUTEX"]
+    out = capsys.readouterr().out
+    assert "PROBLEMS" in out and "E: CONFIG_FUTEX is off on 6.1.5 but must stay on (fragments/must-stay.toml:2)" in out
+    assert "(top level): FUTEX y→n" in out
+
+
 # --- signature.py as units ----------------------------------------------------------------------------
 def test_rewrite_keeps_inline_comments_and_moves_default():
     text = 'default = "6.1.4"  # the default\n\n[[kernel]]\nversion = "6.1.4"  # pin\nsha256 = "aa"  # from .asc\n'

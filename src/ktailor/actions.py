@@ -20,13 +20,13 @@ from pathlib import Path
 from . import __version__
 from .build import run_make
 from .config import configure_target
+from .configdiff import error_count, render_changes, target_drift
 from .download import fetch, is_verified
 from .errors import InputError, KtailorError
 from .extract import extract_tarball
 from .fragments import load_expected_drops, load_fragments, requested_options
 from .install import install_target
 from .layout import Project
-from .configdiff import error_count, render_changes, target_drift
 from .progress import info, warn
 from .toolchain import compiler_version, jobs_from_env, make_vars, require_tools
 from .verify import verify_target
@@ -206,7 +206,8 @@ def report(root: str, version: str, target: str) -> None:
          f"{project.display(target_dir / 'report.md')}")
     for other, (changes, missing) in drifts.items():
         if error_count(changes, missing):
-            warn(f"{row.name}: {other} → {kernel.version} loses what must stay:\n{render_changes(other, kernel.version, changes, missing)}")
+            warn(f"{row.name}: {other} → {kernel.version} loses what must stay:\n"
+                 f"{render_changes(other, kernel.version, changes, missing)}")
 
 
 @reports_errors

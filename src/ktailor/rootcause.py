@@ -65,7 +65,8 @@ class Cause:
 
     def sentence(self) -> str:
         root = self.root
-        head = f"{len(self.members)} of these {self.total} options did not land"
+        head = (f"{len(self.members)} of these {self.total} options did not land" if self.total > 1 else
+                f"CONFIG_{self.members[0]} did not land")
         via = [s for s in self.via if s != root.symbol]
         if via:
             by_value: dict[str, list[str]] = {}
@@ -85,7 +86,8 @@ class Cause:
         fix = " ".join(f"`{line}`" for line in root.fix)
         checked = ""
         if self.landed_with_fix is not None:
-            checked = f" (checked: with it, {self.landed_with_fix} of {self.total} land"
+            checked = (f" (checked: with it, {self.landed_with_fix} of {self.total} land" if self.total > 1 else
+                       f" (checked: with it, it {'lands' if self.landed_with_fix else 'still does not land'}")
             checked += f"; still missing: {', '.join(self.still_missing[:6])})" if self.still_missing else ")"
         return head + f". Fix: {fix}{checked}."
 

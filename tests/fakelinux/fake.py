@@ -21,6 +21,8 @@ if goal == "allnoconfig":
         symbol = line.split("=")[0].removeprefix("# ").split(" ")[0]
         if symbol.removeprefix("CONFIG_") not in unsupported:
             lines.append(line)
+    defaults = Path(srctree, "defaults")  # unrequested options this fake kernel's defaults turn on
+    lines += defaults.read_text().splitlines() if defaults.exists() else []
     (out_dir / ".config").write_text("\n".join(lines) + "\n")
     sys.exit(0)
 

@@ -1,0 +1,93 @@
+"""configdiff.py: the whole final .config of a target compared across kernel versions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ktailor.configdiff import compare_configs, error_count, load_must_stay, must_stay_missing, render_changes
+from ktailor.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+
+MUST_STAY = """\
+[[keep]]
+option = "CONFIG_FUTEX"
+why = "pthreads."
+
+[[keep]]
+option = "CONFIG_X86_SMAP"
+arch = "x86_64"
+why = "SMAP."
+absent_ok = "built in unconditionally later."
+
+[[keep]]
+option = "CONFIG_MITIGATION_RETPOLINE"
+also = ["CONFIG_RETPOLINE"]
+why = "Spectre v2."
+"""
+
+
+@pytest.fixture
+def must_stay(tmp_path: Path):
+    path = tmp_path / "must-stay.toml"
+    path.write_text(MUST_STAY)
+    return load_must_stay(path)
+
+
+def test_the_shipped_must_stay_set_loads() -> None:
+    entries = load_must_stay(REPO / "fragments" / "must-stay.toml")
+    names = {e.symbol for e in entries}
+    assert {"FUTEX", "EPOLL", "SHMEM", "MULTIUSER", "BLOCK", "X86_SMAP"} <= names
+    assert all(e.why for e in entries)
+
+
+def test_unrequested_losses_are_found_and_must_stay_ones_are_errors(must_stay) -> None:
+    old = {"FUTEX": "y", "EPOLL": "y", "STACKTRACE": "n", "SPARSE": "y", "ONLY_OLD": "y", "REQ": "y"}
+    new = {"FUTEX": "n", "EPOLL": "y", "STACKTRACE": "y", "SPARSE": "m", "ONLY_NEW": "y", "REQ": "n"}
+    symbols = frozenset({"FUTEX", "EPOLL", "STACKTRACE", "SPARSE", "REQ"})
+    changes = compare_configs(old, new, {"REQ"}, arch="x86_64", old_symbols=symbols | {"ONLY_OLD"},
+                              new_symbols=symbols | {"ONLY_NEW"}, must_stay=must_stay,
+                              menus={"FUTEX": "General setup"})
+    kinds = {c.symbol: c.kind for c in changes}
+    assert kinds == {"FUTEX": "lost", "STACKTRACE": "gained", "SPARSE": "changed", "ONLY_OLD": "removed",
+                     "ONLY_NEW": "added"}  # REQ is requested: the audit's business, not drift's
+    assert [c.symbol for c in changes if c.error] == ["FUTEX"]
+    text = render_changes("5.10.262", "6.1.192", changes)
+    assert "E: CONFIG_FUTEX was y on 5.10.262 and is n on 6.1.192; it must stay on" in text
+    assert "General setup: FUTEX y→n" in text and "1 turned off, 1 turned on, 1 y↔m" in text
+
+
+def test_a_gone_must_stay_symbol_warns_unless_the_entry_explains_it(must_stay) -> None:
+    old = {"X86_SMAP": "y", "RETPOLINE": "y", "FUTEX": "y"}
+    new = {"MITIGATION_RETPOLINE": "y", "FUTEX": "y"}
+    changes = compare_configs(old, new, set(), arch="x86_64", old_symbols=frozenset(old),
+                              new_symbols=frozenset(new), must_stay=must_stay)
+    assert {c.symbol: c.kind for c in changes} == {"X86_SMAP": "removed", "RETPOLINE": "removed",
+                                                    "MITIGATION_RETPOLINE": "added"}
+    assert "W: must-stay" not in render_changes("5.10", "6.1", changes)
+    bare = [e for e in must_stay if e.symbol == "FUTEX"]
+    gone = compare_configs({"FUTEX": "y"}, {}, set(), arch="x86_64", old_symbols=frozenset({"FUTEX"}),
+                           new_symbols=frozenset(), must_stay=bare)
+    assert "W: must-stay option(s) no longer in 6.1: FUTEX" in render_changes("5.10", "6.1", gone)
+
+
+def test_must_stay_missing_accepts_either_name_and_respects_arch(must_stay) -> None:
+    symbols = frozenset({"FUTEX", "RETPOLINE", "X86_SMAP"})
+    assert must_stay_missing({"FUTEX": "y", "RETPOLINE": "y"}, must_stay, "x86_64", symbols)[0].symbol == "X86_SMAP"
+    assert must_stay_missing({"FUTEX": "y", "RETPOLINE": "y"}, must_stay, "aarch64", symbols) == []
+    missing = must_stay_missing({"FUTEX": "n"}, must_stay, "aarch64", symbols)
+    assert sorted(m.symbol for m in missing) == ["FUTEX", "MITIGATION_RETPOLINE"]
+    changes = compare_configs({"FUTEX": "y"}, {"FUTEX": "n"}, set(), arch="aarch64", old_symbols=symbols,
+                              new_symbols=symbols, must_stay=must_stay)
+    assert error_count(changes, missing) == 2  # FUTEX is counted once
+
+
+@pytest.mark.parametrize("text", ['[[keep]]\noption = "FUTEX"\nwhy = "x"\n', '[[keep]]\noption = "CONFIG_FUTEX"\n',
+                                  "[[keep]\n"], ids=["no-prefix", "no-why", "bad-toml"])
+def test_bad_must_stay_entries_name_the_file(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "must-stay.toml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=r"must-stay\.toml"):
+        load_must_stay(path)
