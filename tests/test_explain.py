@@ -238,7 +238,9 @@ def test_unmet_dependency_renders_values_and_fixes_recursively(tree: Path) -> No
     assert result.kind == "unmet-dependency"
     assert result.dependency == "BLK_DEV_DM(=n) && MD(=n)"
     assert "BLK_DEV_DM(=n) needs to be y" in result.detail and "MD(=n) needs to be y" in result.detail
-    assert result.fix == ["CONFIG_MD=y", "CONFIG_BLK_DEV_DM=y"]
+    # 5.10's plain allnoconfig also has BLOCK=n (EMBEDDED → EXPERT hides its default): one more line
+    block = ["CONFIG_BLOCK=y"] if series == "5.10" else []
+    assert result.fix == [*block, "CONFIG_MD=y", "CONFIG_BLK_DEV_DM=y"]
     assert str(result).endswith("add CONFIG_MD=y and CONFIG_BLK_DEV_DM=y.")
 
 
@@ -371,6 +373,7 @@ def test_symbols_for_other_arches_excludes_own_arch(tree: Path) -> None:
 # --- the real kernel ---
 
 REAL_TREES = {
+    "5.10": os.environ.get("KTAILOR_TEST_SRC_5_10", "/tmp/ksrc/linux-source-5.10"),
     "6.1": os.environ.get("KTAILOR_TEST_SRC_6_1", "/tmp/ksrc/linux-source-6.1"),
     "6.12": os.environ.get("KTAILOR_TEST_SRC_6_12", "/tmp/ksrc/linux-source-6.12"),
 }
@@ -386,7 +389,7 @@ def real_tree(series: str) -> Path:
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("series", ["6.1", "6.12"])
+@pytest.mark.parametrize("series", ["5.10", "6.1", "6.12"])
 def test_real_allnoconfig_dm_crypt_alone_is_an_unmet_dependency(series: str, tmp_path: Path) -> None:
     srctree = real_tree(series)
     allconfig = tmp_path / "fragment.config"
@@ -403,11 +406,13 @@ def test_real_allnoconfig_dm_crypt_alone_is_an_unmet_dependency(series: str, tmp
     result = explain(kconf, "CONFIG_DM_CRYPT", "y", "", srctree=srctree, kernel_arch="x86")
     assert result.kind == "unmet-dependency"
     assert "BLK_DEV_DM(=n)" in result.dependency and "MD(=n)" in result.dependency
-    assert result.fix == ["CONFIG_MD=y", "CONFIG_BLK_DEV_DM=y"]
+    # 5.10's plain allnoconfig also has BLOCK=n (EMBEDDED → EXPERT hides its default): one more line
+    block = ["CONFIG_BLOCK=y"] if series == "5.10" else []
+    assert result.fix == [*block, "CONFIG_MD=y", "CONFIG_BLK_DEV_DM=y"]
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("series", ["6.1", "6.12"])
+@pytest.mark.parametrize("series", ["5.10", "6.1", "6.12"])
 def test_real_arm64_parses_and_knows_other_arch_symbols(series: str) -> None:
     srctree = real_tree(series)
     if not shutil.which("aarch64-linux-gnu-gcc"):

@@ -393,13 +393,14 @@ def test_shipped_fragments_have_no_errors() -> None:
 
 
 SOURCES = {
+    (5, 10, 262): os.environ.get("KTAILOR_TEST_SRC_5_10", "/tmp/ksrc/linux-source-5.10"),
     (6, 1, 192): os.environ.get("KTAILOR_TEST_SRC_6_1", "/tmp/ksrc/linux-source-6.1"),
     (6, 12, 117): os.environ.get("KTAILOR_TEST_SRC_6_12", "/tmp/ksrc/linux-source-6.12"),
 }
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("version", list(SOURCES), ids=["6.1", "6.12"])
+@pytest.mark.parametrize("version", list(SOURCES), ids=["5.10", "6.1", "6.12"])
 def test_shipped_fragments_against_real_source(version: tuple[int, int, int]) -> None:
     srctree = Path(SOURCES[version])
     if not (srctree / "Kconfig").is_file():

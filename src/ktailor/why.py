@@ -23,8 +23,13 @@ def explain_option(project: Project, option: str, target: str, version: str | No
     config = project.kbuild(kernel, row) / ".config"
     if not config.is_file():
         raise InputError(f"{config} does not exist; run `doit config:{row.name}` first.")
-    requested = requested_options(load_fragments(project.fragment_paths(row), project.root), row.arch.name,
-                                  kernel.version_tuple).get(symbol)
+    from .actions import other_trees, providers_of
+
+    target_options = requested_options(load_fragments(project.fragment_paths(row), project.root), row.arch.name,
+                                       kernel.version_tuple)
+    requested = target_options.get(symbol)
+    context = {"target_options": target_options, "providers": providers_of(project, kernel),
+               "other_trees": other_trees(project, kernel)}
     final = final_value(parse_dotconfig(config), symbol)
     lines = [f"CONFIG_{symbol} in {row.name} (Linux {kernel.version}): final value {final}"]
     if requested:
@@ -40,7 +45,7 @@ def explain_option(project: Project, option: str, target: str, version: str | No
     sym = kconf.syms.get(symbol)
     if sym is None or not sym.nodes:
         result = explain.explain(kconf, symbol, requested.value if requested else "y", final,
-                                 srctree=project.source_tree(kernel), kernel_arch=row.arch.kernel_arch)
+                                 srctree=project.source_tree(kernel), kernel_arch=row.arch.kernel_arch, **context)
         lines.append(f"  {result.detail}")
         return "\n".join(lines)
     node = sym.nodes[0]
@@ -53,6 +58,6 @@ def explain_option(project: Project, option: str, target: str, version: str | No
         lines.append("  selected by: " + ", ".join(f"{s.name}(={s.str_value})" for s, _ in selecting))
     if requested and not same_value(requested.value, final):
         result = explain.explain(kconf, symbol, requested.value, final, srctree=project.source_tree(kernel),
-                                 kernel_arch=row.arch.kernel_arch)
+                                 kernel_arch=row.arch.kernel_arch, **context)
         lines.append(f"  did not land: {result}")
     return "\n".join(lines)
