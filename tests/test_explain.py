@@ -238,9 +238,7 @@ def test_unmet_dependency_renders_values_and_fixes_recursively(tree: Path) -> No
     assert result.kind == "unmet-dependency"
     assert result.dependency == "BLK_DEV_DM(=n) && MD(=n)"
     assert "BLK_DEV_DM(=n) needs to be y" in result.detail and "MD(=n) needs to be y" in result.detail
-    # 5.10's plain allnoconfig also has BLOCK=n (EMBEDDED → EXPERT hides its default): one more line
-    block = ["CONFIG_BLOCK=y"] if series == "5.10" else []
-    assert result.fix == [*block, "CONFIG_MD=y", "CONFIG_BLK_DEV_DM=y"]
+    assert result.fix == ["CONFIG_MD=y", "CONFIG_BLK_DEV_DM=y"]
     assert str(result).endswith("add CONFIG_MD=y and CONFIG_BLK_DEV_DM=y.")
 
 
