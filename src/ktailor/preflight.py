@@ -29,6 +29,7 @@ class TargetPreflight:
     drift: list[Change] = field(default_factory=list)  # unrequested changes of the whole .config
     must_stay_missing: list[MustStay] = field(default_factory=list)
     drift_compared: bool = False  # both versions had a final .config to compare
+    root_causes: list[str] = field(default_factory=list)  # the new audit's grouped causes, as sentences
 
     @property
     def drift_errors(self) -> int:
@@ -37,7 +38,8 @@ class TargetPreflight:
     def to_json(self) -> dict:
         return {"target": self.target, "audit": self.audit, "compared_with": self.compared_with,
                 "no_longer_land": self.no_longer_land, "now_land": self.now_land,
-                "config_drift": drift_json(self.drift, self.must_stay_missing) if self.drift_compared else None}
+                "config_drift": drift_json(self.drift, self.must_stay_missing) if self.drift_compared else None,
+                "root_causes": self.root_causes}
 
 
 @dataclass
@@ -91,7 +93,8 @@ def run_preflight(root: Path, new_version: str, old_version: str, env: dict[str,
         drifted = target_drift(project, row, old_version, kernel)
         changes, missing = drifted if drifted is not None else ([], [])
         targets.append(TargetPreflight(name, str(new_audit.get("status", "failed")), old_version if old_audit else None,
-                                       no_longer, now, changes, missing, drifted is not None))
+                                       no_longer, now, changes, missing, drifted is not None,
+                                       [c.get("summary", "") for c in new_audit.get("root_causes", [])]))
     return Preflight(old_version, new_version, result.returncode, targets)
 
 
@@ -114,6 +117,7 @@ def render_preflight(preflight: Preflight) -> str:
             continue
         base = f"compared with {old}" if target.compared_with else f"no audit of {old} here, so every difference is listed"
         lines.append(f"  {target.target}: audit {target.audit} ({base}):")
+        lines += [f"    root cause: {summary}" for summary in target.root_causes]
         for difference in target.no_longer_land:
             expected = " (declared in expected-drops.toml)" if difference.get("status") == "expected" else ""
             lines.append(f"    no longer lands: CONFIG_{difference['symbol']} requested {difference['requested']}, "

@@ -61,7 +61,8 @@ class Cause:
     def to_json(self) -> dict:
         return {"root": asdict(self.root), "members": self.members, "via": self.via,
                 "chain": [asdict(s) for s in self.chain], "total": self.total,
-                "landed_with_fix": self.landed_with_fix, "still_missing": self.still_missing}
+                "landed_with_fix": self.landed_with_fix, "still_missing": self.still_missing,
+                "summary": self.sentence()}
 
     def sentence(self) -> str:
         root = self.root
