@@ -140,26 +140,54 @@ def upgrade(c: Context, version: str = "", latest: bool = False, replace: str = 
         raise Exit(code=1)
 
 
+VULNS_HELP = ("the kernel CNA's vulns repository: a local clone or a git URL (default $KTAILOR_VULNS or "
+              "https://git.kernel.org/pub/scm/linux/security/vulns.git, cloned shallow into the cache)")
+
+
 @task(help={
     "apply": "upgrade, build, verify, boot, and install only if every check passed",
     "releases_url": "releases.json URL (default $KTAILOR_RELEASES_URL or https://www.kernel.org/releases.json)",
     "json_out": "where to write the JSON summary (default build/security-update.json)",
     "keyring": "as for upgrade",
     "insecure_skip_signature": "as for upgrade",
+    "vulns": VULNS_HELP,
+    "fail_on": "exit 50 when an installed kernel has an applicable CVE this bad and no working upgrade: "
+               "applicable-critical, applicable-high, applicable-medium or applicable-low",
 })
 def security_update(c: Context, apply: bool = False, releases_url: str = "", json_out: str = "", keyring: str = "",
-                    insecure_skip_signature: bool = False) -> None:
+                    insecure_skip_signature: bool = False, vulns: str = "", fail_on: str = "") -> None:
     """Check tracked kernels against kernel.org; with --apply, patch and install them.
 
     Exit codes: 0 up to date, 10 updated (or update available), 20 a check failed (nothing installed),
-    30 mirror/releases.json unreachable, 40 a series is end-of-life, 2 bad input, 1 other error.
+    30 mirror/releases.json unreachable, 40 a series is end-of-life, 50 (--fail-on) an applicable CVE
+    without a working upgrade, 2 bad input, 1 other error.
     """
     from ktailor.security_update import security_update as run
 
     code = run(ROOT, apply=apply, releases_url=releases_url or None, json_out=Path(json_out) if json_out else None,
-               keyring=Path(keyring) if keyring else None, insecure_skip_signature=insecure_skip_signature)
+               keyring=Path(keyring) if keyring else None, insecure_skip_signature=insecure_skip_signature,
+               vulns=vulns or None, fail_on=fail_on)
     if code:
         raise Exit(code=code)
+
+
+@task(help={
+    "target": "the target whose kernel to judge, e.g. x86_64-micro",
+    "version": "kernel version (default: the default kernel of versions.toml)",
+    "json": "print JSON (every applicable CVE) instead of the summary",
+    "vulns": VULNS_HELP,
+    "fail_on": "exit 50 when an applicable CVE of this severity or worse affects it: critical, high, medium, low",
+})
+@edge
+def cves(c: Context, target: str, version: str = "", json: bool = False, vulns: str = "", fail_on: str = "") -> None:
+    """CVEs that affect a kernel's version, split by whether their fix touches code compiled into it."""
+    from ktailor.cvereport import cves_command
+
+    text, over = cves_command(_project(), target=target, version=version or None, vulns=vulns or None, as_json=json,
+                              fail_on=fail_on.upper())
+    print(text)
+    if over:
+        raise Exit(code=50)
 
 
 @task(help={

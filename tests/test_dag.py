@@ -69,8 +69,10 @@ def test_each_stage_targets_feed_the_next_stage(two_kernels):
     for name, config in configs.items():
         assert extracts[name.partition("@")[2] or "6.1.1"]["targets"][0] in config["file_dep"]
         assert config["targets"][0] in builds[name]["file_dep"]  # .config
-        assert set(builds[name]["targets"]) - {p for p in builds[name]["targets"] if p.endswith("System.map")} <= set(
-            verifies[name]["file_dep"])
+        images = {p for p in builds[name]["targets"] if not p.endswith(("System.map", "sources.json"))}
+        assert images and images <= set(verifies[name]["file_dep"])
+        sources = [p for p in builds[name]["targets"] if p.endswith("sources.json")]
+        assert len(sources) == 1 and sources[0] in installs[name]["file_dep"]  # copied into the install
         assert config["targets"][1] in verifies[name]["file_dep"]  # audit.json
         assert verifies[name]["targets"][0] in installs[name]["file_dep"]
 
@@ -144,7 +146,8 @@ def test_install_is_atomic_keeps_old_versions_and_switches_current(two_kernels):
     assert code == 0, err
     for version in ("6.1.1", "6.1.2"):
         manifest = json.loads((prefix / version / "x86_64-micro" / "manifest.json").read_text())
-        assert manifest["version"] == version and set(manifest["sha256"]) == {"vmlinux", "bzImage", "config", "System.map"}
+        assert manifest["version"] == version
+        assert set(manifest["sha256"]) == {"vmlinux", "bzImage", "config", "System.map", "sources.json"}
     assert (prefix / "x86_64-micro").is_symlink()
     assert not [p for p in (prefix / "6.1.1").iterdir() if p.name.startswith(".")]
 

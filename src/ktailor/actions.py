@@ -19,8 +19,10 @@ from pathlib import Path
 
 from . import __version__
 from .build import run_make
+from .compiled import write_sources
 from .config import configure_target
 from .configdiff import error_count, render_changes, target_drift
+from .cvereport import write_vex
 from .download import fetch, is_verified
 from .errors import InputError, KtailorError
 from .extract import extract_tarball
@@ -153,12 +155,14 @@ def build(root: str, version: str, target: str) -> None:
     elapsed = run_make(project.source_tree(kernel), project.kbuild(kernel, row), variables,
                        list(row.arch.make_targets), jobs_from_env(project.env), target_dir / "build.log",
                        f"{row.name} {kernel.version}")
+    compiled = write_sources(project.kbuild(kernel, row), project.source_tree(kernel), project.sources_file(kernel, row))
     (target_dir / "build.json").write_text(json.dumps({
         "seconds": round(elapsed, 1), "jobs": jobs_from_env(project.env), "make_vars": variables,
         "compiler": compiler_version(row, variables), "host": platform.machine(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "compiled": {"sources": len(compiled["sources"]), "headers": len(compiled["headers"])},
     }, indent=2) + "\n")
-    info(f"built {row.name} {kernel.version} in {elapsed:.0f}s")
+    info(f"built {row.name} {kernel.version} in {elapsed:.0f}s ({len(compiled['sources'])} source files compiled)")
 
 
 @reports_errors
@@ -217,6 +221,11 @@ def install(root: str, version: str, target: str) -> None:
     target_dir = project.target_dir(kernel, row)
     files = {Path(relative).name: kbuild / relative for relative in row.arch.images}
     files |= {"config": kbuild / ".config", "System.map": kbuild / "System.map"}
+    if project.sources_file(kernel, row).is_file():
+        files[project.SOURCES] = project.sources_file(kernel, row)
+    vex_note = write_vex(project, kernel, row)
+    if vex_note is None:
+        files[project.VEX] = project.vex_file(kernel, row)
     build_info = json.loads((target_dir / "build.json").read_text()) if (target_dir / "build.json").is_file() else {}
     manifest = {
         "ktailor": __version__, "arch": row.arch.name, "type": row.type.name, "cmdline": row.cmdline,
@@ -224,6 +233,7 @@ def install(root: str, version: str, target: str) -> None:
         "toolchain": build_info.get("compiler", ""), "make_vars": build_info.get("make_vars", {}),
         "build_seconds": build_info.get("seconds"), "built_at": build_info.get("finished_at"),
         "source_sha256": kernel.sha256,
+        "vex": project.VEX if vex_note is None else f"not written: {vex_note}",
     }
     install_target(name=row.name, version=kernel.version, prefix=project.prefix, files=files, manifest=manifest,
                    verify_file=target_dir / "verify.json", boot_file=target_dir / "boot" / "boot.json")

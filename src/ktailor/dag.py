@@ -180,7 +180,8 @@ def build_tasks(root: Path) -> Iterator[Task]:
             "doc": _stage_doc("build", kernel, target),
             "actions": [(actions.build, [], _args(project, kernel, target))],
             "file_dep": [str(kbuild / ".config"), str(project.source_tree(kernel) / STAMP)],
-            "targets": [*image_paths(project, kernel, target), str(kbuild / "System.map")],
+            "targets": [*image_paths(project, kernel, target), str(kbuild / "System.map"),
+                        str(project.sources_file(kernel, target))],
             "uptodate": [config_changed(_toolchain_state(project, target))],
             "clean": True,
         }
@@ -258,7 +259,7 @@ def install_tasks(root: Path) -> Iterator[Task]:
             "doc": _stage_doc("install", kernel, target),
             "actions": [(actions.install, [], _args(project, kernel, target))],
             "file_dep": [*image_paths(project, kernel, target), str(target_dir / "verify.json"),
-                         str(target_dir / "boot" / "boot.json")],
+                         str(target_dir / "boot" / "boot.json"), str(project.sources_file(kernel, target))],
             "targets": [str(project.install_dir(kernel, target) / "manifest.json")],
             "uptodate": [config_changed({"prefix": str(project.prefix)})],
             "clean": [],  # never remove installed kernels: running VMs may use them

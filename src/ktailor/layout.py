@@ -97,6 +97,16 @@ class Project:
     def install_dir(self, kernel: Kernel, target: Target) -> Path:
         return self.prefix / kernel.version / target.name
 
+    # --- per-(kernel, target) documents ---------------------------------------------------------
+    SOURCES = "sources.json"  # the files a build compiled (compiled.py); also copied into the install
+    VEX = "vex.openvex.json"  # OpenVEX for the install (vex.py)
+
+    def sources_file(self, kernel: Kernel, target: Target) -> Path:
+        return self.target_dir(kernel, target) / self.SOURCES
+
+    def vex_file(self, kernel: Kernel, target: Target) -> Path:
+        return self.target_dir(kernel, target) / self.VEX
+
     # --- fragments of a target ---------------------------------------------------------------
     def fragment_paths(self, target: Target) -> list[Path]:
         return resolve_list(self.fragments_dir, target.list_name)

@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .cvereport import describe_fixes
 from .errors import ChecksumMismatch, ConfigAuditFailed, DownloadError, InputError, KtailorError, VerificationFailed
 from .layout import Project
 from .progress import info, warn
@@ -38,11 +39,15 @@ EXIT_UPDATED = 10  # --apply: upgraded, verified and installed; without --apply:
 EXIT_CHECK_FAILED = 20  # a signature, checksum, pre-flight, build, verify or boot check failed: NOT installed
 EXIT_UNREACHABLE = 30  # releases.json or the mirror could not be reached
 EXIT_END_OF_LIFE = 40  # a tracked series is end-of-life (nothing worse happened): move to the next longterm series
+EXIT_EXPOSED = 50  # --fail-on: an installed kernel has an applicable CVE of that severity and no working upgrade
 # Worst first: the exit code of a run is the first of these that any kernel hit.
-SEVERITY = (EXIT_BAD_INPUT, EXIT_ERROR, EXIT_UNREACHABLE, EXIT_CHECK_FAILED, EXIT_END_OF_LIFE, EXIT_UPDATED, EXIT_UP_TO_DATE)
+SEVERITY = (EXIT_BAD_INPUT, EXIT_ERROR, EXIT_EXPOSED, EXIT_UNREACHABLE, EXIT_CHECK_FAILED, EXIT_END_OF_LIFE, EXIT_UPDATED,
+            EXIT_UP_TO_DATE)
+FAIL_ON = {"applicable-critical": "CRITICAL", "applicable-high": "HIGH", "applicable-medium": "MEDIUM",
+           "applicable-low": "LOW"}
 EXIT_NAMES = {EXIT_UP_TO_DATE: "up to date", EXIT_ERROR: "error", EXIT_BAD_INPUT: "bad input", EXIT_UPDATED: "updated",
               EXIT_CHECK_FAILED: "check failed, not installed", EXIT_UNREACHABLE: "unreachable",
-              EXIT_END_OF_LIFE: "end of life"}
+              EXIT_END_OF_LIFE: "end of life", EXIT_EXPOSED: "exposed: applicable CVE without a working upgrade"}
 
 
 def worst(codes: list[int]) -> int:
@@ -75,6 +80,8 @@ class KernelReport:
     problems: list[str] = field(default_factory=list)
     upgrade: dict | None = None
     code: int = EXIT_UP_TO_DATE
+    cves: dict | None = None  # what the newest point release fixes, per target (cvereport.upgrade_fixes)
+    exposed: dict[str, list[str]] | None = None  # --fail-on: applicable CVEs left in the installed kernel
 
     @property
     def update(self) -> bool:
@@ -225,11 +232,54 @@ def _checks(report: KernelReport) -> str:
     return "; ".join(f"{name}: verify {t['verify']}, boot {t['boot']}" for name, t in report.targets.items())
 
 
+def cve_context(project: Project, vulns: str | None, needed: bool):
+    """The CVE records, or None (with a warning) when they cannot be had: CVE figures are a help, the
+    update itself does not depend on them."""
+    if not needed:
+        return None
+    from .cves import open_database
+
+    try:
+        return open_database(vulns, project.env, project.cache_dir)
+    except KtailorError as exc:
+        warn(f"no CVE figures: {exc}")
+        return None
+
+
+def add_cve_figures(database, project: Project, kernels: list[Kernel], reports: list[KernelReport]) -> None:
+    from .cvereport import upgrade_fixes
+
+    for kernel, report in zip(kernels, reports, strict=True):
+        if database is not None and report.update and report.latest:
+            report.cves = upgrade_fixes(database, project, kernel, report.latest)
+
+
+def check_exposure(database, root: Path, reports: list[KernelReport], severity: str) -> None:
+    """--fail-on: an installed kernel with an applicable CVE of `severity` or worse and no working upgrade."""
+    from .cvereport import installed_exposure
+
+    project = Project.from_env(root)  # versions.toml as apply left it
+    for report in reports:
+        if report.update and report.action != "failed":
+            continue  # the newest release is (being) installed
+        kernel = next((k for k in project.versions.kernels if k.version == (report.new_version or report.version)), None)
+        if kernel is None or database is None:
+            continue
+        found = {t: ids for t, ids in installed_exposure(database, project, kernel, severity).items() if ids}
+        report.exposed = found
+        if found:
+            report.code = worst([report.code, EXIT_EXPOSED])
+
+
 def security_update(root: Path, *, apply: bool = False, releases_url: str | None = None, json_out: Path | None = None,
                     keyring: Path | None = None, insecure_skip_signature: bool = False,
-                    expected_fingerprint: str = AUTOSIGNER_FINGERPRINT) -> int:
+                    expected_fingerprint: str = AUTOSIGNER_FINGERPRINT, vulns: str | None = None,
+                    fail_on: str = "") -> int:
     """Check every tracked series against kernel.org (and with `apply`, patch it); return the exit code."""
     project = Project.from_env(root)
+    if fail_on and fail_on not in FAIL_ON:
+        print(f"E: --fail-on {fail_on!r} is not a policy; use one of {', '.join(FAIL_ON)}.", file=sys.stderr)
+        return EXIT_BAD_INPUT
     url = resolve_releases_url(releases_url, project.env)
     summary: dict = {"checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "releases_url": url,
                      "apply": apply, "kernels": []}
@@ -242,13 +292,23 @@ def security_update(root: Path, *, apply: bool = False, releases_url: str | None
         summary["error"] = str(exc)
         return _finish(project, summary, reports, exit_code_for(exc), json_out)
     reports = [assess(project, kernel, releases) for kernel in kernels]
+    database = cve_context(project, vulns, any(r.update for r in reports) or bool(fail_on))
+    add_cve_figures(database, project, list(kernels), reports)  # before apply: the old builds say what they compiled
     if apply:
         for report in reports:
             apply_one(root, report, keyring=keyring, insecure_skip_signature=insecure_skip_signature,
                       expected_fingerprint=expected_fingerprint)
+    if fail_on:
+        check_exposure(database, root, reports, FAIL_ON[fail_on])
     print("security-update: " + ("applied" if apply else "report only (no --apply)") + f", releases from {url}")
     for report in reports:
+        if report.cves:
+            print("  " + describe_fixes(report.cves))
         print("  " + describe(report, apply))
+        if report.exposed:
+            for target, ids in report.exposed.items():
+                print(f"  EXPOSED: {target} {report.new_version or report.version} has {len(ids)} applicable CVE(s) "
+                      f"of {FAIL_ON[fail_on].lower()} severity or worse and no working upgrade: {', '.join(ids[:8])}")
     for report in reports:  # last, so it is what a cron mail or a journal tail shows
         if report.eol:
             print(end_of_life_banner(report, url))

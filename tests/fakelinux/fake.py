@@ -27,6 +27,19 @@ if goal == "allnoconfig":
     sys.exit(0)
 
 print(f"  CC      fake/{goal}.o")
+# kbuild's record of what it compiled (.<obj>.cmd: source_ and deps_ lines), for sources.json
+compiled = Path(srctree, "compiled")
+for source in (compiled.read_text().split() if compiled.exists() else
+               ["drivers/md/dm-crypt.c", "fs/ext4/inode.c", f"arch/{arch}/kernel/setup.c"]):
+    obj = source.rsplit(".", 1)[0] + ".o"
+    cmd = out_dir / Path(obj).parent / f".{Path(obj).name}.cmd"
+    cmd.parent.mkdir(parents=True, exist_ok=True)
+    cmd.write_text(f"cmd_{obj} := gcc -c -o {obj} {srctree}/{source}\n\nsource_{obj} := {srctree}/{source}\n\n"
+                   f"deps_{obj} := \\\n  {srctree}/include/linux/fake.h \\\n  $(wildcard include/config/FAKE) \\\n\n"
+                   f"{obj}: $(deps_{obj})\n")
+host = out_dir / "scripts" / "basic" / ".fixdep.o.cmd"  # a host program: not part of the kernel
+host.parent.mkdir(parents=True, exist_ok=True)
+host.write_text(f"source_scripts/basic/fixdep.o := {srctree}/scripts/basic/fixdep.c\n")
 machine = {"x86": 62, "arm64": 183}[arch]
 elf = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9) + struct.pack("<HH", 2, machine) + bytes(44)
 (out_dir / "vmlinux").write_bytes(elf + os.urandom(64))

@@ -1,0 +1,80 @@
+"""Which source files a finished build compiled into the kernel: exact, from kbuild's own records.
+
+Every object kbuild compiles leaves a `.<name>.o.cmd` file in the build dir (make O=…) with
+`source_<obj> := <the .c/.S file>` and `deps_<obj> := …` (every header that compilation read).
+The sources are what was compiled; the headers are what that code includes. Host programs kbuild
+builds for itself (scripts/, tools/) are not part of the kernel and are left out. The result is
+`sources.json` beside the build: the input to CVE applicability (a CVE whose fix touches none of
+these files is not in this kernel).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+
+SOURCE_RE = re.compile(r"^source_\S+ := (\S+)$", re.MULTILINE)
+DEPS_RE = re.compile(r"^deps_\S+ := \\\n((?:.*\\\n)*.*)$", re.MULTILINE)
+HOST_DIRS = ("scripts/", "tools/")
+
+
+def compiled_files(kbuild: Path, srctree: Path) -> tuple[set[str], set[str]]:
+    """(sources, headers) as paths relative to the source tree."""
+    root = str(srctree.resolve()) + "/"
+    sources: set[str] = set()
+    headers: set[str] = set()
+    for cmd in kbuild.rglob(".*.o.cmd"):
+        relative_dir = cmd.parent.relative_to(kbuild).as_posix() + "/"
+        if relative_dir.startswith(HOST_DIRS):
+            continue
+        text = cmd.read_text(errors="replace")
+        for source in SOURCE_RE.findall(text):
+            if source.startswith(root):
+                sources.add(os.path.normpath(source[len(root):]))
+        for block in DEPS_RE.findall(text):
+            for item in block.replace("\\\n", " ").split():
+                if item.startswith(root):
+                    headers.add(os.path.normpath(item[len(root):]))
+    return sources, headers - sources
+
+
+def write_sources(kbuild: Path, srctree: Path, out: Path) -> dict:
+    sources, headers = compiled_files(kbuild, srctree)
+    data = {"sources": sorted(sources), "headers": sorted(headers)}
+    temp = out.with_suffix(".json.tmp")
+    temp.write_text(json.dumps(data, indent=1) + "\n")
+    temp.replace(out)
+    return data
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """What one kernel build compiled: its .c/.S sources and the headers they include."""
+
+    sources: frozenset[str]
+    headers: frozenset[str]
+
+    def touched(self, files: frozenset[str]) -> frozenset[str]:
+        """The files of a fix that are in this kernel. A fix's own headers count only when it touches no
+        source file at all: `net/tls/tls_sw.c` + `include/net/tls.h` is not in a kernel without TLS just
+        because something else includes tls.h."""
+        code = {f for f in files if not f.endswith(".h")}
+        if code:
+            return frozenset(code & self.sources)
+        return frozenset(files & self.headers)
+
+
+def read_sources(path: Path) -> Compiled:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist: the kernel was built before ktailor recorded its compiled files, "
+                         "or not at all; rebuild it (doit build:<target>).") from None
+    except ValueError as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); rebuild the kernel to rewrite it.") from None
+    return Compiled(frozenset(data.get("sources", [])), frozenset(data.get("headers", [])))

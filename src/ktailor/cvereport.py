@@ -1,0 +1,106 @@
+"""CVE exposure of the project's kernels: `invoke cves`, the install's VEX, and what an upgrade fixes.
+
+Glue between the records (cves.py), what each build compiled (compiled.py, `sources.json`) and the
+project's layout. An installed kernel is judged by the `sources.json` in its install directory, a
+built one by the one beside its build.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .compiled import Compiled, read_sources
+from .cves import Database, exposure, exposure_json, open_database, render_exposure, split
+from .download import sha256_of
+from .errors import KtailorError
+from .layout import Project
+from .progress import warn
+from .targets import Target
+from .versions import Kernel
+from .vex import openvex
+
+
+def compiled_of(project: Project, kernel: Kernel, target: Target) -> tuple[Compiled, str]:
+    """What this kernel compiled, preferring the installed copy; (compiled, where it was read)."""
+    installed = project.install_dir(kernel, target) / project.SOURCES
+    path = installed if installed.is_file() else project.sources_file(kernel, target)
+    return read_sources(path), str(project.display(path))
+
+
+def cves_command(project: Project, *, target: str, version: str | None, vulns: str | None, as_json: bool,
+                 fail_on: str = "") -> tuple[str, int]:
+    """The exposure of one target's kernel: (text or JSON, how many applicable CVEs reach `fail_on`)."""
+    kernel = project.versions.get(version) if version else project.versions.default
+    row = project.catalog.target(target)
+    compiled, where = compiled_of(project, kernel, row)
+    database = open_database(vulns, project.env, project.cache_dir)
+    found = exposure(database, row.name, kernel.version, compiled)
+    over = found.count_at_least(fail_on) if fail_on else 0
+    if as_json:
+        return json.dumps(exposure_json(found, compiled, database.source) | {"compiled_files_from": where}, indent=2), over
+    return render_exposure(found, compiled, database.source) + f"\n  compiled files: {where}", over
+
+
+def write_vex(project: Project, kernel: Kernel, target: Target) -> str | None:
+    """Write the target's OpenVEX document beside its build; None on success, else why it was not written
+    (the install goes on: a kernel is not less safe for lacking the document)."""
+    try:
+        compiled, _ = compiled_of(project, kernel, target)
+        database = open_database(None, project.env, project.cache_dir)
+    except KtailorError as exc:
+        warn(f"{target.name} {kernel.version}: no VEX document: {exc}")
+        return str(exc)
+    found = exposure(database, target.name, kernel.version, compiled)
+    config = project.kbuild(kernel, target) / ".config"
+    document = openvex(found, compiled, config_sha256=sha256_of(config), source=database.source)
+    path = project.vex_file(kernel, target)
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps(document, indent=1) + "\n")
+    temp.replace(path)
+    return None
+
+
+def upgrade_fixes(database: Database, project: Project, kernel: Kernel, new_version: str) -> dict:
+    """The CVEs fixed between a tracked kernel and `new_version`, split per target by what it compiled."""
+    fixed = database.fixed_between(kernel.version, new_version)
+    targets: dict[str, dict] = {}
+    for name in kernel.targets:
+        row = project.catalog.targets[name]
+        try:
+            compiled, _ = compiled_of(project, kernel, row)
+        except KtailorError as exc:
+            targets[name] = {"error": str(exc)}
+            continue
+        applicable, not_applicable = split(fixed, compiled)
+        targets[name] = {"applicable": [c.id for c in applicable], "not_applicable": len(not_applicable),
+                         "applicable_high": sum(c.rank >= 3 for c in applicable),
+                         "highest": applicable[0].severity or "unscored" if applicable else None}
+    return {"from": kernel.version, "to": new_version, "fixed": len(fixed), "records": database.source,
+            "targets": targets}
+
+
+def describe_fixes(cves: dict) -> str:
+    """"6.1.192 → 6.1.193 fixes N CVEs; M touch code compiled into x86_64-micro, K of them high or critical"."""
+    parts = []
+    for name, entry in cves["targets"].items():
+        if "error" in entry:
+            parts.append(f"{name}: unknown ({entry['error']})")
+        else:
+            parts.append(f"{len(entry['applicable'])} touch code compiled into {name}, "
+                         f"{entry['applicable_high']} of them high or critical")
+    return f"{cves['from']} → {cves['to']} fixes {cves['fixed']} CVEs; " + "; ".join(parts)
+
+
+def installed_exposure(database: Database, project: Project, kernel: Kernel, severity: str) -> dict[str, list[str]]:
+    """Per installed target: the applicable CVEs of at least `severity` that affect the installed version."""
+    found: dict[str, list[str]] = {}
+    for name in kernel.targets:
+        row = project.catalog.targets[name]
+        path = project.install_dir(kernel, row) / project.SOURCES
+        if not path.is_file():
+            continue
+        result = exposure(database, name, kernel.version, read_sources(Path(path)))
+        floor = ("NONE", "LOW", "MEDIUM", "HIGH", "CRITICAL").index(severity)
+        found[name] = [c.id for c in result.applicable if c.rank >= floor]
+    return found
