@@ -153,9 +153,12 @@ VULNS_HELP = ("the kernel CNA's vulns repository: a local clone or a git URL (de
     "vulns": VULNS_HELP,
     "fail_on": "exit 50 when an installed kernel has an applicable CVE this bad and no working upgrade: "
                "applicable-critical, applicable-high, applicable-medium or applicable-low",
+    "forecast": "also run the pre-flight of moving each series to the next longterm one (always done for an "
+                "end-of-life series): config and audit only, on a scratch copy of versions.toml",
 })
 def security_update(c: Context, apply: bool = False, releases_url: str = "", json_out: str = "", keyring: str = "",
-                    insecure_skip_signature: bool = False, vulns: str = "", fail_on: str = "") -> None:
+                    insecure_skip_signature: bool = False, vulns: str = "", fail_on: str = "",
+                    forecast: bool = False) -> None:
     """Check tracked kernels against kernel.org; with --apply, patch and install them.
 
     Exit codes: 0 up to date, 10 updated (or update available), 20 a check failed (nothing installed),
@@ -166,7 +169,7 @@ def security_update(c: Context, apply: bool = False, releases_url: str = "", jso
 
     code = run(ROOT, apply=apply, releases_url=releases_url or None, json_out=Path(json_out) if json_out else None,
                keyring=Path(keyring) if keyring else None, insecure_skip_signature=insecure_skip_signature,
-               vulns=vulns or None, fail_on=fail_on)
+               vulns=vulns or None, fail_on=fail_on, forecast=forecast)
     if code:
         raise Exit(code=code)
 

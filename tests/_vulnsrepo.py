@@ -4,8 +4,10 @@
 stable-branch semver ranges, one with `defaultStatus: "affected"` and the unaffected rules, both with
 `programFiles`; `metrics[].cvssV3_1` on some) plus `.sha1` and `.dyad` siblings, committed with git.
 The records are written for these tests (same structure as the CNA's, e.g. CVE-2024-26581).
-The fake kernel (tests/fakelinux) compiles drivers/md/dm-crypt.c, fs/ext4/inode.c and
-arch/<ARCH>/kernel/setup.c, all including include/linux/fake.h.
+The records are placed around one kernel version (`base`, default 6.1.4): "{s}.{p+1}" below is the
+next point release of its series. Their files are real kernel files: the fake kernel
+(tests/fakelinux) compiles drivers/md/dm-crypt.c, fs/ext4/inode.c and arch/<ARCH>/kernel/setup.c,
+all including include/linux/jbd2.h, and so does every real micro/mini target.
 """
 
 from __future__ import annotations
@@ -16,18 +18,26 @@ from pathlib import Path
 
 # id, files, introduced, {series: first fixed release}, mainline fix, backport range, cvss (score, severity)
 RECORDS = [
-    ("CVE-2026-0001", ["drivers/md/dm-crypt.c"], "5.0", {"6.1": "6.1.5", "6.6": "6.6.9"}, "6.8", None, (7.8, "HIGH")),
-    ("CVE-2026-0002", ["drivers/usb/core/hub.c"], "4.19", {"6.1": "6.1.5"}, "6.8", None, (9.1, "CRITICAL")),
-    ("CVE-2026-0003", ["sound/core/pcm_native.c"], "5.4", {"6.1": "6.1.6"}, "6.9", None, None),
-    # a bug backported into 6.1.2 by a stable commit, fixed in 6.1.5 (and introduced upstream in 6.5)
-    ("CVE-2026-0004", ["fs/ext4/inode.c", "include/linux/fake.h"], "6.5", {"6.6": "6.6.3"}, "6.7", ("6.1.2", "6.1.5"),
-     (9.8, "CRITICAL")),
-    ("CVE-2026-0005", ["arch/arm64/kernel/setup.c"], "6.0", {"6.1": "6.1.5"}, "6.8", None, (5.5, "MEDIUM")),
-    # a fix in a header only, not yet in any 6.1 release
-    ("CVE-2026-0006", ["include/linux/fake.h"], "6.1", {}, "6.12", None, (5.5, "MEDIUM")),
-    # fixed long before the versions under test
-    ("CVE-2025-0007", ["drivers/md/dm-crypt.c"], "5.10", {"6.1": "6.1.1"}, "6.2", None, (7.0, "HIGH")),
+    ("CVE-2026-0001", ["drivers/md/dm-crypt.c"], "4.0", {"{s}": "{s}.{p+1}", "6.13": "6.13.9"}, "6.14", None,
+     (7.8, "HIGH")),
+    ("CVE-2026-0002", ["drivers/usb/core/hub.c"], "4.19", {"{s}": "{s}.{p+1}"}, "6.14", None, (9.1, "CRITICAL")),
+    ("CVE-2026-0003", ["sound/core/pcm_native.c"], "5.4", {"{s}": "{s}.{p+2}"}, "6.15", None, None),
+    # a bug backported into {s}.{p-2} by a stable commit, fixed in {s}.{p+1} (introduced upstream in 6.14)
+    ("CVE-2026-0004", ["fs/ext4/inode.c", "include/linux/jbd2.h"], "6.14", {"6.14": "6.14.3"}, "6.15",
+     ("{s}.{p-2}", "{s}.{p+1}"), (9.8, "CRITICAL")),
+    ("CVE-2026-0005", ["arch/arm64/kernel/setup.c"], "4.0", {"{s}": "{s}.{p+1}"}, "6.14", None, (5.5, "MEDIUM")),
+    # a fix in a header only, not yet in any release of the series
+    ("CVE-2026-0006", ["include/linux/jbd2.h"], "4.0", {}, "6.16", None, (5.5, "MEDIUM")),
+    # fixed long before the version under test
+    ("CVE-2025-0007", ["drivers/md/dm-crypt.c"], "4.0", {"{s}": "{s}.{p-3}"}, "6.2", None, (7.0, "HIGH")),
 ]
+
+
+def _at(text: str, base: str) -> str:
+    series, _, patch = base.rpartition(".")
+    for offset in (-3, -2, 2, 1):
+        text = text.replace(f"{{p{offset:+d}}}", str(int(patch) + offset))
+    return text.replace("{s}", series)
 
 
 def record(cve_id: str, files: list[str], introduced: str, fixed: dict[str, str], mainline: str,
@@ -60,9 +70,11 @@ def record(cve_id: str, files: list[str], introduced: str, fixed: dict[str, str]
             "dataType": "CVE_RECORD", "dataVersion": "5.1"}
 
 
-def make_vulns_repo(root: Path) -> Path:
-    """Write and commit the records; returns the repository (use it as a path or as file://…)."""
-    for cve_id, files, introduced, fixed, mainline, backport, cvss in RECORDS:
+def make_vulns_repo(root: Path, base: str = "6.1.4") -> Path:
+    """Write and commit the records around `base`; returns the repository (a path, or as file://…)."""
+    for cve_id, files, introduced, fixed_at, mainline, backport_at, cvss in RECORDS:
+        fixed = {_at(series, base): _at(version, base) for series, version in fixed_at.items()}
+        backport = (_at(backport_at[0], base), _at(backport_at[1], base)) if backport_at else None
         year = cve_id.split("-")[1]
         folder = root / "cve" / "published" / year
         folder.mkdir(parents=True, exist_ok=True)

@@ -49,12 +49,12 @@ def test_records_parse_and_broken_ones_are_counted(vulns: Path) -> None:
 
 
 @pytest.mark.parametrize(("cve", "version", "affected"), [
-    ("CVE-2026-0001", "6.1.4", True), ("CVE-2026-0001", "6.1.5", False), ("CVE-2026-0001", "4.19.300", False),
-    ("CVE-2026-0001", "6.6.8", True), ("CVE-2026-0001", "6.6.9", False), ("CVE-2026-0001", "6.7.2", True),
-    ("CVE-2026-0001", "6.8", False), ("CVE-2026-0001", "6.12.117", False),
+    ("CVE-2026-0001", "6.1.4", True), ("CVE-2026-0001", "6.1.5", False), ("CVE-2026-0001", "3.19.300", False),
+    ("CVE-2026-0001", "6.13.8", True), ("CVE-2026-0001", "6.13.9", False), ("CVE-2026-0001", "6.6.2", True),
+    ("CVE-2026-0001", "6.14", False), ("CVE-2026-0001", "6.15.117", False),
     ("CVE-2026-0004", "6.1.1", False), ("CVE-2026-0004", "6.1.2", True), ("CVE-2026-0004", "6.1.5", False),
-    ("CVE-2026-0004", "6.5.3", True), ("CVE-2026-0004", "6.6.3", False),
-    ("CVE-2026-0006", "6.1.192", True), ("CVE-2026-0006", "6.0.9", False), ("CVE-2026-0006", "6.12.1", False),
+    ("CVE-2026-0004", "6.14.2", True), ("CVE-2026-0004", "6.14.3", False),
+    ("CVE-2026-0006", "6.1.192", True), ("CVE-2026-0006", "3.9.9", False), ("CVE-2026-0006", "6.16.1", False),
 ], ids=str)
 def test_affected_ranges(vulns: Path, cve: str, version: str, affected: bool) -> None:
     database = {c.id: c for c in load_database(vulns).cves}
@@ -65,7 +65,7 @@ def test_fixed_in_names_the_series_release(vulns: Path) -> None:
     by_id = {c.id: c for c in load_database(vulns).cves}
     assert by_id["CVE-2026-0001"].fixed_in((6, 1)) == "6.1.5"
     assert by_id["CVE-2026-0004"].fixed_in((6, 1)) == "6.1.5"  # from the backport range
-    assert by_id["CVE-2026-0001"].fixed_in((6, 8)) == "6.8"  # the mainline fix
+    assert by_id["CVE-2026-0001"].fixed_in((6, 14)) == "6.14"  # the mainline fix
     assert by_id["CVE-2026-0006"].fixed_in((6, 1)) is None
 
 

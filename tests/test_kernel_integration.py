@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from _vulnsrepo import make_vulns_repo
 from ktailor.boot import StderrLog, boot_target
 from ktailor.errors import VerificationFailed
 from ktailor.fragments import load_fragments, requested_options
@@ -43,8 +44,12 @@ class Pipeline:
         self.server, self.url = serve(self.mirror)
         self.versions = work / "versions.toml"
         self.versions.write_text(versions_toml([(self.version, self.sha256)], self.url, ALL_TARGETS))
+        # CVE records in the CNA's format around this version, naming real kernel files (tests/_vulnsrepo.py)
+        shutil.rmtree(work / "vulns", ignore_errors=True)
+        self.vulns = make_vulns_repo(work / "vulns", self.version)
         self.env = dict(os.environ, KTAILOR_VERSIONS=str(self.versions), KTAILOR_BUILD_DIR=str(work / "build"),
-                        KTAILOR_CACHE=str(work / "cache"), KTAILOR_PREFIX=str(work / "prefix"), KTAILOR_QUIET="1")
+                        KTAILOR_CACHE=str(work / "cache"), KTAILOR_PREFIX=str(work / "prefix"), KTAILOR_QUIET="1",
+                        KTAILOR_VULNS=self.vulns.as_uri())
         self.env.pop("KTAILOR_MIRROR", None)
 
     def doit(self, *args: str):
@@ -103,6 +108,46 @@ def test_micro_targets_build_verify_boot_and_install(pipeline):
             assert len(digest) == 64 and (installed / name).is_file()
         assert (pipeline.work / "prefix" / target).resolve() == installed.resolve()
         assert manifest["boot"]["status"] == "pass" and manifest["cmdline"]
+
+
+def test_installed_micro_kernels_are_judged_by_what_they_compiled(pipeline):
+    """sources.json from kbuild's records, the install's OpenVEX, `invoke cves` and what the next point
+    release fixes in `security-update`, on the real builds (records: tests/_vulnsrepo.py)."""
+    series, _, patch = pipeline.version.rpartition(".")
+    following = f"{series}.{int(patch) + 1}"
+    expected = {"x86_64-micro": ["CVE-2026-0004", "CVE-2026-0001", "CVE-2026-0006"],
+                "aarch64-micro": ["CVE-2026-0004", "CVE-2026-0001", "CVE-2026-0005", "CVE-2026-0006"]}
+    for target in BUILT:
+        installed = pipeline.work / "prefix" / pipeline.version / target
+        sources = set(json.loads((installed / "sources.json").read_text())["sources"])
+        assert {"drivers/md/dm-crypt.c", "fs/ext4/inode.c"} <= sources and len(sources) > 500
+        assert not any(s.startswith(("sound/", "drivers/usb/", "scripts/", "tools/")) for s in sources)
+        vex = json.loads((installed / "vex.openvex.json").read_text())
+        status = {s["vulnerability"]["name"]: s["status"] for s in vex["statements"]}
+        assert sorted(c for c, s in status.items() if s == "affected") == sorted(expected[target])
+        assert sorted(c for c, s in status.items() if s == "not_affected") == sorted(
+            {"CVE-2026-0002", "CVE-2026-0003", "CVE-2026-0005"} - set(expected[target]))
+        shown = subprocess.run([str(REPO / ".venv" / "bin" / "invoke"), "-r", str(REPO), "cves", "--target", target,
+                                "--version", pipeline.version, "--json"], env=pipeline.env, capture_output=True, text=True)
+        assert shown.returncode == 0, shown.stderr
+        data = json.loads(shown.stdout)
+        assert [c["id"] for c in data["applicable"]] == expected[target]
+        assert data["compiled_files_from"].endswith(f"{pipeline.version}/{target}/sources.json")
+
+    releases = pipeline.mirror / "releases.json"
+    releases.write_text(json.dumps({"releases": [{"moniker": "longterm", "version": following, "iseol": False}]}))
+    summary = pipeline.work / "security-update.json"
+    run = subprocess.run([str(REPO / ".venv" / "bin" / "invoke"), "-r", str(REPO), "security-update",
+                          "--releases-url", f"{pipeline.url}/releases.json", "--json-out", str(summary)],
+                         env=pipeline.env, capture_output=True, text=True)
+    assert run.returncode == 10, run.stdout + run.stderr  # a newer point release is available
+    (kernel,) = json.loads(summary.read_text())["kernels"]
+    assert (kernel["cves"]["from"], kernel["cves"]["to"], kernel["cves"]["fixed"]) == (pipeline.version, following, 4)
+    x86 = kernel["cves"]["targets"]["x86_64-micro"]
+    assert (x86["applicable"], x86["not_applicable"]) == (["CVE-2026-0004", "CVE-2026-0001"], 2)
+    arm = kernel["cves"]["targets"]["aarch64-micro"]
+    assert (arm["applicable"], arm["not_applicable"]) == (["CVE-2026-0004", "CVE-2026-0001", "CVE-2026-0005"], 1)
+    assert f"{pipeline.version} → {following} fixes 4 CVEs; 2 touch code compiled into x86_64-micro" in run.stdout
 
 
 def test_second_run_does_nothing(pipeline):

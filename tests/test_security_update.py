@@ -21,7 +21,9 @@ from _signedmirror import (  # noqa: F401 - the fixture_* are pytest fixtures, u
     use_mirror,
     write_versions,
 )
+from conftest import fake_tarball
 from ktailor.releases import next_longterm, parse_releases, series_status
+from ktailor.runner import run_doit
 from ktailor.security_update import (
     EXIT_BAD_INPUT,
     EXIT_CHECK_FAILED,
@@ -217,3 +219,25 @@ def test_worst_outcome_wins():
     assert worst([EXIT_UPDATED, EXIT_CHECK_FAILED, EXIT_UNREACHABLE]) == EXIT_UNREACHABLE
     assert worst([EXIT_CHECK_FAILED, EXIT_BAD_INPUT]) == EXIT_BAD_INPUT
     assert worst([]) == EXIT_UP_TO_DATE
+
+
+def test_end_of_life_series_gets_the_pre_flight_of_the_move_without_touching_versions_toml(farm, capsys):
+    """5.10-style EOL: the next longterm's newest release is configured and audited on a scratch copy."""
+    fake_tarball(farm.mirror.directory, "6.6.70", "VIRTIO_MMIO\n")  # the next series cannot do VIRTIO_MMIO
+    farm.mirror.sign_sums()
+    farm.mirror.releases(("longterm", "6.1.4", True), ("longterm", "6.6.70", False), ("longterm", "6.12.13", False))
+    before = farm.versions.read_bytes()
+    run_doit(farm.root, "config:x86_64-micro")  # the current series' audit, as a previous night left it
+    capsys.readouterr()
+
+    assert farm.run(apply=True) == EXIT_END_OF_LIFE  # a forecast never makes the night fail by itself
+
+    assert farm.versions.read_bytes() == before
+    (kernel,) = farm.summary()["kernels"]
+    forecast = kernel["forecast"]
+    assert (forecast["to"], forecast["ok"]) == ("6.6.70", False)
+    (target,) = forecast["preflight"]["targets"]
+    assert [d["symbol"] for d in target["no_longer_land"]] == ["VIRTIO_MMIO"]
+    out = capsys.readouterr().out
+    assert "forecast 6.1 → 6.6.70: PROBLEMS; 1 requested option(s) would not land" in out
+    assert not list((farm.root.parent / "build").glob("6.6.70/*/build.log"))  # nothing was built

@@ -81,6 +81,7 @@ class KernelReport:
     upgrade: dict | None = None
     code: int = EXIT_UP_TO_DATE
     cves: dict | None = None  # what the newest point release fixes, per target (cvereport.upgrade_fixes)
+    forecast: dict | None = None  # the pre-flight of the move to the next longterm series (nothing built)
     exposed: dict[str, list[str]] | None = None  # --fail-on: applicable CVEs left in the installed kernel
 
     @property
@@ -232,6 +233,48 @@ def _checks(report: KernelReport) -> str:
     return "; ".join(f"{name}: verify {t['verify']}, boot {t['boot']}" for name, t in report.targets.items())
 
 
+def forecast_move(root: Path, report: KernelReport, releases: list[Release], *, keyring: Path | None,
+                  insecure_skip_signature: bool, expected_fingerprint: str) -> None:
+    """The pre-flight of moving this kernel to the next longterm series, on a scratch copy of versions.toml:
+    config + audit + whole-config drift of the new series' newest release, nothing built or installed."""
+    project = Project.from_env(root)
+    target = next_longterm(releases, report.series)
+    if target is None:
+        report.forecast = {"to": None, "ok": None, "problem": "kernel.org lists no newer longterm series"}
+        return
+    scratch = project.build_dir / "forecast" / report.series
+    scratch.mkdir(parents=True, exist_ok=True)
+    copy = scratch / "versions.toml"
+    copy.write_text(project.versions_path.read_text())
+    env = dict(project.env, KTAILOR_VERSIONS=str(copy))
+    info(f"forecast: pre-flight of {report.version} → {target.version} (next longterm), on {project.display(copy)}")
+    try:
+        result = upgrade(root, target.version, replace=report.new_version or report.version, allow_series_change=True,
+                         keyring=keyring, insecure_skip_signature=insecure_skip_signature,
+                         expected_fingerprint=expected_fingerprint, env=env)
+    except KtailorError as exc:
+        report.forecast = {"to": target.version, "ok": None, "problem": str(exc)}
+        return
+    preflight = result.preflight
+    report.forecast = {"to": target.version, "ok": result.ok, "versions_copy": str(copy),
+                       "preflight": preflight.to_json() if preflight else None}
+
+
+def describe_forecast(report: KernelReport) -> str:
+    forecast = report.forecast or {}
+    head = f"forecast {report.series} → {forecast.get('to')}:"
+    if forecast.get("ok") is None:
+        return f"{head} could not be run: {forecast.get('problem')}"
+    targets = (forecast.get("preflight") or {}).get("targets", [])
+    lost = sum(len(t["no_longer_land"]) for t in targets)
+    drift = [t["config_drift"] for t in targets if t.get("config_drift")]
+    changes = sum(len(d["changes"]) for d in drift)
+    errors = sum(d["errors"] for d in drift)
+    verdict = "every requested option lands" if forecast["ok"] else "PROBLEMS"
+    return (f"{head} {verdict}; {lost} requested option(s) would not land, {changes} unrequested option(s) change, "
+            f"{errors} must-stay loss(es) (details: the pre-flight above and the JSON summary).")
+
+
 def cve_context(project: Project, vulns: str | None, needed: bool):
     """The CVE records, or None (with a warning) when they cannot be had: CVE figures are a help, the
     update itself does not depend on them."""
@@ -274,7 +317,7 @@ def check_exposure(database, root: Path, reports: list[KernelReport], severity: 
 def security_update(root: Path, *, apply: bool = False, releases_url: str | None = None, json_out: Path | None = None,
                     keyring: Path | None = None, insecure_skip_signature: bool = False,
                     expected_fingerprint: str = AUTOSIGNER_FINGERPRINT, vulns: str | None = None,
-                    fail_on: str = "") -> int:
+                    fail_on: str = "", forecast: bool = False) -> int:
     """Check every tracked series against kernel.org (and with `apply`, patch it); return the exit code."""
     project = Project.from_env(root)
     if fail_on and fail_on not in FAIL_ON:
@@ -300,11 +343,17 @@ def security_update(root: Path, *, apply: bool = False, releases_url: str | None
                       expected_fingerprint=expected_fingerprint)
     if fail_on:
         check_exposure(database, root, reports, FAIL_ON[fail_on])
+    for report in reports:  # always for an end-of-life series, on request for the others
+        if report.eol or forecast:
+            forecast_move(root, report, releases, keyring=keyring, insecure_skip_signature=insecure_skip_signature,
+                          expected_fingerprint=expected_fingerprint)
     print("security-update: " + ("applied" if apply else "report only (no --apply)") + f", releases from {url}")
     for report in reports:
         if report.cves:
             print("  " + describe_fixes(report.cves))
         print("  " + describe(report, apply))
+        if report.forecast:
+            print("  " + describe_forecast(report))
         if report.exposed:
             for target, ids in report.exposed.items():
                 print(f"  EXPOSED: {target} {report.new_version or report.version} has {len(ids)} applicable CVE(s) "

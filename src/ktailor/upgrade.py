@@ -193,9 +193,10 @@ def check_move(versions: VersionsFile, entry: Kernel, version: str, allow_downgr
 def upgrade(root: Path, version: str | None, *, latest: bool = False, dry_run: bool = False, allow_downgrade: bool = False,
             allow_series_change: bool = False, insecure_skip_signature: bool = False, keyring: Path | None = None,
             replace: str | None = None, expected_fingerprint: str = AUTOSIGNER_FINGERPRINT,
-            releases_url: str | None = None, preflight: bool = True) -> UpgradeResult:
-    """Move one versions.toml entry to `version` (or the newest point release with `latest`); see the module doc."""
-    project = Project.from_env(root)
+            releases_url: str | None = None, preflight: bool = True, env: dict[str, str] | None = None) -> UpgradeResult:
+    """Move one versions.toml entry to `version` (or the newest point release with `latest`); see the module doc.
+    `env` replaces the process environment (the forecast points KTAILOR_VERSIONS at a scratch copy)."""
+    project = Project(Path(root).resolve(), env) if env is not None else Project.from_env(root)
     versions = project.versions
     if (version is None) == (not latest):
         raise InputError("say which version: --version X.Y.Z, or --latest for the newest point release of a tracked series.")
@@ -240,7 +241,7 @@ def upgrade(root: Path, version: str | None, *, latest: bool = False, dry_run: b
     result.written = True
     print(f"{versions.path}: {entry.version} → {version}" + (" (the default kernel)" if entry.is_default else ""))
     if preflight:
-        result.preflight = run_preflight(project.root, version, entry.version)
+        result.preflight = run_preflight(project.root, version, entry.version, env=env)
         print(render_preflight(result.preflight))
         if not result.preflight.ok:
             print(f"E: the pre-flight of {version} failed; nothing was built. versions.toml now names {version}. "

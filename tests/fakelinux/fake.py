@@ -35,7 +35,7 @@ for source in (compiled.read_text().split() if compiled.exists() else
     cmd = out_dir / Path(obj).parent / f".{Path(obj).name}.cmd"
     cmd.parent.mkdir(parents=True, exist_ok=True)
     cmd.write_text(f"cmd_{obj} := gcc -c -o {obj} {srctree}/{source}\n\nsource_{obj} := {srctree}/{source}\n\n"
-                   f"deps_{obj} := \\\n  {srctree}/include/linux/fake.h \\\n  $(wildcard include/config/FAKE) \\\n\n"
+                   f"deps_{obj} := \\\n  {srctree}/include/linux/jbd2.h \\\n  $(wildcard include/config/FAKE) \\\n\n"
                    f"{obj}: $(deps_{obj})\n")
 host = out_dir / "scripts" / "basic" / ".fixdep.o.cmd"  # a host program: not part of the kernel
 host.parent.mkdir(parents=True, exist_ok=True)
