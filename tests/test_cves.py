@@ -220,3 +220,35 @@ def test_without_cve_records_the_update_still_runs(farm, monkeypatch, capsys) ->
     assert farm.run() == EXIT_UPDATED
     assert farm.summary()["kernels"][0]["cves"] is None
     assert "W: no CVE figures:" in capsys.readouterr().err
+
+
+# --- real records of the kernel CNA (tests/data/cna, CVE Terms of Use) ---
+
+REAL = Path(__file__).resolve().parent / "data" / "cna"
+
+
+@pytest.mark.parametrize(("cve", "version", "affected"), [
+    # CVE-2024-26581 .dyad: 5.10.190 → 5.10.210, 6.1.43 → 6.1.78, 6.5 → 6.6.17 / 6.7.5 / 6.8, 6.4.8 never fixed
+    ("CVE-2024-26581", "5.10.189", False), ("CVE-2024-26581", "5.10.190", True), ("CVE-2024-26581", "5.10.209", True),
+    ("CVE-2024-26581", "5.10.210", False), ("CVE-2024-26581", "5.10.262", False), ("CVE-2024-26581", "6.1.42", False),
+    ("CVE-2024-26581", "6.1.43", True), ("CVE-2024-26581", "6.1.78", False), ("CVE-2024-26581", "6.1.192", False),
+    ("CVE-2024-26581", "6.4.8", True), ("CVE-2024-26581", "6.6.16", True), ("CVE-2024-26581", "6.6.17", False),
+    ("CVE-2024-26581", "6.12.117", False),
+    # CVE-2021-47036 .dyad: introduced in 5.6, fixed in 5.12.4 and 5.13, never in 5.10.y
+    ("CVE-2021-47036", "5.4.200", False), ("CVE-2021-47036", "5.10.262", True), ("CVE-2021-47036", "5.12.3", True),
+    ("CVE-2021-47036", "5.12.4", False), ("CVE-2021-47036", "6.1.192", False),
+], ids=str)
+def test_real_cna_records(cve: str, version: str, affected: bool) -> None:
+    database = load_database(REAL)
+    assert database.unparsed == 0
+    record = next(c for c in database.cves if c.id == cve)
+    assert record.affects(version) is affected
+
+
+def test_real_cna_record_fields() -> None:
+    by_id = {c.id: c for c in load_database(REAL).cves}
+    nft = by_id["CVE-2024-26581"]
+    assert nft.files == {"net/netfilter/nft_set_rbtree.c"} and (nft.score, nft.severity) == (7.8, "HIGH")
+    assert nft.fixed_in((6, 1)) == "6.1.78" and nft.fixed_in((5, 10)) == "5.10.210"
+    udp = by_id["CVE-2021-47036"]
+    assert udp.fixed_in((5, 12)) == "5.12.4" and udp.fixed_in((5, 10)) is None
