@@ -203,6 +203,8 @@ def test_cves_command_and_the_fail_on_policy_after_an_applied_upgrade(farm, caps
     text, over = cves_command(project, target="x86_64-micro", version=None, vulns=None, as_json=False, fail_on="MEDIUM")
     assert "x86_64-micro on Linux 6.1.5: 2 CVEs affect this version; 1 touch code compiled into this kernel" in text
     assert "CVE-2026-0006" in text and over == 1
+    with pytest.raises(InputError, match="not a severity"):
+        cves_command(project, target="x86_64-micro", version=None, vulns=None, as_json=False, fail_on="BOGUS")
     data = json.loads(cves_command(project, target="x86_64-micro", version=None, vulns=None, as_json=True)[0])
     assert [c["id"] for c in data["applicable"]] == ["CVE-2026-0006"] and data["not_applicable"] == 1
     assert data["compiled_files_from"].endswith("prefix/6.1.5/x86_64-micro/sources.json")

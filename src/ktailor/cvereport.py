@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 
 from .compiled import Compiled, read_sources
-from .cves import Database, exposure, exposure_json, open_database, render_exposure, split
+from .cves import SEVERITIES, Database, exposure, exposure_json, open_database, render_exposure, split
 from .download import sha256_of
-from .errors import KtailorError
+from .errors import InputError, KtailorError
 from .layout import Project
 from .progress import warn
 from .targets import Target
@@ -31,6 +31,8 @@ def compiled_of(project: Project, kernel: Kernel, target: Target) -> tuple[Compi
 def cves_command(project: Project, *, target: str, version: str | None, vulns: str | None, as_json: bool,
                  fail_on: str = "") -> tuple[str, int]:
     """The exposure of one target's kernel: (text or JSON, how many applicable CVEs reach `fail_on`)."""
+    if fail_on and fail_on not in SEVERITIES[1:]:
+        raise InputError(f"--fail-on {fail_on.lower()!r} is not a severity; use critical, high, medium or low.")
     kernel = project.versions.get(version) if version else project.versions.default
     row = project.catalog.target(target)
     compiled, where = compiled_of(project, kernel, row)
@@ -101,6 +103,6 @@ def installed_exposure(database: Database, project: Project, kernel: Kernel, sev
         if not path.is_file():
             continue
         result = exposure(database, name, kernel.version, read_sources(Path(path)))
-        floor = ("NONE", "LOW", "MEDIUM", "HIGH", "CRITICAL").index(severity)
+        floor = SEVERITIES.index(severity)
         found[name] = [c.id for c in result.applicable if c.rank >= floor]
     return found
