@@ -43,6 +43,7 @@ from kconfiglib import (
 )
 
 from .errors import EnvironmentProblem
+from .fragments import version_key
 
 KINDS = ("unknown-symbol", "other-version", "other-arch", "unmet-dependency", "excluded-by-target", "no-prompt", "selected",
          "choice", "toolchain", "other")
@@ -218,13 +219,8 @@ def tree_symbols(srctree: Path) -> frozenset[str]:
     return frozenset(found)
 
 
-def _version_tuple(text: str) -> tuple[int, int, int]:
-    numbers = [int(p) for p in re.findall(r"\d+", text)[:3]]
-    return (*numbers, 0, 0, 0)[:3]  # type: ignore[return-value]
-
-
 def _by_version(versions: Iterable[str]) -> list[str]:
-    return sorted(versions, key=_version_tuple)
+    return sorted(versions, key=version_key)
 
 
 def version_scope(lacking: list[str], having: list[str]) -> str:
@@ -232,7 +228,7 @@ def version_scope(lacking: list[str], having: list[str]) -> str:
     `version>=5.11` when every version that has it is newer (the first series after the newest one
     without it; `version>=6.1.188` within one series), `version<6.2` when every one that has it is
     older; "" when they interleave."""
-    low, high = [_version_tuple(v) for v in lacking], [_version_tuple(v) for v in having]
+    low, high = [version_key(v) for v in lacking], [version_key(v) for v in having]
     if min(high) > max(low):
         return f"version>={_next_after(max(low), min(high))}"
     if max(high) < min(low):

@@ -21,7 +21,8 @@ from typing import Any
 import kconfiglib
 from kconfiglib import AND, BOOL, TRISTATE, Symbol, expr_items, expr_value
 
-from .explain import FixPlanner, is_toolchain_decided, render_expression, selectors, unmet_operands
+from .explain import FixPlanner, _tristate, is_toolchain_decided, render_expression, selectors, unmet_operands
+from .explain import _tri_str as _tri
 from .fragments import Option
 
 MAX_DEPTH = 12  # chains longer than this are reported where they stop
@@ -246,11 +247,3 @@ def _true_operands(expr: Any) -> list[Symbol]:
     if isinstance(expr, tuple) and expr[0] is AND:
         return _true_operands(expr[1]) + _true_operands(expr[2])
     return [s for s in expr_items(expr) if isinstance(s, Symbol) and not s.is_constant and s.tri_value]
-
-
-def _tristate(value: str) -> int:
-    return {"y": 2, "m": 1}.get(value.strip(), 0)
-
-
-def _tri(value: int) -> str:
-    return kconfiglib.TRI_TO_STR[value]
