@@ -30,7 +30,9 @@ TARBALL = os.environ.get("KTAILOR_TEST_TARBALL")
 TARBALL_6_12 = os.environ.get("KTAILOR_TEST_TARBALL_6_12")
 TARBALLS = {"5.10": os.environ.get("KTAILOR_TEST_TARBALL_5_10"), "6.1": TARBALL}
 ALL_TARGETS = ["x86_64-micro", "x86_64-mini", "aarch64-micro", "aarch64-mini", "x86_64-micro-ebpf"]
-BUILT = ["x86_64-micro", "aarch64-micro"]
+# Built, verified, booted and installed: both micro targets on the default kernel (5.10); on 6.1 the
+# x86_64 one (CI's time: every kernel build is minutes on 2 cores). Every target is configured on both.
+BUILT = {"5.10": ["x86_64-micro", "aarch64-micro"], "6.1": ["x86_64-micro"]}
 
 pytestmark = [pytest.mark.kernel]
 
@@ -54,6 +56,10 @@ class Pipeline:
 
     def doit(self, *args: str):
         return run_doit(REPO, *args, env=self.env, capture=True)
+
+    @property
+    def built(self) -> list[str]:
+        return BUILT[".".join(self.version.split(".")[:2])]
 
     def target_dir(self, target: str) -> Path:
         return self.work / "build" / self.version / target
@@ -91,10 +97,10 @@ def test_every_target_configures_with_zero_unexplained_drops(pipeline):
 
 
 def test_micro_targets_build_verify_boot_and_install(pipeline):
-    names = [f"{stage}:{target}" for target in BUILT for stage in ("verify", "boot", "install")]
+    names = [f"{stage}:{target}" for target in pipeline.built for stage in ("verify", "boot", "install")]
     result = pipeline.doit(*names)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    for target in BUILT:
+    for target in pipeline.built:
         verify = json.loads((pipeline.target_dir(target) / "verify.json").read_text())
         assert verify["status"] == "passed", verify["problems"]
         boot = json.loads((pipeline.target_dir(target) / "boot" / "boot.json").read_text())
@@ -117,7 +123,7 @@ def test_installed_micro_kernels_are_judged_by_what_they_compiled(pipeline):
     following = f"{series}.{int(patch) + 1}"
     expected = {"x86_64-micro": ["CVE-2026-0004", "CVE-2026-0001", "CVE-2026-0006"],
                 "aarch64-micro": ["CVE-2026-0004", "CVE-2026-0001", "CVE-2026-0005", "CVE-2026-0006"]}
-    for target in BUILT:
+    for target in pipeline.built:
         installed = pipeline.work / "prefix" / pipeline.version / target
         sources = set(json.loads((installed / "sources.json").read_text())["sources"])
         assert {"drivers/md/dm-crypt.c", "fs/ext4/inode.c"} <= sources and len(sources) > 500
@@ -146,12 +152,15 @@ def test_installed_micro_kernels_are_judged_by_what_they_compiled(pipeline):
     x86 = kernel["cves"]["targets"]["x86_64-micro"]
     assert (x86["applicable"], x86["not_applicable"]) == (["CVE-2026-0004", "CVE-2026-0001"], 2)
     arm = kernel["cves"]["targets"]["aarch64-micro"]
-    assert (arm["applicable"], arm["not_applicable"]) == (["CVE-2026-0004", "CVE-2026-0001", "CVE-2026-0005"], 1)
+    if "aarch64-micro" in pipeline.built:
+        assert (arm["applicable"], arm["not_applicable"]) == (["CVE-2026-0004", "CVE-2026-0001", "CVE-2026-0005"], 1)
+    else:  # not built here, so nothing says what it compiled: said, not guessed
+        assert "sources.json does not exist" in arm["error"]
     assert f"{pipeline.version} → {following} fixes 4 CVEs; 2 touch code compiled into x86_64-micro" in run.stdout
 
 
 def test_second_run_does_nothing(pipeline):
-    names = [f"verify:{target}" for target in BUILT]
+    names = [f"verify:{target}" for target in pipeline.built]
     result = pipeline.doit(*names)
     assert result.returncode == 0
     assert "\n.  " not in "\n" + result.stdout, result.stdout  # every task reported up to date ("-- ")
@@ -169,6 +178,8 @@ def test_default_kernel_keeps_the_userspace_abi(pipeline):
 
 def test_kernel_without_dm_crypt_fails_boot_naming_the_requirement(pipeline, tmp_path):
     """A crippled copy of the built x86_64-micro (dm-crypt switched off, rebuilt incrementally)."""
+    if pipeline.version_tuple[:2] != (5, 10):
+        pytest.skip("the crippled-kernel boot runs on the default kernel (5.10) only, for CI's time")
     project = Project.from_env(REPO)
     kbuild = pipeline.target_dir("x86_64-micro") / "kbuild"
     crippled = tmp_path / "kbuild"
