@@ -11,12 +11,12 @@ or removed), never as losses.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .dotconfig import final_value, parse_dotconfig
 from .errors import InputError, line_of
+from .fragments import toml_entries
 
 TRISTATES = ("y", "m", "n")
 
@@ -51,15 +51,9 @@ class Change:
 
 
 def load_must_stay(path: Path) -> list[MustStay]:
-    if not path.is_file():
-        return []
-    text = path.read_text()
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"not valid TOML ({exc}); fix the syntax.", path=path) from None
+    text, keep = toml_entries(path, "keep")
     entries = []
-    for index, entry in enumerate(data.get("keep", []), start=1):
+    for index, entry in enumerate(keep, start=1):
         option = str(entry.get("option", ""))
         symbol = option.removeprefix("CONFIG_")
         line = line_of(text, f'"{option}"') if option else None

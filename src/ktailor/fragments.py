@@ -319,16 +319,22 @@ class ExpectedDrop:
         return (self.arch is None or self.arch == arch) and self.versions.applies(arch, version)
 
 
-def load_expected_drops(path: Path) -> list[ExpectedDrop]:
+def toml_entries(path: Path, table: str) -> tuple[str, list[dict]]:
+    """(text, the [[table]] entries) of an optional data file beside the fragments; ("", []) when absent."""
     if not path.is_file():
-        return []
+        return "", []
     text = path.read_text()
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"not valid TOML ({exc}); fix the syntax.", path=path) from None
+    return text, list(data.get(table, []))
+
+
+def load_expected_drops(path: Path) -> list[ExpectedDrop]:
+    text, entries = toml_entries(path, "drop")
     drops = []
-    for index, entry in enumerate(data.get("drop", []), start=1):
+    for index, entry in enumerate(entries, start=1):
         option = str(entry.get("option", ""))
         line = line_of(text, f'"{option}"') if option else None
         symbol = option.removeprefix("CONFIG_")
