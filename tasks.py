@@ -12,21 +12,22 @@ from pathlib import Path
 
 from invoke import Context, Exit, task
 
-from ktailor.errors import KtailorError
+from ktailor.errors import KtailorError, exit_code_for
 from ktailor.layout import Project
 
 ROOT = Path(__file__).resolve().parent
 
 
 def edge(function: Callable) -> Callable:
-    """Turn a ktailor error into one paragraph and exit code 2, like the doit side."""
+    """Turn a ktailor error into one paragraph and the exit code of its kind (errors.exit_code_for: 2 bad
+    input, 1 the machine, 20 a failed check, 30 unreachable), the same codes security-update uses."""
 
     @wraps(function)
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
         except KtailorError as exc:
-            raise Exit(f"E: {exc}", code=2) from None
+            raise Exit(f"E: {exc}", code=exit_code_for(exc)) from None
 
     return wrapper
 
@@ -62,6 +63,18 @@ def clean(c: Context, target: str = "", version: str = "", sources: bool = False
         print(f"{verb} {path}")
     if not removed:
         print("nothing to clean")
+
+
+@task(help={"dry_run": "only print what would be removed"})
+@edge
+def prune(c: Context, dry_run: bool = False) -> None:
+    """Remove installed kernel directories that no link in the prefix points to any more (old rebuilds)."""
+    from ktailor.install import prune as run_prune
+
+    project = _project()
+    plan = run_prune(project.prefix, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    print(f"{verb} {len(plan.remove)} unlinked install dir(s) from {project.prefix}; {plan.kept} in use kept")
 
 
 @task(help={

@@ -26,34 +26,10 @@ from ktailor.mirror import QuietHandler
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The test project's dodo.py is the real one plus a stand-in boot stage (QEMU cannot boot the fake
-# kernel): it passes, or fails for the targets named in FAKE_BOOT_FAIL, and writes boot.json as the real one does.
-FAKE_BOOT_STAGE = '''
-
-def task_boot():  # appended by tests/_signedmirror.py
-    import json as _json
-    import os as _os
-
-    project = dag.load_project(str(ROOT))
-    yield {"basename": "boot", "name": None, "doc": "fake boot stage"}
-    for kernel, target, name in dag.each_target(project):
-        target_dir = project.target_dir(kernel, target)
-
-        def boot(out=target_dir / "boot" / "boot.json", target=target.name):
-            out.parent.mkdir(parents=True, exist_ok=True)
-            status = "fail" if target in _os.environ.get("FAKE_BOOT_FAIL", "").split(",") else "pass"
-            out.write_text(_json.dumps({"status": status, "message": f"fake boot: {status}"}))
-            return status == "pass"
-
-        yield {"name": name, "actions": [boot], "file_dep": [str(target_dir / "verify.json")],
-               "targets": [str(target_dir / "boot" / "boot.json")]}
-'''
-
-
 def install_dodo(root: Path) -> Path:
-    """Copy the project's real dodo.py into a test project, with the stand-in boot stage."""
+    """Copy the project's real dodo.py (every real stage, boot included) into a test project."""
     dodo = root / "dodo.py"
-    dodo.write_text((REPO / "dodo.py").read_text() + FAKE_BOOT_STAGE)
+    dodo.write_text((REPO / "dodo.py").read_text())
     return dodo
 
 
@@ -186,7 +162,6 @@ def use_mirror(monkeypatch: pytest.MonkeyPatch, mirror: KernelMirror) -> None:
     monkeypatch.setenv("KTAILOR_MIRROR", mirror.url)
     monkeypatch.setenv("KTAILOR_KEYRING", str(mirror.key.keyring))
     monkeypatch.setenv("KTAILOR_RELEASES_URL", mirror.releases_url)
-    monkeypatch.delenv("FAKE_BOOT_FAIL", raising=False)
 
 
 @dataclass

@@ -152,6 +152,7 @@ def farm(project_factory, served_mirror, monkeypatch, vulns) -> Farm:
     install_dodo(project.root)
     use_mirror(monkeypatch, served_mirror)
     monkeypatch.setenv("KTAILOR_VULNS", vulns.as_uri())
+    monkeypatch.setenv("KTAILOR_ALLOW_UNBOOTED", "1")  # the fake kernel cannot boot (conftest skips it)
     return Farm(project.root, served_mirror, vulns)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 from contextlib import redirect_stderr
 from pathlib import Path
 
@@ -139,17 +140,57 @@ def test_dropped_option_fails_config_with_a_table_and_no_usable_config(project_f
     assert audit["status"] == "failed" and audit["differences"][0]["symbol"] == "VIRTIO_MMIO"
 
 
-def test_install_is_atomic_keeps_old_versions_and_switches_current(two_kernels):
+def test_install_keeps_both_versions_and_current_follows_the_default_kernel(two_kernels, monkeypatch):
     root = two_kernels.root
     prefix = root.parent / "prefix"
+    monkeypatch.setenv("KTAILOR_ALLOW_UNBOOTED", "1")  # the fake kernel cannot boot
+    # the default kernel (6.1.1) first, then the other: the link must not follow the last install
     code, _, err = run_doit(root, "install:x86_64-micro", "install:x86_64-micro@6.1.2")
     assert code == 0, err
     for version in ("6.1.1", "6.1.2"):
         manifest = json.loads((prefix / version / "x86_64-micro" / "manifest.json").read_text())
         assert manifest["version"] == version
         assert set(manifest["sha256"]) == {"vmlinux", "bzImage", "config", "System.map", "sources.json"}
+        assert manifest["evidence"]["images"]["vmlinux"] == manifest["sha256"]["vmlinux"]
     assert (prefix / "x86_64-micro").is_symlink()
+    assert (prefix / "x86_64-micro").resolve() == (prefix / "6.1.1" / "x86_64-micro").resolve()
     assert not [p for p in (prefix / "6.1.1").iterdir() if p.name.startswith(".")]
+    # switching the default moves the link on the next install run
+    text = (root / "versions.toml").read_text().replace('default = "6.1.1"', 'default = "6.1.2"')
+    (root / "versions.toml").write_text(text)
+    code, _, err = run_doit(root, "install:x86_64-micro")  # the bare name is 6.1.2 now
+    assert code == 0, err
+    assert (prefix / "x86_64-micro").resolve() == (prefix / "6.1.2" / "x86_64-micro").resolve()
+
+
+def test_a_hand_edited_config_reruns_the_audit_and_never_installs_unaudited(two_kernels, monkeypatch):
+    root = two_kernels.root
+    monkeypatch.setenv("KTAILOR_ALLOW_UNBOOTED", "1")
+    assert run_doit(root, "install:x86_64-micro")[0] == 0
+    config = root.parent / "build" / "6.1.1" / "x86_64-micro" / "kbuild" / ".config"
+    config.write_text(config.read_text() + "CONFIG_DEBUG_KERNEL=y\n")  # what `invoke menuconfig` leaves behind
+    code, ran, err = run_doit(root, "install:x86_64-micro")
+    assert code == 0, err
+    assert "config:x86_64-micro" in ran  # regenerated from the fragments and audited again
+    assert "CONFIG_DEBUG_KERNEL=y" not in config.read_text()
+    installed = root.parent / "prefix" / "x86_64-micro" / "config"
+    assert installed.read_text() == config.read_text()
+
+
+def test_a_skipped_boot_blocks_install_and_reruns_once_the_skip_is_gone(two_kernels, monkeypatch, tmp_path):
+    root = two_kernels.root
+    code, ran, err = run_doit(root, "install:x86_64-micro")
+    assert code != 0 and "not boot-verified" in err
+    assert not (root.parent / "prefix").exists()
+    assert run_doit(root, "boot:x86_64-micro")[1] == []  # still skipped on purpose: up to date
+    monkeypatch.delenv("KTAILOR_SKIP_BOOT")  # the skip is no longer wanted: the real boot stage runs again
+    code, ran, err = run_doit(root, "boot:x86_64-micro")
+    assert ran == ["boot:x86_64-micro"], err
+    boot = root.parent / "build" / "6.1.1" / "x86_64-micro" / "boot" / "boot.json"
+    if shutil.which("qemu-system-x86_64"):  # QEMU refuses the fake vmlinux: a failed boot, not a skip
+        assert code != 0 and json.loads(boot.read_text())["status"] == "fail"
+    code, ran, err = run_doit(root, "install:x86_64-micro")
+    assert code != 0 and not (root.parent / "prefix").exists()
 
 
 def test_bad_versions_file_is_one_paragraph_not_a_traceback(project_factory):

@@ -18,6 +18,7 @@ from ktailor.config import configure_target, with_fixes
 from ktailor.errors import ConfigAuditFailed
 from ktailor.explain import explain, load_kconfig, version_scope
 from ktailor.fragments import Option, Scope, load_fragments, requested_options, resolve_list
+from ktailor.layout import Artifacts
 from ktailor.rootcause import find_causes
 
 KCONFIG = """\
@@ -227,8 +228,9 @@ def test_real_510_without_the_embedded_fix_names_the_root_cause(drop: tuple[str,
     requested = repo_requests((5, 10, 262), drop_fragments=drop)
     with pytest.raises(ConfigAuditFailed) as caught:
         configure_target(name="x86_64-micro", version="5.10.262", version_tuple=(5, 10, 262), arch="x86_64",
-                         kernel_arch="x86", cross_compile="", srctree=srctree, target_dir=tmp_path / "t",
-                         kbuild=tmp_path / "t" / "kbuild", requested=requested, expected_drops=[],
+                         kernel_arch="x86", cross_compile="", srctree=srctree,
+                         files=Artifacts("5.10.262", "x86_64-micro", tmp_path / "t", tmp_path / "prefix", ()),
+                         requested=requested, expected_drops=[],
                          variables={"ARCH": "x86"})
     message = str(caught.value)
     head = message.split("\noption ", 1)[0]

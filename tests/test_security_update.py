@@ -1,12 +1,16 @@
 """`security_update` against releases.json and a signed kernel.org-style mirror on 127.0.0.1.
 
-With apply, the real doit graph builds, verifies, boots (a stand-in boot stage: QEMU cannot boot
-the fake kernel) and installs into a temp prefix; a failing check must leave the prefix alone.
+With apply, the real doit graph builds, verifies, boots and installs into a temp prefix; a failing
+check must leave the prefix alone. The boot stage is the real one: QEMU cannot boot the fake kernel,
+so these tests skip it (KTAILOR_SKIP_BOOT, set by conftest) and opt in to unbooted installs, or let
+QEMU fail on the fake image; the real kernels boot in test_kernel_integration.py.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -66,6 +70,7 @@ def farm(project_factory, served_mirror, monkeypatch) -> Farm:
     write_versions(project.root, served_mirror.url, "6.1.4", old_sha, TARGETS[:1])
     install_dodo(project.root)
     use_mirror(monkeypatch, served_mirror)
+    monkeypatch.setenv("KTAILOR_ALLOW_UNBOOTED", "1")  # the fake kernel cannot boot; see the module docstring
     return Farm(project.root, served_mirror, old_sha)
 
 
@@ -132,11 +137,11 @@ def test_apply_upgrades_builds_verifies_boots_and_installs_then_rests(farm, caps
     assert 'version = "6.1.5"' in farm.versions.read_text()
     for target in TARGETS:
         manifest = json.loads((farm.prefix / "6.1.5" / target / "manifest.json").read_text())
-        assert manifest["boot"]["status"] == "pass" and manifest["verify"]["status"] == "passed"
+        assert manifest["boot"]["status"] == "skipped" and manifest["verify"]["status"] == "passed"
         assert (farm.prefix / target).resolve() == (farm.prefix / "6.1.5" / target).resolve()
     (kernel,) = farm.summary()["kernels"]
     assert (kernel["action"], kernel["new_version"]) == ("upgraded", "6.1.5")
-    assert kernel["targets"]["aarch64-micro"] == {"verify": "passed", "boot": "pass", "installed": True}
+    assert kernel["targets"]["aarch64-micro"] == {"verify": "passed", "boot": "skipped", "installed": True}
     assert kernel["upgrade"]["preflight"]["ok"]
     assert "upgraded to 6.1.5" in capsys.readouterr().out
 
@@ -145,13 +150,32 @@ def test_apply_upgrades_builds_verifies_boots_and_installs_then_rests(farm, caps
     assert farm.summary()["kernels"][0]["action"] == "none"
 
 
-@pytest.mark.parametrize("failure", ["build", "boot"])
-def test_failed_check_is_never_installed(farm, monkeypatch, capsys, failure):
+def path_without_qemu(tmp_path: Path) -> str:
+    """A PATH holding every tool of this machine's PATH except QEMU."""
+    bin_dir = tmp_path / "no-qemu-bin"
+    bin_dir.mkdir()
+    for folder in os.environ["PATH"].split(os.pathsep):
+        for tool in Path(folder).glob("*") if Path(folder).is_dir() else []:
+            if not tool.name.startswith("qemu-system") and not (bin_dir / tool.name).exists():
+                (bin_dir / tool.name).symlink_to(tool)
+    return str(bin_dir)
+
+
+@pytest.mark.parametrize("failure", ["build", "boot", "unbooted", "no-qemu"])
+def test_failed_check_is_never_installed(farm, monkeypatch, capsys, tmp_path, failure):
     if failure == "build":
         monkeypatch.setenv("KTAILOR_MAKE_VARS", "FAIL=vmlinux")
-    else:  # one target fails its boot: the other, though it passed everything, is not installed either
+    elif failure == "boot":  # the real boot stage: QEMU refuses the fake vmlinux (no PVH note)
+        if not shutil.which("qemu-system-x86_64"):
+            pytest.skip("qemu-system-x86_64 is not installed")
+        monkeypatch.delenv("KTAILOR_SKIP_BOOT")
+    elif failure == "unbooted":  # the boot was skipped and nobody opted in to unbooted kernels
         write_versions(farm.root, farm.mirror.url, "6.1.4", farm.old_sha, TARGETS)
-        monkeypatch.setenv("FAKE_BOOT_FAIL", "aarch64-micro")
+        monkeypatch.delenv("KTAILOR_ALLOW_UNBOOTED")
+    else:  # QEMU is missing: the boot stage records a skip, which blocks the install
+        monkeypatch.delenv("KTAILOR_SKIP_BOOT")
+        monkeypatch.delenv("KTAILOR_ALLOW_UNBOOTED")
+        monkeypatch.setenv("PATH", path_without_qemu(tmp_path))
 
     assert farm.run(apply=True) == EXIT_CHECK_FAILED
 
@@ -162,7 +186,10 @@ def test_failed_check_is_never_installed(farm, monkeypatch, capsys, failure):
     assert "NOT installed" in capsys.readouterr().out
     # versions.toml stays upgraded; the next night retries the build (and fails again until fixed).
     assert 'version = "6.1.5"' in farm.versions.read_text()
-    if failure == "build":
+    if failure in ("unbooted", "no-qemu"):
+        assert all(t["boot"] == "skipped" for t in kernel["targets"].values())
+        assert "KTAILOR_ALLOW_UNBOOTED=1" in kernel["problems"][-1]
+    if failure in ("build", "no-qemu"):  # the next night retries (and fails again until fixed)
         assert farm.run(apply=True) == EXIT_CHECK_FAILED
         assert farm.summary()["kernels"][0]["action"] == "failed"
 

@@ -7,6 +7,7 @@ traceback only with KTAILOR_DEBUG=1.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -23,8 +24,9 @@ from .compiled import write_sources
 from .config import configure_target
 from .configdiff import error_count, render_changes, target_drift
 from .cvereport import write_vex
-from .download import fetch, is_verified
+from .download import fetch, is_verified, sha256_of
 from .errors import InputError, KtailorError
+from .evidence import ALLOW_UNBOOTED_ENV, SKIP_BOOT_ENV, allow_unbooted, check_install, read_report, write_json_atomically
 from .extract import extract_tarball
 from .fragments import load_expected_drops, load_fragments, requested_options
 from .install import install_target
@@ -121,8 +123,8 @@ def configure(root: str, version: str, target: str) -> None:
     configure_target(
         name=row.name, version=kernel.version, version_tuple=kernel.version_tuple, arch=row.arch.name,
         kernel_arch=row.arch.kernel_arch, cross_compile=variables["CROSS_COMPILE"],
-        srctree=project.source_tree(kernel), target_dir=project.target_dir(kernel, row),
-        kbuild=project.kbuild(kernel, row), requested=requested_for(project, kernel, row),
+        srctree=project.source_tree(kernel), files=project.artifacts(kernel, row),
+        requested=requested_for(project, kernel, row),
         expected_drops=load_expected_drops(project.fragments_dir / "expected-drops.toml"), variables=variables,
         providers=providers_of(project, kernel), other_trees=other_trees(project, kernel),
     )
@@ -149,29 +151,30 @@ def other_trees(project: Project, kernel) -> list[tuple[str, Path]]:
 @reports_errors
 def build(root: str, version: str, target: str) -> None:
     project, kernel, row = _load(root, version, target)
+    files = project.artifacts(kernel, row)
     variables = make_vars(row, project.env)
     require_tools(row, variables)
-    target_dir = project.target_dir(kernel, row)
-    elapsed = run_make(project.source_tree(kernel), project.kbuild(kernel, row), variables,
-                       list(row.arch.make_targets), jobs_from_env(project.env), target_dir / "build.log",
-                       f"{row.name} {kernel.version}")
-    compiled = write_sources(project.kbuild(kernel, row), project.source_tree(kernel), project.sources_file(kernel, row))
-    (target_dir / "build.json").write_text(json.dumps({
-        "seconds": round(elapsed, 1), "jobs": jobs_from_env(project.env), "make_vars": variables,
+    jobs = jobs_from_env(project.env)
+    files.build_json.unlink(missing_ok=True)
+    elapsed = run_make(project.source_tree(kernel), files.kbuild, variables, list(row.arch.make_targets), jobs,
+                       files.build_log, f"{row.name} {kernel.version}")
+    compiled = write_sources(files.kbuild, project.source_tree(kernel), files.sources)
+    write_json_atomically(files.build_json, {
+        "seconds": round(elapsed, 1), "jobs": jobs, "make_vars": variables,
         "compiler": compiler_version(row, variables), "host": platform.machine(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "compiled": {"sources": len(compiled["sources"]), "headers": len(compiled["headers"])},
-    }, indent=2) + "\n")
+    })
     info(f"built {row.name} {kernel.version} in {elapsed:.0f}s ({len(compiled['sources'])} source files compiled)")
 
 
 @reports_errors
 def verify(root: str, version: str, target: str) -> None:
     project, kernel, row = _load(root, version, target)
-    target_dir = project.target_dir(kernel, row)
+    files = project.artifacts(kernel, row)
     report = verify_target(name=row.name, version=kernel.version, kernel_arch=row.arch.kernel_arch,
-                           kbuild=project.kbuild(kernel, row), images=row.arch.images, budget=row.size_budget,
-                           audit_file=target_dir / "audit.json", out=target_dir / "verify.json")
+                           kbuild=files.kbuild, images=row.arch.images, budget=row.size_budget,
+                           audit_file=files.audit, out=files.verify)
     sizes = ", ".join(f"{name} {entry['size'] / 1e6:.2f} MB (budget {entry['budget'] / 1e6:.1f})"
                       for name, entry in report["artifacts"].items())
     info(f"verified {row.name} {kernel.version}: {sizes}")
@@ -182,8 +185,9 @@ def boot(root: str, version: str, target: str) -> None:
     from .boot import StderrLog, boot_target
 
     project, kernel, row = _load(root, version, target)
-    boot_target(row, project.kbuild(kernel, row), project.target_dir(kernel, row) / "boot",
-                requested_for(project, kernel, row), StderrLog(), guest_dir=project.guest_dir)
+    files = project.artifacts(kernel, row)
+    boot_target(row, files.kbuild, files.boot_dir, requested_for(project, kernel, row), StderrLog(),
+                guest_dir=project.guest_dir)
 
 
 @reports_errors
@@ -192,7 +196,7 @@ def report(root: str, version: str, target: str) -> None:
 
     project, kernel, row = _load(root, version, target)
     fragments = load_fragments(project.fragment_paths(row), project.root)
-    target_dir = project.target_dir(kernel, row)
+    files = project.artifacts(kernel, row)
     drifts = {}
     for other in project.versions.kernels:
         if other.version != kernel.version and row.name in other.targets:
@@ -201,39 +205,89 @@ def report(root: str, version: str, target: str) -> None:
                 drifts[other.version] = drifted
     rows = write_report(target=row.name, version=kernel.version, fragments=fragments,
                         requested=requested_options(fragments, row.arch.name, kernel.version_tuple),
-                        config=project.kbuild(kernel, row) / ".config", audit_file=target_dir / "audit.json",
-                        out_dir=target_dir, drifts=drifts)
+                        config=files.config, audit_file=files.audit, out_md=files.report_md,
+                        out_json=files.report_json, drifts=drifts)
     landed = sum(r["status"] == "landed" for r in rows)
     errors = sum(error_count(*pair) for pair in drifts.values())
     compared = f"; whole .config compared with {', '.join(drifts)}: {errors} must-stay loss(es)" if drifts else ""
     info(f"report {row.name} {kernel.version}: {landed}/{len(rows)} landed{compared} → "
-         f"{project.display(target_dir / 'report.md')}")
+         f"{project.display(files.report_md)}")
     for other, (changes, missing) in drifts.items():
         if error_count(changes, missing):
             warn(f"{row.name}: {other} → {kernel.version} loses what must stay:\n"
                  f"{render_changes(other, kernel.version, changes, missing)}")
 
 
+def current_version(project: Project, target_name: str) -> str | None:
+    """Which kernel <prefix>/<target> follows: the default kernel's when it has this target, else the
+    newest kernel in versions.toml that has it."""
+    default = project.versions.default
+    if target_name in default.targets:
+        return default.version
+    having = [k for k in project.versions.kernels if target_name in k.targets]
+    return max(having, key=lambda k: k.version_tuple).version if having else None
+
+
+def install_files(project: Project, kernel, row) -> dict[str, Path]:
+    """name in the install dir -> the built file it copies."""
+    files = project.artifacts(kernel, row)
+    chosen = dict(files.images) | {"config": files.config, "System.map": files.system_map}
+    if files.sources.is_file():
+        chosen[project.SOURCES] = files.sources
+    return chosen
+
+
 @reports_errors
 def install(root: str, version: str, target: str) -> None:
     project, kernel, row = _load(root, version, target)
-    kbuild = project.kbuild(kernel, row)
-    target_dir = project.target_dir(kernel, row)
-    files = {Path(relative).name: kbuild / relative for relative in row.arch.images}
-    files |= {"config": kbuild / ".config", "System.map": kbuild / "System.map"}
-    if project.sources_file(kernel, row).is_file():
-        files[project.SOURCES] = project.sources_file(kernel, row)
+    files = project.artifacts(kernel, row)
+    rerun = f"doit boot:{row.name}" + ("" if kernel.is_default else f"@{kernel.version}")
+    gate = check_install(images=files.images, config=files.config, audit=files.audit, verify=files.verify,
+                         boot=files.boot, unbooted_ok=allow_unbooted(project.env), rerun=rerun)
+    chosen = install_files(project, kernel, row)
     vex_note = write_vex(project, kernel, row)
     if vex_note is None:
-        files[project.VEX] = project.vex_file(kernel, row)
-    build_info = json.loads((target_dir / "build.json").read_text()) if (target_dir / "build.json").is_file() else {}
+        chosen[project.VEX] = files.vex
+    build_info = read_report(files.build_json, "build") if files.build_json.is_file() else {}
     manifest = {
         "ktailor": __version__, "arch": row.arch.name, "type": row.type.name, "cmdline": row.cmdline,
         "fragments": [str(project.display(p)) for p in project.fragment_paths(row)],
+        "fragments_sha256": fragments_digest(project, row),
         "toolchain": build_info.get("compiler", ""), "make_vars": build_info.get("make_vars", {}),
         "build_seconds": build_info.get("seconds"), "built_at": build_info.get("finished_at"),
         "source_sha256": kernel.sha256,
         "vex": project.VEX if vex_note is None else f"not written: {vex_note}",
+        "verify": gate["verify"], "boot": gate["boot"], "evidence": gate["evidence"],
     }
-    install_target(name=row.name, version=kernel.version, prefix=project.prefix, files=files, manifest=manifest,
-                   verify_file=target_dir / "verify.json", boot_file=target_dir / "boot" / "boot.json")
+    if gate["boot"].get("status") != "pass":
+        warn(f"installing {row.name} {kernel.version} without a boot test ({gate['boot'].get('reason')}), "
+             f"because {ALLOW_UNBOOTED_ENV} is set.")
+    install_target(name=row.name, version=kernel.version, prefix=project.prefix, files=chosen, manifest=manifest,
+                   make_current=current_version(project, row.name) == kernel.version)
+
+
+def fragments_digest(project: Project, row) -> str:
+    """One hash over the target's list and fragment files: an install made from other fragments is stale."""
+    digest = hashlib.sha256()
+    for path in [*project.list_paths(row), *project.fragment_paths(row)]:
+        digest.update(str(project.display(path)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def config_matches_audit(task, values, config: str, audit: str) -> bool:  # doit uptodate callable
+    """False when .config is not the file the audit judged (menuconfig or a hand edit): config reruns."""
+    try:
+        recorded = json.loads(Path(audit).read_text()).get("config_sha256")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return Path(config).is_file() and recorded == sha256_of(Path(config))
+
+
+def boot_settled(task, values, boot_json: str) -> bool:  # doit uptodate callable
+    """A skipped boot is never up to date unless the skip is still asked for: once QEMU is installed
+    (or KTAILOR_SKIP_BOOT unset) the next run boots."""
+    try:
+        status = json.loads(Path(boot_json).read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return status == "pass" or (status == "skipped" and bool(os.environ.get(SKIP_BOOT_ENV)))

@@ -77,6 +77,7 @@ class AuditResult:
     stale_expected: list[str]
     explainer: str  # "kconfiglib" or "unavailable: why"
     causes: list = field(default_factory=list)  # rootcause.Cause: differences grouped by what started them
+    config_sha256: str = ""  # the .config this audit judged (evidence.py: install and `doit config` check it)
 
     @property
     def unexpected(self) -> list[Difference]:
@@ -96,6 +97,7 @@ class AuditResult:
             "differences": [asdict(d) | {"status": d.status} for d in self.differences],
             "stale_expected_drops": self.stale_expected,
             "root_causes": [cause.to_json() for cause in self.causes],
+            "config_sha256": self.config_sha256,
         }
 
     def write(self, path: Path) -> None:

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from .dotconfig import parse_dotconfig
 from .errors import EnvironmentProblem, InputError, VerificationFailed
+from .evidence import SKIP_BOOT_ENV, fingerprint
 from .fragments import Option
 from .probes import (
     QEMU_PREFIX,
@@ -39,13 +40,14 @@ from .probes import (
     load_probe_table,
     parse_console,
 )
+from .processes import reaped
 from .progress import bar, info, warn
 from .targets import Target
 from .toolchain import TOOL_PACKAGES
 
 GUEST_DIR = Path(__file__).resolve().parents[2] / "guest"
 MODES = ("rootfs", "initramfs")
-SKIP_ENV = "KTAILOR_SKIP_BOOT"  # farms without QEMU: recorded as "not boot-verified", never as a pass
+SKIP_ENV = SKIP_BOOT_ENV  # farms without QEMU: recorded as "skipped", never as a pass
 TRANSPORTS = {"mmio": "device", "pci": "pci"}  # virtio-<kind>-<suffix>: QEMU's device model per transport
 VSOCK_DEVICE = Path("/dev/vhost-vsock")
 ROOTFS_SIZE = "16M"
@@ -312,39 +314,39 @@ def run_vm(argv: list[str], timeout_s: float, console_log: Path, label: str, pro
     started = time.monotonic()
     with console_log.open("w") as log:
         log.write("$ " + shlex.join(argv) + "\n")
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        with reaped(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
 
-        def pump(stream: Any, prefix: str) -> None:
-            for raw in iter(stream.readline, b""):
-                line = prefix + raw.decode("utf-8", "replace").rstrip("\r\n")
-                with lock:
-                    run.stamps.append(time.monotonic() - started)
-                    run.lines.append(line)
-                    log.write(line + "\n")
-                    log.flush()
+            def pump(stream: Any, prefix: str) -> None:
+                for raw in iter(stream.readline, b""):
+                    line = prefix + raw.decode("utf-8", "replace").rstrip("\r\n")
+                    with lock:
+                        run.stamps.append(time.monotonic() - started)
+                        run.lines.append(line)
+                        log.write(line + "\n")
+                        log.flush()
 
-        readers = [threading.Thread(target=pump, args=(process.stdout, ""), daemon=True),
-                   threading.Thread(target=pump, args=(process.stderr, QEMU_PREFIX), daemon=True)]
-        for reader in readers:
-            reader.start()
-        with bar(total=probe_count, unit="probe", desc=f"boot {label}", postfix="kernel booting") as progress:
-            while process.poll() is None:
-                if time.monotonic() - started > timeout_s:
-                    run.timed_out = True
-                    process.kill()
-                    break
-                time.sleep(0.1)
-                with lock:
-                    done = sum("KTAILOR-PROBE " in line for line in run.lines)
-                if done > progress.n:
-                    progress.set_postfix_str("probing", refresh=False)
-                    progress.update(done - progress.n)
-            run.returncode = process.wait()
-        run.wall_s = time.monotonic() - started
-        for reader in readers:
-            reader.join(timeout=5)
-        if run.timed_out:
-            log.write(f"[ktailor] killed QEMU after {timeout_s:g}s\n")
+            readers = [threading.Thread(target=pump, args=(process.stdout, ""), daemon=True),
+                       threading.Thread(target=pump, args=(process.stderr, QEMU_PREFIX), daemon=True)]
+            for reader in readers:
+                reader.start()
+            with bar(total=probe_count, unit="probe", desc=f"boot {label}", postfix="kernel booting") as progress:
+                while process.poll() is None:
+                    if time.monotonic() - started > timeout_s:
+                        run.timed_out = True
+                        process.kill()
+                        break
+                    time.sleep(0.1)
+                    with lock:
+                        done = sum("KTAILOR-PROBE " in line for line in run.lines)
+                    if done > progress.n:
+                        progress.set_postfix_str("probing", refresh=False)
+                        progress.update(done - progress.n)
+                run.returncode = process.wait()
+            run.wall_s = time.monotonic() - started
+            for reader in readers:
+                reader.join(timeout=5)
+            if run.timed_out:
+                log.write(f"[ktailor] killed QEMU after {timeout_s:g}s\n")
     return run
 
 
@@ -367,9 +369,9 @@ def _write(workdir: Path, report: dict[str, Any]) -> Path:
     return path
 
 
-def _skip(target: Target, workdir: Path, reason: str, log: Log) -> BootResult:
+def _skip(target: Target, workdir: Path, reason: str, log: Log, evidence: dict) -> BootResult:
     log.warning(f"{target.name} is NOT boot-verified: {reason}")
-    report = {"target": target.name, "status": "skipped", "reason": reason}
+    report = {"target": target.name, "status": "skipped", "reason": reason, "evidence": evidence}
     return BootResult(target.name, "skipped", reason, report, _write(workdir, report))
 
 
@@ -402,10 +404,13 @@ def boot_target(target: Target, kbuild: Path, workdir: Path, requested: dict[str
                 mode: str = "rootfs", accel: str | None = None, guest_dir: Path = GUEST_DIR) -> BootResult:
     """Boot the kernel in kbuild, run the probes, write boot.json; raise VerificationFailed on failure."""
     workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "boot.json").unlink(missing_ok=True)  # a boot that raises must not leave the last "pass" standing
+    # The files this verdict is about, hashed before QEMU starts: install checks them against the files it copies.
+    evidence = fingerprint({Path(relative).name: kbuild / relative for relative in target.arch.images}, kbuild / ".config")
     if os.environ.get(SKIP_ENV):
-        return _skip(target, workdir, f"{SKIP_ENV} is set: boot verification was skipped on purpose", log)
+        return _skip(target, workdir, f"{SKIP_ENV} is set: boot verification was skipped on purpose", log, evidence)
     if reason := missing_tool(target, mode):
-        return _skip(target, workdir, reason, log)
+        return _skip(target, workdir, reason, log, evidence)
     plan = plan_boot(target, kbuild, workdir, mode=mode, accel=accel, guest_dir=guest_dir)
     if plan.accel == "tcg" and accel is None:
         log.info(f"{target.name}: {plan.accel_note}.")
@@ -420,6 +425,7 @@ def boot_target(target: Target, kbuild: Path, workdir: Path, requested: dict[str
         "target": target.name, "status": "pass", "mode": mode, "accel": plan.accel, "accel_note": plan.accel_note,
         "kernel": str(kbuild / plan.settings.kernel), "qemu_command": plan.argv, "console_log": str(console_log),
         "metrics": metrics_of(guest, run), "sizes": sizes, "probes": [], "guest_warnings": guest.warnings,
+        "evidence": evidence,
     }
 
     problem = None

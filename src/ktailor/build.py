@@ -13,6 +13,7 @@ from collections import deque
 from pathlib import Path
 
 from .errors import BuildFailed
+from .processes import reaped
 from .progress import bar, info
 from .toolchain import make_argv
 
@@ -32,16 +33,16 @@ def run_make(srctree: Path, kbuild: Path, variables: dict[str, str], goals: list
     info(f"build {label}: make -j{jobs} {' '.join(goals)} (log: {log})")
     with log.open("w") as handle, bar(total=expected, unit="step", desc=f"build {label}") as progress:
         handle.write("$ " + " ".join(argv) + "\n")
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
-        assert process.stdout is not None
-        for line in process.stdout:
-            handle.write(line)
-            tail.append(line.rstrip())
-            if match := STEP_RE.match(line):
-                steps += 1
-                progress.update(1)
-                progress.set_postfix_str(match[2][-40:], refresh=False)
-        returncode = process.wait()
+        with reaped(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as process:
+            assert process.stdout is not None
+            for line in process.stdout:
+                handle.write(line)
+                tail.append(line.rstrip())
+                if match := STEP_RE.match(line):
+                    steps += 1
+                    progress.update(1)
+                    progress.set_postfix_str(match[2][-40:], refresh=False)
+            returncode = process.wait()
     elapsed = time.monotonic() - started
     if returncode != 0:
         shown = "\n".join(tail)

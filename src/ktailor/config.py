@@ -14,8 +14,10 @@ from pathlib import Path
 
 from .audit import AuditResult, Difference, compare, mark_expected, render_causes, render_table
 from .dotconfig import final_value, parse_dotconfig, same_value
+from .download import sha256_of
 from .errors import ConfigAuditFailed, EnvironmentProblem
 from .fragments import Option, fragment_text
+from .layout import Artifacts
 from .progress import info, warn
 from .toolchain import make_argv
 
@@ -129,23 +131,25 @@ def verify_fixes(differences: list[Difference], requested: dict[str, Option], sr
 
 
 def configure_target(*, name: str, version: str, version_tuple: tuple[int, int, int], arch: str, kernel_arch: str,
-                     cross_compile: str, srctree: Path, target_dir: Path, kbuild: Path, requested: dict[str, Option],
+                     cross_compile: str, srctree: Path, files: Artifacts, requested: dict[str, Option],
                      expected_drops: list, variables: dict[str, str], providers: dict[str, list[str]] | None = None,
                      other_trees: list[tuple[str, Path]] | None = None) -> AuditResult:
-    target_dir.mkdir(parents=True, exist_ok=True)
-    fragment_file = write_fragment_file(target_dir / "fragment.config", requested)
-    rejected = kbuild / ".config.rejected"
+    files.dir.mkdir(parents=True, exist_ok=True)
+    kbuild = files.kbuild
+    fragment_file = write_fragment_file(files.fragment_config, requested)
+    rejected = files.rejected_config
     rejected.unlink(missing_ok=True)
+    files.audit.unlink(missing_ok=True)  # no verdict stands for a .config that is being remade
     info(f"config {name} ({version}): allnoconfig + {len(requested)} requested options")
-    config = run_allnoconfig(srctree, kbuild, variables, fragment_file, target_dir / "config.log")
+    config = run_allnoconfig(srctree, kbuild, variables, fragment_file, files.config_log)
     differences = compare(requested, parse_dotconfig(config))
     stale = mark_expected(differences, expected_drops, arch, version_tuple)
     explainer, causes = explain_differences(differences, srctree, kbuild, kernel_arch, cross_compile, requested,
                                             providers, other_trees)
     verify_fixes([d for d in differences if not d.expected], requested, srctree, variables, causes)
     result = AuditResult(name, version, len(requested), differences, [f"CONFIG_{d.symbol}" for d in stale], explainer,
-                         causes)
-    result.write(target_dir / "audit.json")
+                         causes, sha256_of(config))
+    result.write(files.audit)
     for drop in stale:
         warn(f"fragments/expected-drops.toml:{drop.line}: CONFIG_{drop.symbol} is declared as an expected drop for "
              f"{name} on {version}, but it lands now; narrow the entry's versions/arch or delete it.")
@@ -156,7 +160,7 @@ def configure_target(*, name: str, version: str, version_tuple: tuple[int, int, 
         shutil.move(config, rejected)
         raise ConfigAuditFailed(
             f"{name} ({version}): {len(result.unexpected)} requested option(s) did not land in the final .config "
-            f"(rejected config kept at {rejected}; details in {target_dir / 'audit.json'}):\n"
+            f"(rejected config kept at {rejected}; details in {files.audit}):\n"
             f"{render_causes(causes)}{render_table(result.unexpected)}"
         )
     return result

@@ -10,6 +10,7 @@ fragment reruns only the tasks that use it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import cache, wraps
 from pathlib import Path
 
@@ -18,8 +19,9 @@ from doit.tools import config_changed
 
 from . import actions
 from .errors import KtailorError
+from .evidence import SKIP_BOOT_ENV, allow_unbooted
 from .extract import STAMP
-from .layout import Project
+from .layout import Artifacts, Project
 from .targets import Target
 from .toolchain import compiler_fingerprint, make_vars
 from .versions import Kernel
@@ -125,142 +127,142 @@ def lint_tasks(root: Path) -> Iterator[Task]:
 
 
 # --- per target ------------------------------------------------------------------------------
-def _stage_doc(stage: str, kernel: Kernel, target: Target) -> str:
-    return {
-        "config": f"allnoconfig + {target.list_name} for {target.name} on {kernel.version}; audit requested vs final",
-        "build": f"make {' '.join(target.arch.make_targets)} for {target.name} on {kernel.version}",
-        "verify": f"check {target.name} {kernel.version}: audit passed, image formats, size budget",
-        "boot": f"boot {target.name} {kernel.version} in QEMU and run the capability probes",
-        "install": f"install {target.name} {kernel.version} into the prefix and switch its current link",
-        "report": f"requirement → option → final value table for {target.name} on {kernel.version}",
-    }[stage]
+@dataclass(frozen=True)
+class Stage:
+    """One per-(kernel, target) stage, described once; stage_tasks turns it into doit tasks.
+    Each callable gets (project, kernel, target, files) and returns paths or a dict."""
 
-
-def _group(stage: str, doc: str) -> Task:
-    return {"basename": stage, "name": None, "doc": doc}
+    name: str
+    group_doc: str
+    doc: Callable[[Kernel, Target], str]
+    action: Callable[..., bool]
+    file_dep: Callable[..., list[Path]]
+    targets: Callable[..., list[Path]]
+    state: Callable[..., dict] | None = None  # what the task's one config_changed holds
+    check: Callable[..., tuple] | None = None  # an extra uptodate callable: (function, [args])
+    clean: Callable[..., object] = lambda p, k, t, f: True
 
 
 def _toolchain_state(project: Project, target: Target) -> dict:
     return {"make_vars": make_vars(target, project.env), "compiler": compiler_fingerprint(target, project.env)}
 
 
-@reports_errors
-def config_tasks(root: Path) -> Iterator[Task]:
-    project = load_project(str(root))
-    yield _group("config", "merge each target's fragments with the kernel's kconfig and audit the result")
+def _config_deps(project: Project, kernel: Kernel, target: Target, files: Artifacts) -> list[Path]:
     drops = project.fragments_dir / "expected-drops.toml"
-    for kernel, target, name in each_target(project):
-        target_dir = project.target_dir(kernel, target)
-        deps = [project.source_tree(kernel) / STAMP, *project.fragment_paths(target), *project.list_paths(target)]
-        yield {
-            "name": name,
-            "doc": _stage_doc("config", kernel, target),
-            "actions": [(actions.configure, [], _args(project, kernel, target))],
-            "file_dep": [str(p) for p in deps] + ([str(drops)] if drops.is_file() else []),
-            "targets": [str(project.kbuild(kernel, target) / ".config"), str(target_dir / "audit.json")],
-            "uptodate": [config_changed({"version": kernel.version, "arch": target.arch.name}
-                                        | _toolchain_state(project, target))],
-            "clean": [(actions.remove_tree, [str(target_dir)])],
-        }
+    return [project.source_tree(kernel) / STAMP, *project.fragment_paths(target), *project.list_paths(target),
+            *([drops] if drops.is_file() else [])]
 
 
-def image_paths(project: Project, kernel: Kernel, target: Target) -> list[str]:
-    kbuild = project.kbuild(kernel, target)
-    return [str(kbuild / relative) for relative in target.arch.images]
-
-
-@reports_errors
-def build_tasks(root: Path) -> Iterator[Task]:
-    project = load_project(str(root))
-    yield _group("build", "compile each target's images out of tree (make O=…)")
-    for kernel, target, name in each_target(project):
-        kbuild = project.kbuild(kernel, target)
-        yield {
-            "name": name,
-            "doc": _stage_doc("build", kernel, target),
-            "actions": [(actions.build, [], _args(project, kernel, target))],
-            "file_dep": [str(kbuild / ".config"), str(project.source_tree(kernel) / STAMP)],
-            "targets": [*image_paths(project, kernel, target), str(kbuild / "System.map"),
-                        str(project.sources_file(kernel, target))],
-            "uptodate": [config_changed(_toolchain_state(project, target))],
-            "clean": True,
-        }
-
-
-@reports_errors
-def verify_tasks(root: Path) -> Iterator[Task]:
-    project = load_project(str(root))
-    yield _group("verify", "check each target's audit, image formats and size budget; writes verify.json")
-    for kernel, target, name in each_target(project):
-        target_dir = project.target_dir(kernel, target)
-        yield {
-            "name": name,
-            "doc": _stage_doc("verify", kernel, target),
-            "actions": [(actions.verify, [], _args(project, kernel, target))],
-            "file_dep": [*image_paths(project, kernel, target), str(target_dir / "audit.json")],
-            "targets": [str(target_dir / "verify.json")],
-            "uptodate": [config_changed({"budget": target.size_budget, "images": target.arch.images})],
-            "clean": True,
-        }
-
-
-def _other_configs(project: Project, kernel: Kernel, target: Target) -> list[str]:
+def _other_configs(project: Project, kernel: Kernel, target: Target) -> list[Path]:
     """The same target's final .config on the other kernels (the report compares the whole config with
     them) and the must-stay set it checks the comparison against."""
     must_stay = project.fragments_dir / "must-stay.toml"
-    return [str(project.kbuild(other, target) / ".config") for other in project.versions.kernels
+    return [project.artifacts(other, target).config for other in project.versions.kernels
             if other.version != kernel.version and target.name in other.targets] + \
-        ([str(must_stay)] if must_stay.is_file() else [])
+        ([must_stay] if must_stay.is_file() else [])
+
+
+def _guest(project: Project) -> list[Path]:
+    return [project.guest_dir / "init.c", project.guest_dir / "probes.toml"]
+
+
+STAGES = (
+    Stage("config", "merge each target's fragments with the kernel's kconfig and audit the result",
+          lambda k, t: f"allnoconfig + {t.list_name} for {t.name} on {k.version}; audit requested vs final",
+          actions.configure, _config_deps,
+          lambda p, k, t, f: [f.config, f.audit],
+          state=lambda p, k, t, f: {"version": k.version, "arch": t.arch.name} | _toolchain_state(p, t),
+          check=lambda p, k, t, f: (actions.config_matches_audit, [str(f.config), str(f.audit)]),
+          clean=lambda p, k, t, f: [(actions.remove_tree, [str(f.dir)])]),
+    Stage("report", "write each target's requirement → option → final value table (report.md, report.json)",
+          lambda k, t: f"requirement → option → final value table for {t.name} on {k.version}",
+          actions.report,
+          lambda p, k, t, f: [f.config, f.audit, *p.fragment_paths(t), *_other_configs(p, k, t)],
+          lambda p, k, t, f: [f.report_md, f.report_json]),
+    Stage("build", "compile each target's images out of tree (make O=…)",
+          lambda k, t: f"make {' '.join(t.arch.make_targets)} for {t.name} on {k.version}",
+          actions.build,
+          lambda p, k, t, f: [f.config, p.source_tree(k) / STAMP],
+          lambda p, k, t, f: [*f.images.values(), f.system_map, f.sources],
+          state=lambda p, k, t, f: _toolchain_state(p, t)),
+    Stage("verify", "check each target's audit, image formats and size budget; writes verify.json",
+          lambda k, t: f"check {t.name} {k.version}: audit passed, image formats, size budget",
+          actions.verify,
+          lambda p, k, t, f: [*f.images.values(), f.audit],
+          lambda p, k, t, f: [f.verify],
+          state=lambda p, k, t, f: {"budget": t.size_budget, "images": t.arch.images}),
+    Stage("boot", "boot each target in QEMU (its VMM's device model) and run the capability probes",
+          lambda k, t: f"boot {t.name} {k.version} in QEMU and run the capability probes",
+          actions.boot,
+          lambda p, k, t, f: [*f.images.values(), f.verify, *_guest(p)],
+          lambda p, k, t, f: [f.boot],
+          state=lambda p, k, t, f: {"boot": t.boot, "cmdline": t.cmdline, "skip": bool(p.env.get(SKIP_BOOT_ENV))},
+          check=lambda p, k, t, f: (actions.boot_settled, [str(f.boot)]),
+          clean=lambda p, k, t, f: [(actions.remove_tree, [str(f.boot_dir)])]),
+    Stage("install", "install verified kernels into the prefix (KTAILOR_PREFIX, default /usr/share/ktailor)",
+          lambda k, t: f"install {t.name} {k.version} into the prefix and switch its links",
+          actions.install,
+          lambda p, k, t, f: [*f.images.values(), f.config, f.audit, f.verify, f.boot, f.sources],
+          lambda p, k, t, f: [f.manifest],
+          state=lambda p, k, t, f: {"prefix": str(p.prefix), "unbooted_ok": allow_unbooted(p.env),
+                                    "current": actions.current_version(p, t.name)},
+          clean=lambda p, k, t, f: []),  # never remove installed kernels: running VMs may use them
+)
+
+
+def stage_tasks(root: Path, stage_name: str) -> Iterator[Task]:
+    stage = next(s for s in STAGES if s.name == stage_name)
+    project = load_project(str(root))
+    yield _group(stage.name, stage.group_doc)
+    for kernel, target, name in each_target(project):
+        files = project.artifacts(kernel, target)
+        uptodate: list = []
+        if stage.state is not None:
+            uptodate.append(config_changed(stage.state(project, kernel, target, files)))
+        if stage.check is not None:
+            uptodate.append(stage.check(project, kernel, target, files))
+        task = {
+            "name": name,
+            "doc": stage.doc(kernel, target),
+            "actions": [(stage.action, [], _args(project, kernel, target))],
+            "file_dep": [str(p) for p in stage.file_dep(project, kernel, target, files)],
+            "targets": [str(p) for p in stage.targets(project, kernel, target, files)],
+            "clean": stage.clean(project, kernel, target, files),
+        }
+        if uptodate:
+            task["uptodate"] = uptodate
+        yield task
+
+
+def _group(stage: str, doc: str) -> Task:
+    return {"basename": stage, "name": None, "doc": doc}
+
+
+@reports_errors
+def config_tasks(root: Path) -> Iterator[Task]:
+    yield from stage_tasks(root, "config")
 
 
 @reports_errors
 def report_tasks(root: Path) -> Iterator[Task]:
-    project = load_project(str(root))
-    yield _group("report", "write each target's requirement → option → final value table (report.md, report.json)")
-    for kernel, target, name in each_target(project):
-        target_dir = project.target_dir(kernel, target)
-        yield {
-            "name": name,
-            "doc": _stage_doc("report", kernel, target),
-            "actions": [(actions.report, [], _args(project, kernel, target))],
-            "file_dep": [str(project.kbuild(kernel, target) / ".config"), str(target_dir / "audit.json"),
-                         *map(str, project.fragment_paths(target)), *_other_configs(project, kernel, target)],
-            "targets": [str(target_dir / "report.md"), str(target_dir / "report.json")],
-            "clean": True,
-        }
+    yield from stage_tasks(root, "report")
+
+
+@reports_errors
+def build_tasks(root: Path) -> Iterator[Task]:
+    yield from stage_tasks(root, "build")
+
+
+@reports_errors
+def verify_tasks(root: Path) -> Iterator[Task]:
+    yield from stage_tasks(root, "verify")
 
 
 @reports_errors
 def boot_tasks(root: Path) -> Iterator[Task]:
-    project = load_project(str(root))
-    yield _group("boot", "boot each target in QEMU (its VMM's device model) and run the capability probes")
-    guest = [project.guest_dir / "init.c", project.guest_dir / "probes.toml"]
-    for kernel, target, name in each_target(project):
-        target_dir = project.target_dir(kernel, target)
-        yield {
-            "name": name,
-            "doc": _stage_doc("boot", kernel, target),
-            "actions": [(actions.boot, [], _args(project, kernel, target))],
-            "file_dep": [*image_paths(project, kernel, target), str(target_dir / "verify.json"), *map(str, guest)],
-            "targets": [str(target_dir / "boot" / "boot.json")],
-            "uptodate": [config_changed({"boot": target.boot, "cmdline": target.cmdline})],
-            "clean": [(actions.remove_tree, [str(target_dir / "boot")])],
-        }
+    yield from stage_tasks(root, "boot")
 
 
 @reports_errors
 def install_tasks(root: Path) -> Iterator[Task]:
-    project = load_project(str(root))
-    yield _group("install", "install verified kernels into the prefix (KTAILOR_PREFIX, default /usr/share/ktailor)")
-    for kernel, target, name in each_target(project):
-        target_dir = project.target_dir(kernel, target)
-        yield {
-            "name": name,
-            "doc": _stage_doc("install", kernel, target),
-            "actions": [(actions.install, [], _args(project, kernel, target))],
-            "file_dep": [*image_paths(project, kernel, target), str(target_dir / "verify.json"),
-                         str(target_dir / "boot" / "boot.json"), str(project.sources_file(kernel, target))],
-            "targets": [str(project.install_dir(kernel, target) / "manifest.json")],
-            "uptodate": [config_changed({"prefix": str(project.prefix)})],
-            "clean": [],  # never remove installed kernels: running VMs may use them
-        }
+    yield from stage_tasks(root, "install")

@@ -62,3 +62,21 @@ class BuildFailed(EnvironmentProblem):
 
 class VerificationFailed(KtailorError):
     """A built artifact is not what it claims, or is over its size budget, or failed to boot."""
+
+
+# Exit codes, the same for every command (invoke tasks, security-update; doit itself exits 1 on a failed
+# task): what kind of failure it was, so a script or a systemd unit can tell them apart.
+EXIT_ERROR = 1  # the machine is missing something (a tool, disk space, permissions); the message says what
+EXIT_BAD_INPUT = 2  # versions.toml / targets.toml / fragments / options are wrong; nothing was changed
+EXIT_CHECK_FAILED = 20  # a signature, checksum, audit, build, verify or boot check failed: NOT installed
+EXIT_UNREACHABLE = 30  # kernel.org, releases.json or the mirror could not be reached
+
+
+def exit_code_for(error: KtailorError) -> int:
+    if isinstance(error, DownloadError):
+        return EXIT_UNREACHABLE
+    if isinstance(error, ChecksumMismatch | VerificationFailed | ConfigAuditFailed):
+        return EXIT_CHECK_FAILED
+    if isinstance(error, InputError):
+        return EXIT_BAD_INPUT
+    return EXIT_ERROR

@@ -1,86 +1,138 @@
-"""The install stage: copy a verified kernel into <prefix>/<version>/<arch>-<type>/, atomically.
+"""The install stage: put a checked kernel into the prefix so that no path a VM uses ever disappears.
 
-The files go to a temp dir beside the destination, which is renamed into place; then the
-<prefix>/<arch>-<type> "current" symlink is swapped with a rename. Earlier versions stay, so
-running VMs keep the kernel they booted. A kernel that failed verify or boot is refused.
+Layout (every change is a rename or a symlink swap, both atomic):
+
+    <prefix>/<version>/<target>.<key>/   the files and manifest.json; <key> is a hash of their content
+    <prefix>/<version>/<target>       -> <target>.<key>     (the build of that version now installed)
+    <prefix>/<target>                 -> <version>/<target> (the default kernel of versions.toml)
+
+A rebuild of the same version (a fragment edit) goes into a new <target>.<key>/ and the link is
+swapped; the old directory stays, so a VM started from it keeps its files, until `invoke prune`
+removes the directories no link points to. Nothing is installed unless evidence.check_install
+passed: the files copied are the files the audit, verify and boot judged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .download import sha256_of
-from .errors import EnvironmentProblem, VerificationFailed
-from .progress import info, warn
+from .errors import EnvironmentProblem
+from .progress import info
 
 
-def check_verified(verify_file: Path, boot_file: Path | None) -> dict:
-    """The verify and boot results; refuse a kernel that failed or was never verified."""
-    if not verify_file.is_file():
-        raise VerificationFailed(f"{verify_file} does not exist: this kernel was never verified; run `doit` first.")
-    verify = json.loads(verify_file.read_text())
-    if verify.get("status") != "passed":
-        raise VerificationFailed(f"refusing to install: verification failed ({'; '.join(verify.get('problems', []))}).")
-    boot: dict = {"status": "not run"}
-    if boot_file is not None and boot_file.is_file():
-        boot = json.loads(boot_file.read_text())
-        if boot.get("status") == "fail":
-            raise VerificationFailed(f"refusing to install: boot verification failed ({boot.get('message', boot_file)}).")
-        if boot.get("status") != "pass":
-            warn(f"installing a kernel that was not boot-verified ({boot.get('reason', boot.get('status'))}).")
-    return {"verify": verify, "boot": boot}
+def content_key(checksums: dict[str, str]) -> str:
+    """12 hex digits naming one build's files: the same files always install into the same directory."""
+    text = json.dumps(sorted(checksums.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _prefix_problem(prefix: Path, exc: OSError) -> EnvironmentProblem:
+    return EnvironmentProblem(f"cannot install into {prefix} ({exc.strerror or exc}: {exc.filename or prefix}); free "
+                              "space there, run as a user who can write to it, or choose another prefix with "
+                              "KTAILOR_PREFIX=/some/dir. Nothing that was installed before was changed.")
 
 
 def install_target(*, name: str, version: str, prefix: Path, files: dict[str, Path], manifest: dict,
-                   verify_file: Path, boot_file: Path | None) -> Path:
-    """Install `files` (name in the install dir -> source path) plus manifest.json; return the dir."""
-    results = check_verified(verify_file, boot_file)
-    destination = prefix / version / name
+                   make_current: bool) -> Path:
+    """Install `files` (name in the install dir -> source path) plus manifest.json; return the content dir.
+    `make_current`: also point <prefix>/<name> at this version (it is the default kernel's)."""
     try:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=destination.parent))
+        return _install(name, version, prefix, files, manifest, make_current)
     except OSError as exc:
-        raise EnvironmentProblem(f"cannot write to the install prefix {prefix} ({exc.strerror}); run as a user who "
-                                 "can, or choose another prefix with KTAILOR_PREFIX=/some/dir.") from None
-    try:
-        checksums = {}
-        for installed_name, source in files.items():
-            shutil.copy2(source, temp / installed_name)
-            checksums[installed_name] = sha256_of(temp / installed_name)
-        manifest = manifest | {"version": version, "target": name, "sha256": checksums,
-                               "verify": results["verify"], "boot": results["boot"],
-                               "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        (temp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        os.chmod(temp, 0o755)
-        _replace_dir(temp, destination)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-    _swap_symlink(prefix / name, Path(version) / name)
-    info(f"installed {name} {version} into {destination} (current: {prefix / name})")
-    return destination
+        raise _prefix_problem(prefix, exc) from None
 
 
-def _replace_dir(new: Path, destination: Path) -> None:
-    if not destination.exists():
-        new.rename(destination)
-        return
-    old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
-    destination.rename(old)
-    try:
-        new.rename(destination)
-    except OSError:
-        old.rename(destination)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+def _install(name: str, version: str, prefix: Path, files: dict[str, Path], manifest: dict, make_current: bool) -> Path:
+    checksums = {installed: sha256_of(source) for installed, source in files.items()}
+    key = content_key(checksums)
+    version_dir = prefix / version
+    store = version_dir / f"{name}.{key}"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    if not (store / "manifest.json").is_file():
+        temp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=version_dir))
+        try:
+            for installed_name, source in files.items():
+                shutil.copy2(source, temp / installed_name)
+                if sha256_of(temp / installed_name) != checksums[installed_name]:
+                    raise EnvironmentProblem(f"{source} changed while it was being installed; run `doit` again.")
+            manifest = manifest | {"version": version, "target": name, "content_key": key, "sha256": checksums,
+                                   "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            (temp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            os.chmod(temp, 0o755)
+            if store.exists():  # left by an install killed before its manifest was written
+                shutil.rmtree(store)
+            temp.rename(store)
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+    _adopt_legacy_dir(version_dir / name)
+    swap_symlink(version_dir / name, Path(store.name))
+    if make_current:
+        swap_symlink(prefix / name, Path(version) / name)
+    current = f" (current: {prefix / name})" if make_current else ""
+    info(f"installed {name} {version} into {store}{current}")
+    return store
 
 
-def _swap_symlink(link: Path, target: Path) -> None:
+def _adopt_legacy_dir(path: Path) -> None:
+    """An install by an older ktailor is a real directory where the link goes: give it a content name."""
+    if path.is_dir() and not path.is_symlink():
+        path.rename(path.with_name(f"{path.name}.pre-{time.strftime('%Y%m%d%H%M%S')}"))
+
+
+def swap_symlink(link: Path, target: Path) -> None:
+    """Point `link` at `target` in one rename: readers see the old target or the new one, never nothing."""
     temp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
     temp.unlink(missing_ok=True)
     temp.symlink_to(target)
     os.replace(temp, link)
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    remove: list[Path]
+    kept: int
+
+
+def prune_plan(prefix: Path) -> PrunePlan:
+    """The content directories (and leftovers of killed installs) that no link in the prefix points to."""
+    if not prefix.is_dir():
+        return PrunePlan([], 0)
+    linked = {link.resolve() for link in _links(prefix)}
+    remove, kept = [], 0
+    for version_dir in sorted(p for p in prefix.iterdir() if p.is_dir() and not p.is_symlink()):
+        for entry in sorted(version_dir.iterdir()):
+            if entry.is_symlink() or not entry.is_dir():
+                continue
+            if entry.name.startswith(".") or entry.resolve() not in linked:
+                remove.append(entry)
+            else:
+                kept += 1
+    return PrunePlan(remove, kept)
+
+
+def _links(prefix: Path) -> list[Path]:
+    found = [p for p in prefix.iterdir() if p.is_symlink()]
+    for version_dir in prefix.iterdir():
+        if version_dir.is_dir() and not version_dir.is_symlink():
+            found += [p for p in version_dir.iterdir() if p.is_symlink()]
+    return found
+
+
+def prune(prefix: Path, *, dry_run: bool = False) -> PrunePlan:
+    plan = prune_plan(prefix)
+    for path in plan.remove:
+        info(f"{'would remove' if dry_run else 'removing'} {path} (no link points to it)")
+        if not dry_run:
+            try:
+                shutil.rmtree(path)
+            except OSError as exc:
+                raise _prefix_problem(prefix, exc) from None
+    return plan

@@ -95,17 +95,27 @@ class Project:
         return self.target_dir_of(version, target_name) / "kbuild"
 
     def install_dir(self, kernel: Kernel, target: Target) -> Path:
-        return self.prefix / kernel.version / target.name
+        return self.artifacts(kernel, target).install
 
     # --- per-(kernel, target) documents ---------------------------------------------------------
     SOURCES = "sources.json"  # the files a build compiled (compiled.py); also copied into the install
     VEX = "vex.openvex.json"  # OpenVEX for the install (vex.py)
+    MANIFEST = "manifest.json"
+
+    def artifacts(self, kernel: Kernel, target: Target) -> Artifacts:
+        return self.artifacts_of(kernel.version, target.name)
+
+    def artifacts_of(self, version: str, target_name: str) -> Artifacts:
+        """By version string: also for a kernel versions.toml no longer lists (the one an upgrade replaced)."""
+        target = self.catalog.target(target_name)
+        return Artifacts(version, target_name, self.target_dir_of(version, target_name), self.prefix,
+                         tuple(target.arch.images))
 
     def sources_file(self, kernel: Kernel, target: Target) -> Path:
-        return self.target_dir(kernel, target) / self.SOURCES
+        return self.artifacts(kernel, target).sources
 
     def vex_file(self, kernel: Kernel, target: Target) -> Path:
-        return self.target_dir(kernel, target) / self.VEX
+        return self.artifacts(kernel, target).vex
 
     # --- fragments of a target ---------------------------------------------------------------
     def fragment_paths(self, target: Target) -> list[Path]:
@@ -117,3 +127,106 @@ class Project:
     def display(self, path: Path) -> Path:
         """A path as the user should see it: relative to the project when inside it."""
         return path.relative_to(self.root) if path.is_relative_to(self.root) else path
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """Every file ktailor reads or writes for one (kernel version, target), each named once here.
+
+    Task creators, actions, security-update, the pre-flight and the tests all go through these
+    properties: renaming a report is a one-line change, and nobody re-derives a path.
+    """
+
+    version: str
+    target: str
+    dir: Path  # build/<version>/<target>: ktailor's own files for this target
+    prefix: Path
+    image_paths: tuple[str, ...]  # relative to kbuild, from targets.toml [arch.*] images
+
+    # config stage
+    @property
+    def kbuild(self) -> Path:
+        """The kernel's own out-of-tree build directory (make O=…)."""
+        return self.dir / "kbuild"
+
+    @property
+    def config(self) -> Path:
+        return self.kbuild / ".config"
+
+    @property
+    def rejected_config(self) -> Path:
+        return self.kbuild / ".config.rejected"
+
+    @property
+    def fragment_config(self) -> Path:
+        return self.dir / "fragment.config"
+
+    @property
+    def config_log(self) -> Path:
+        return self.dir / "config.log"
+
+    @property
+    def audit(self) -> Path:
+        return self.dir / "audit.json"
+
+    @property
+    def report_md(self) -> Path:
+        return self.dir / "report.md"
+
+    @property
+    def report_json(self) -> Path:
+        return self.dir / "report.json"
+
+    # build stage
+    @property
+    def images(self) -> dict[str, Path]:
+        """image file name (vmlinux, bzImage, Image) -> where the build puts it."""
+        return {Path(relative).name: self.kbuild / relative for relative in self.image_paths}
+
+    @property
+    def system_map(self) -> Path:
+        return self.kbuild / "System.map"
+
+    @property
+    def build_log(self) -> Path:
+        return self.dir / "build.log"
+
+    @property
+    def build_json(self) -> Path:
+        return self.dir / "build.json"
+
+    @property
+    def sources(self) -> Path:
+        return self.dir / Project.SOURCES
+
+    # verify and boot stages
+    @property
+    def verify(self) -> Path:
+        return self.dir / "verify.json"
+
+    @property
+    def boot_dir(self) -> Path:
+        return self.dir / "boot"
+
+    @property
+    def boot(self) -> Path:
+        return self.boot_dir / "boot.json"
+
+    # install stage
+    @property
+    def vex(self) -> Path:
+        return self.dir / Project.VEX
+
+    @property
+    def install(self) -> Path:
+        """<prefix>/<version>/<target>: a symlink to the content-keyed directory of the installed build."""
+        return self.prefix / self.version / self.target
+
+    @property
+    def manifest(self) -> Path:
+        return self.install / Project.MANIFEST
+
+    @property
+    def current(self) -> Path:
+        """<prefix>/<target>: the link VMMs follow; it points at the default kernel's install."""
+        return self.prefix / self.target

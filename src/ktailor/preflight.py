@@ -84,8 +84,8 @@ def run_preflight(root: Path, new_version: str, old_version: str, env: dict[str,
     targets = []
     for name in kernel.targets:
         row = project.catalog.targets[name]
-        new_audit = read_audit(project.target_dir(kernel, row) / "audit.json")
-        old_audit = read_audit(project.target_dir_of(old_version, name) / "audit.json")
+        new_audit = read_audit(project.artifacts(kernel, row).audit)
+        old_audit = read_audit(project.artifacts_of(old_version, name).audit)
         if new_audit is None:
             targets.append(TargetPreflight(name, "missing", old_version if old_audit else None))
             continue

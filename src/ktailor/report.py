@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from .dotconfig import final_value, parse_dotconfig, same_value
+from .evidence import read_report
 from .fragments import Fragment
 
 
@@ -76,15 +77,16 @@ def render_drift(version: str, drifts: dict[str, tuple[list, list]]) -> str:
 
 
 def write_report(*, target: str, version: str, fragments: list[Fragment], requested: dict, config: Path,
-                 audit_file: Path, out_dir: Path, drifts: dict[str, tuple[list, list]] | None = None) -> list[dict]:
+                 audit_file: Path, out_md: Path, out_json: Path,
+                 drifts: dict[str, tuple[list, list]] | None = None) -> list[dict]:
     """`drifts`: other version -> (configdiff changes, must-stay losses) of this target."""
     from .configdiff import to_json as drift_json
 
-    audit = json.loads(audit_file.read_text()) if audit_file.is_file() else {}
+    audit = read_report(audit_file, "config") if audit_file.is_file() else {}
     rows = report_rows(fragments, requested, parse_dotconfig(config), audit)
     drifts = drifts or {}
-    (out_dir / "report.md").write_text(render_markdown(target, version, rows) + "\n" + render_drift(version, drifts))
-    (out_dir / "report.json").write_text(json.dumps({
+    out_md.write_text(render_markdown(target, version, rows) + "\n" + render_drift(version, drifts))
+    out_json.write_text(json.dumps({
         "target": target, "version": version, "rows": rows,
         "config_drift": {other: drift_json(*pair) for other, pair in drifts.items()},
     }, indent=2) + "\n")

@@ -22,22 +22,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .cvereport import describe_fixes
-from .errors import ChecksumMismatch, ConfigAuditFailed, DownloadError, InputError, KtailorError, VerificationFailed
+from .errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_ERROR, EXIT_UNREACHABLE, DownloadError, KtailorError, exit_code_for
+from .evidence import ALLOW_UNBOOTED_ENV, allow_unbooted
 from .layout import Project
 from .progress import info, warn
 from .releases import Release, fetch_releases, newest_on_mirror, next_longterm, series_status
 from .releases import releases_url as resolve_releases_url
 from .runner import run_doit, task_name
-from .signature import AUTOSIGNER_FINGERPRINT, SignatureError
+from .signature import AUTOSIGNER_FINGERPRINT
 from .upgrade import upgrade
 from .versions import Kernel, parse_version
 
 EXIT_UP_TO_DATE = 0  # every tracked series is current (and, with --apply, installed)
-EXIT_ERROR = 1  # the machine is missing something (gpgv, a compiler, disk space); the message says what
-EXIT_BAD_INPUT = 2  # versions.toml / targets.toml / options are wrong; nothing was changed
+# EXIT_ERROR 1, EXIT_BAD_INPUT 2, EXIT_CHECK_FAILED 20, EXIT_UNREACHABLE 30: errors.py, shared by every command
 EXIT_UPDATED = 10  # --apply: upgraded, verified and installed; without --apply: a newer point release is available
-EXIT_CHECK_FAILED = 20  # a signature, checksum, pre-flight, build, verify or boot check failed: NOT installed
-EXIT_UNREACHABLE = 30  # releases.json or the mirror could not be reached
 EXIT_END_OF_LIFE = 40  # a tracked series is end-of-life (nothing worse happened): move to the next longterm series
 EXIT_EXPOSED = 50  # --fail-on: an installed kernel has an applicable CVE of that severity and no working upgrade
 # Worst first: the exit code of a run is the first of these that any kernel hit.
@@ -52,16 +50,6 @@ EXIT_NAMES = {EXIT_UP_TO_DATE: "up to date", EXIT_ERROR: "error", EXIT_BAD_INPUT
 
 def worst(codes: list[int]) -> int:
     return min(codes, key=SEVERITY.index, default=EXIT_UP_TO_DATE)
-
-
-def exit_code_for(error: KtailorError) -> int:
-    if isinstance(error, DownloadError):
-        return EXIT_UNREACHABLE
-    if isinstance(error, SignatureError | ChecksumMismatch | VerificationFailed | ConfigAuditFailed):
-        return EXIT_CHECK_FAILED
-    if isinstance(error, InputError):
-        return EXIT_BAD_INPUT
-    return EXIT_ERROR
 
 
 @dataclass
@@ -90,7 +78,19 @@ class KernelReport:
 
 
 def is_installed(project: Project, kernel: Kernel) -> bool:
-    return all((project.install_dir(kernel, project.catalog.targets[t]) / "manifest.json").is_file() for t in kernel.targets)
+    """Every target of this kernel is in the prefix, built from the fragments as they are now (a fragment
+    edit is rolled out by the next nightly run)."""
+    from .actions import fragments_digest
+
+    for name in kernel.targets:
+        target = project.catalog.targets[name]
+        try:
+            manifest = json.loads(project.artifacts(kernel, target).manifest.read_text())
+        except (OSError, ValueError):
+            return False
+        if not isinstance(manifest, dict) or manifest.get("fragments_sha256") != fragments_digest(project, target):
+            return False
+    return True
 
 
 def assess(project: Project, kernel: Kernel, releases: list[Release]) -> KernelReport:
@@ -130,40 +130,36 @@ def end_of_life_banner(report: KernelReport, url: str) -> str:
     return "\n".join([bar, *(f"!!! {line}" for line in lines), bar])
 
 
-def available_stages(root: Path) -> set[str]:
-    """The task groups of this tree's dodo.py (the boot stage is optional)."""
-    listing = run_doit(root, "list", "--quiet", capture=True)
-    return {line.split()[0] for line in listing.stdout.splitlines() if line.strip()}
-
-
 def _status_of(path: Path, missing: str) -> str:
     try:
         return str(json.loads(path.read_text()).get("status", "unknown"))
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return missing
 
 
 def build_and_install(root: Path, version: str, report: KernelReport) -> None:
-    """doit verify (+ boot) for every target of `version`; doit install only if all of it passed."""
+    """doit verify and boot for every target of `version`; doit install only if all of it passed."""
     project = Project.from_env(root)
     kernel = project.versions.get(version)
     default = project.versions.default.version
-    stages = ["verify", "boot"] if "boot" in available_stages(root) else ["verify"]
-    if "boot" not in stages:
-        warn("this tree has no boot stage (no `boot` task in dodo.py): kernels are installed without a boot test.")
-    checks = [task_name(stage, target, version, default) for target in kernel.targets for stage in stages]
+    unbooted_ok = allow_unbooted(project.env)
+    checks = [task_name(stage, target, version, default) for target in kernel.targets for stage in ("verify", "boot")]
     info(f"building and checking {version}: doit {' '.join(checks)}")
     checked = run_doit(root, "--continue", *checks)
     for name in kernel.targets:
-        target_dir = project.target_dir(kernel, project.catalog.targets[name])
-        boot = _status_of(target_dir / "boot" / "boot.json", "not reached") if "boot" in stages else "no boot stage"
-        report.targets[name] = {"verify": _status_of(target_dir / "verify.json", "not reached"), "boot": boot,
-                                "installed": False}
-    if checked.returncode != 0:
-        failed = [f"{name} (verify {t['verify']}, boot {t['boot']})" for name, t in report.targets.items()
-                  if t["verify"] != "passed" or t["boot"] not in ("pass", "no boot stage")]
-        report.problems.append(f"doit {' '.join(checks)} failed (exit {checked.returncode}): {', '.join(failed) or 'see above'}; "
-                               f"nothing was installed. Logs: {project.display(project.build_dir / version)}/<target>/")
+        files = project.artifacts(kernel, project.catalog.targets[name])
+        report.targets[name] = {"verify": _status_of(files.verify, "not reached"),
+                                "boot": _status_of(files.boot, "not reached"), "installed": False}
+    booted = {"pass", "skipped"} if unbooted_ok else {"pass"}
+    failed = [f"{name} (verify {t['verify']}, boot {t['boot']})" for name, t in report.targets.items()
+              if t["verify"] != "passed" or t["boot"] not in booted]
+    if checked.returncode != 0 or failed:
+        why = f"doit {' '.join(checks)} failed (exit {checked.returncode})" if checked.returncode else "not every check passed"
+        skipped = any(t["boot"] == "skipped" for t in report.targets.values())
+        hint = (f" A skipped boot test blocks the install; install QEMU, or set {ALLOW_UNBOOTED_ENV}=1 to accept "
+                "kernels that were not boot-tested." if skipped and not unbooted_ok else "")
+        report.problems.append(f"{why}: {', '.join(failed) or 'see above'}; nothing was installed.{hint} "
+                               f"Logs: {project.display(project.build_dir / version)}/<target>/")
         report.action, report.code = "failed", EXIT_CHECK_FAILED
         return
     installs = [task_name("install", target, version, default) for target in kernel.targets]

@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DownloadError, EnvironmentProblem, InputError, KtailorError
+from .errors import DownloadError, EnvironmentProblem, InputError, VerificationFailed
 from .progress import info
 
 # The kernel.org checksum autosigner (https://www.kernel.org/signature.html).
@@ -33,7 +33,7 @@ SIGNATURE_HEADER = "-----BEGIN PGP SIGNATURE-----"
 SHA256_LINE_RE = re.compile(r"^(?P<sha>[0-9a-f]{64})\s+\*?(?P<name>\S+)$")
 
 
-class SignatureError(KtailorError):
+class SignatureError(VerificationFailed):
     """A checksum file is not signed by the key we trust (bad, missing, or another key's signature)."""
 
 

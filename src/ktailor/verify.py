@@ -7,11 +7,11 @@ Writes verify.json (read by install and by the boot stage).
 
 from __future__ import annotations
 
-import json
 import struct
 from pathlib import Path
 
 from .errors import VerificationFailed
+from .evidence import fingerprint, read_report, write_json_atomically
 
 ELF_MACHINES = {"x86": 62, "arm64": 183}  # EM_X86_64, EM_AARCH64
 
@@ -52,8 +52,14 @@ def _head(path: Path, size: int) -> bytes:
 
 def verify_target(*, name: str, version: str, kernel_arch: str, kbuild: Path, images: dict[str, str],
                   budget: dict[str, int], audit_file: Path, out: Path) -> dict:
+    out.unlink(missing_ok=True)  # a verdict that crashed half-way must not leave the last one standing
     problems: list[str] = []
-    audit = json.loads(audit_file.read_text()) if audit_file.is_file() else {"status": "missing"}
+    audit = read_report(audit_file, "config") if audit_file.is_file() else {"status": "missing"}
+    # Hashes first: the evidence names the files this verdict is about, whatever they turn out to be.
+    evidence = fingerprint({Path(relative).name: kbuild / relative for relative in images}, kbuild / ".config", audit_file)
+    if audit.get("status") == "passed" and audit.get("config_sha256") != evidence["config"]:
+        problems.append(f"{kbuild / '.config'} is not the .config the audit passed (edited after `doit config`); "
+                        "run `doit config` again")
     if audit.get("status") != "passed":
         problems.append(f"the config audit did not pass (status {audit.get('status')}; see {audit_file})")
     artifacts = {}
@@ -76,10 +82,8 @@ def verify_target(*, name: str, version: str, kernel_arch: str, kbuild: Path, im
             entry["status"] = "ok" if not wrong and size <= limit else "failed"
         artifacts[Path(relative).name] = entry
     report = {"target": name, "version": version, "status": "passed" if not problems else "failed",
-              "audit": audit.get("status"), "artifacts": artifacts, "problems": problems}
-    temp = out.with_suffix(".json.tmp")
-    temp.write_text(json.dumps(report, indent=2) + "\n")
-    temp.replace(out)
+              "audit": audit.get("status"), "artifacts": artifacts, "problems": problems, "evidence": evidence}
+    write_json_atomically(out, report)
     if problems:
         raise VerificationFailed(f"{name} ({version}) failed verification: " + "; ".join(problems) + f". Details: {out}")
     return report

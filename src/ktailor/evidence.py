@@ -1,0 +1,110 @@
+"""Evidence bound to files: what each check judged, by sha256, and the install gate that re-checks it.
+
+The config audit records the sha256 of the .config it audited; verify.json and boot.json record
+the sha256 of every image, of the .config and (verify) of the audit they judged. Install recomputes
+every hash and refuses on any mismatch, so an image rebuilt after its checks, a .config edited by
+hand, or an old "pass" left behind by a boot that crashed can never be installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from .download import sha256_of
+from .errors import InputError, VerificationFailed
+
+SKIP_BOOT_ENV = "KTAILOR_SKIP_BOOT"  # farms without QEMU: recorded as "skipped", which install refuses by default
+ALLOW_UNBOOTED_ENV = "KTAILOR_ALLOW_UNBOOTED"  # =1: install kernels whose boot was skipped (never a failed one)
+
+
+def allow_unbooted(env: Mapping[str, str]) -> bool:
+    return env.get(ALLOW_UNBOOTED_ENV, "") not in ("", "0", "no", "false")
+
+
+def read_report(path: Path, stage: str) -> dict:
+    """A stage's JSON result; a truncated or hand-broken one is a one-paragraph error, not a traceback."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise VerificationFailed(f"{path} does not exist: the {stage} stage has not run for this build; "
+                                 "run `doit` first.") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"is not valid JSON ({exc}); it was truncated or edited. Delete it and run `doit` again "
+                         f"to redo the {stage} stage.", path=path) from None
+    except OSError as exc:
+        raise InputError(f"cannot be read ({exc.strerror}).", path=path) from None
+    if not isinstance(data, dict):
+        raise InputError(f"is not a {stage} report (a JSON object was expected); delete it and run `doit` again.",
+                         path=path)
+    return data
+
+
+def hash_or_missing(path: Path) -> str:
+    return sha256_of(path) if path.is_file() else "missing"
+
+
+def fingerprint(images: Mapping[str, Path], config: Path, audit: Path | None = None) -> dict:
+    """The sha256 of each image, of the .config and (when given) of audit.json."""
+    found: dict = {"images": {name: hash_or_missing(path) for name, path in images.items()},
+                   "config": hash_or_missing(config)}
+    if audit is not None:
+        found["audit"] = hash_or_missing(audit)
+    return found
+
+
+def mismatches(recorded: Mapping | None, current: Mapping) -> list[str]:
+    """What differs between the evidence a check recorded and the files as they are now."""
+    if not recorded:
+        return ["it recorded no file hashes (written by an older ktailor)"]
+    problems = []
+    for name, digest in current.get("images", {}).items():
+        if recorded.get("images", {}).get(name) != digest:
+            problems.append(f"{name} changed since it was checked")
+    if recorded.get("config") != current.get("config"):
+        problems.append(".config changed since it was checked")
+    if "audit" in recorded and recorded.get("audit") != current.get("audit"):
+        problems.append("audit.json changed since it was checked")
+    return problems
+
+
+def check_install(*, images: Mapping[str, Path], config: Path, audit: Path, verify: Path, boot: Path,
+                  unbooted_ok: bool, rerun: str) -> dict:
+    """The install gate: the audit passed on this .config, verify and boot passed on these exact files.
+    Returns {"verify", "boot", "evidence"} for the manifest; raises VerificationFailed otherwise."""
+    audit_report = read_report(audit, "config")
+    if audit_report.get("status") != "passed":
+        raise VerificationFailed(f"refusing to install: the config audit did not pass (see {audit}).")
+    current = fingerprint(images, config, audit)
+    if audit_report.get("config_sha256") != current["config"]:
+        raise VerificationFailed(f"refusing to install: {config} is not the .config the audit passed (edited after "
+                                 f"`doit config`, e.g. by menuconfig). Run `{rerun}` to regenerate, audit and check it.")
+    verified = read_report(verify, "verify")
+    if verified.get("status") != "passed":
+        raise VerificationFailed(f"refusing to install: verification failed ({'; '.join(verified.get('problems', []))}).")
+    if problems := mismatches(verified.get("evidence"), current):
+        raise VerificationFailed(f"refusing to install: verify.json does not vouch for these files ({'; '.join(problems)}). "
+                                 f"Run `{rerun}` to check the files as they are now.")
+    booted = read_report(boot, "boot")
+    status = booted.get("status")
+    if status == "skipped":
+        if not unbooted_ok:
+            raise VerificationFailed(f"refusing to install: the kernel was not boot-verified ({booted.get('reason')}). "
+                                     f"Fix that and run `{rerun}`, or set {ALLOW_UNBOOTED_ENV}=1 to install kernels "
+                                     "whose boot test was skipped.")
+    elif status != "pass":
+        raise VerificationFailed(f"refusing to install: boot verification {status} "
+                                 f"({booted.get('message', boot)}).")
+    boot_current = {key: value for key, value in current.items() if key != "audit"}
+    if problems := mismatches(booted.get("evidence"), boot_current):
+        raise VerificationFailed(f"refusing to install: boot.json does not vouch for these files ({'; '.join(problems)}). "
+                                 f"Run `{rerun}` to boot the files as they are now.")
+    return {"verify": verified, "boot": booted, "evidence": current}
+
+
+def write_json_atomically(path: Path, data: dict) -> None:
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.write_text(json.dumps(data, indent=2) + "\n")
+    temp.replace(path)
