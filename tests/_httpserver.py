@@ -33,6 +33,8 @@ class Reply:
     cut_after: int | None = None
     stall: float = 0.0
     stall_after: int | None = None
+    trickle: float = 0.0  # after trickle_after bytes, one byte every `trickle` seconds
+    trickle_after: int = 0
 
 
 @dataclass
@@ -89,6 +91,19 @@ def _handler_for(state: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                     self.close_connection = True
                     return
                 body = body[reply.stall_after :]
+            if reply is not None and reply.trickle:
+                self.wfile.write(body[: reply.trickle_after])
+                self.wfile.flush()
+                for byte in body[reply.trickle_after:]:
+                    if state.release.wait(reply.trickle):
+                        break
+                    try:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                    except OSError:
+                        break
+                self.close_connection = True
+                return
             if reply is not None and reply.cut_after is not None:
                 self.wfile.write(body[: reply.cut_after])
                 self.wfile.flush()

@@ -25,15 +25,21 @@ CONFIG_{symbol}=y
 """
 
 
-def fake_tarball(directory: Path, version: str, extra: str = "", defaults: str = "") -> tuple[Path, str]:
+def fake_tarball(directory: Path, version: str, extra: str = "", defaults: str = "",
+                 makefile_version: str | None = None) -> tuple[Path, str]:
     """A kernel.org-style mirror entry holding the fake kernel tree; returns (tarball, sha256).
     `extra`: symbols that never land; `defaults`: .config lines (one per line) its allnoconfig adds
-    unasked, each symbol also defined in its Kconfig so that it exists in that tree."""
+    unasked, each symbol also defined in its Kconfig so that it exists in that tree; `makefile_version`:
+    the release its Makefile claims (default: `version`)."""
     folder = directory / f"v{version.split('.', maxsplit=1)[0]}.x"
     folder.mkdir(parents=True, exist_ok=True)
     tarball = folder / f"linux-{version}.tar.xz"
     staging = directory / f"staging-{version}"
     shutil.copytree(FAKELINUX, staging / f"linux-{version}", ignore=shutil.ignore_patterns("__pycache__"))
+    makefile = staging / f"linux-{version}" / "Makefile"
+    numbers = [*(makefile_version or version).split("."), "0"][:3]
+    makefile.write_text("VERSION = {}\nPATCHLEVEL = {}\nSUBLEVEL = {}\nEXTRAVERSION =\n".format(*numbers)
+                        + makefile.read_text())
     if extra:
         (staging / f"linux-{version}" / "unsupported").write_text(extra)
     if defaults:

@@ -13,6 +13,7 @@ import pytest
 from doit.cmd_base import ModuleTaskLoader
 from doit.doit_cmd import DoitMain
 
+from conftest import fake_tarball
 from ktailor import dag
 
 STAGES = ("download", "extract", "config", "build", "verify", "boot", "install")
@@ -220,3 +221,28 @@ def test_config_lints_the_targets_fragments_before_make(project_factory):
     assert code != 0 and "config:x86_64-micro" in ran
     assert "fragments/micro.conf:8" in err and "reason" in err
     assert not (project.root.parent / "build" / "6.1.1" / "x86_64-micro" / "kbuild" / "make-calls").exists()
+
+
+def test_a_cached_tarball_changed_on_disk_is_rehashed_refused_and_fetched_again(two_kernels):
+    root = two_kernels.root
+    assert run_doit(root, "extract:6.1.1")[0] == 0
+    tarball = root.parent / "cache" / "downloads" / "linux-6.1.1.tar.xz"
+    data = bytearray(tarball.read_bytes())
+    data[-100] ^= 0xFF  # same size: the .sha256 marker alone would still vouch for it
+    tarball.write_bytes(bytes(data))
+    code, ran, err = run_doit(root, "extract:6.1.1")
+    assert code != 0 and "changed on disk after it was verified" in err and "Traceback" not in err
+    assert not tarball.exists()
+    code, ran, err = run_doit(root, "extract:6.1.1")
+    assert code == 0, err
+    assert ran == ["download:6.1.1", "extract:6.1.1"]
+
+
+def test_a_tarball_that_holds_another_release_never_becomes_that_version(project_factory):
+    project = project_factory()
+    _, sha = fake_tarball(project.mirror, "6.1.4", makefile_version="6.1.2")
+    project.versions([("6.1.4", sha)], targets=["x86_64-micro"])
+    code, _ran, err = run_doit(project.root, "config:x86_64-micro")
+    assert code != 0
+    assert "its Makefile says Linux 6.1.2" in err and "Traceback" not in err
+    assert not (project.root.parent / "build" / "src" / "linux-6.1.4").exists()

@@ -233,6 +233,29 @@ def test_a_body_that_stalls_midway_is_retried(tmp_path, http_server):
     assert_verified(destination, data, sha)
 
 
+def test_a_trickling_mirror_is_cut_off_by_the_minimum_rate_and_the_download_resumes(tmp_path, http_server):
+    """A byte every 0.2 s beats a 1 s per-read timeout forever; the minimum rate ends the attempt."""
+    data, sha = payload()
+    server = http_server(data, [Reply(trickle=0.2, trickle_after=70_000), Reply()])
+    destination = tmp_path / NAME
+    started = time.monotonic()
+    fetch(url_of(server), destination, sha, retries=3, timeout=1.0, backoff=0.01, min_rate=10_000, rate_window=1.0)
+    assert time.monotonic() - started < 10
+    assert len(server.requests) == 2
+    resumed_at = int(str(ranges(server)[1]).removeprefix("bytes=").rstrip("-"))
+    assert 65_536 <= resumed_at < len(data)  # it kept what had arrived
+    assert_verified(destination, data, sha)
+
+
+def test_a_mirror_that_only_trickles_gives_up_with_the_rate_in_the_message(tmp_path, http_server):
+    data, sha = payload()
+    server = http_server(data, [Reply(trickle=0.2)])
+    with pytest.raises(DownloadError, match="fewer than 10000 bytes/s over 1s") as raised:
+        fetch(url_of(server), tmp_path / NAME, sha, retries=2, timeout=1.0, backoff=0.01, min_rate=10_000,
+              rate_window=1.0)
+    assert "is kept" in str(raised.value)
+
+
 def test_file_url_is_copied_and_verified(tmp_path):
     data, sha = payload()
     source = tmp_path / "mirror dir" / "v6.x" / NAME  # the space is %20 in the URL

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
+import subprocess
+import sys
 import tarfile
 import time
 from dataclasses import dataclass
@@ -13,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ktailor import extract
-from ktailor.errors import InputError
+from ktailor.errors import EnvironmentProblem, InputError
 from ktailor.extract import STAMP, extract_tarball, is_extracted, unsafe_reason
 
 
@@ -369,3 +372,93 @@ def test_unsafe_reason_remembers_earlier_symlinks(earlier, last, reason):
     assert unsafe_reason(earlier, symlinks) is None
 
     assert unsafe_reason(last, symlinks) == reason
+
+
+# --- trust and robustness (issue 9: stale objects, wrong release, hangs, leftovers) ------------------
+def test_every_file_is_newer_than_objects_built_before_the_extraction(tmp_path, mode):
+    """GNU tar restores archive mtimes by default: a re-extracted (patch removed) tree would be older than
+    the objects of the last build, and make would rebuild nothing."""
+    tarball = tmp_path / "linux-6.1.5.tar.xz"
+    released = int(time.time()) - 30 * 86400  # the release was cut a month ago
+    with tarfile.open(tarball, "w:xz", preset=1) as archive:
+        for entry in kernel_tree():
+            info, data = tar_info(entry)
+            info.mtime = released
+            archive.addfile(info, data)
+    object_built = time.time()  # the last build's objects: newer than every file of the archive
+    tree = extract_tarball(tarball, tmp_path / "src" / "linux-6.1.5")
+    files = [p for p in tree.rglob("*") if p.is_file() and not p.is_symlink()]
+    old = [p.name for p in files if p.stat().st_mtime < object_built - 1]
+    assert files and not old, old
+
+
+@pytest.mark.parametrize(("makefile", "words"), [
+    pytest.param(b"VERSION = 6\nPATCHLEVEL = 1\nSUBLEVEL = 2\n", "its Makefile says Linux 6.1.2", id="other-release"),
+    pytest.param(b"# no version lines\n", "no VERSION/PATCHLEVEL/SUBLEVEL", id="no-version"),
+])
+def test_a_tarball_holding_another_release_is_refused(tmp_path, mode, makefile, words):
+    entries = [Entry(e.name, e.kind, makefile if e.name.endswith("/Makefile") else e.data, e.link, e.mode)
+               for e in kernel_tree()]
+    tarball = build_tarball(tmp_path / "linux-6.1.5.tar.xz", entries)
+    with pytest.raises(InputError, match=words) as caught:
+        extract_tarball(tarball, tmp_path / "src" / "linux-6.1.5", version="6.1.5")
+    assert "linux-6.1.5.tar.xz" in str(caught.value) and "named for Linux 6.1.5" in str(caught.value)
+    assert not (tmp_path / "src" / "linux-6.1.5").exists() and not list((tmp_path / "src").iterdir())
+
+
+def test_the_named_release_is_accepted_and_a_dot_zero_release_reads_as_major_minor(tmp_path):
+    tree = extract_tarball(build_tarball(tmp_path / "a.tar.xz", kernel_tree()), tmp_path / "src" / "a", version="6.1.5")
+    assert extract.tree_version(tree) == "6.1.5"
+    (tree / "Makefile").write_text("VERSION = 6\nPATCHLEVEL = 12\nSUBLEVEL = 0\n")
+    assert extract.tree_version(tree) == "6.12"
+
+
+def test_future_dated_members_by_the_thousand_do_not_hang_the_extraction(tmp_path):
+    """GNU tar warns once per future-dated member; on a pipe nobody reads, 5,000 warnings used to block it."""
+    if not (shutil.which("tar") and shutil.which("xz")):
+        pytest.skip("GNU tar and xz are needed for the piped extraction")
+    top = "linux-6.1.5"
+    future = int(time.time()) + 10 * 365 * 86400
+    tarball = tmp_path / "linux-6.1.5.tar.xz"
+    with tarfile.open(tarball, "w:xz", preset=1) as archive:
+        for entry in kernel_tree(top)[:3]:
+            archive.addfile(*tar_info(entry))
+        for number in range(5000):
+            info = tarfile.TarInfo(f"{top}/drivers/generated/file-with-a-long-name-{number:05d}.c")
+            info.size, info.mtime = 2, future
+            archive.addfile(info, io.BytesIO(b"x\n"))
+    script = ("import sys; from pathlib import Path; from ktailor.extract import extract_tarball; "
+              "extract_tarball(Path(sys.argv[1]), Path(sys.argv[2]))")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script, str(tarball), str(tmp_path / "src" / top)],
+                          capture_output=True, text=True, timeout=120, env=os.environ | {"KTAILOR_QUIET": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list((tmp_path / "src" / top / "drivers" / "generated").iterdir())) == 5000
+    assert time.monotonic() - started < 120
+
+
+def test_a_killed_extractions_temp_dir_is_removed_by_the_next_one(tmp_path):
+    destination = tmp_path / "src" / "linux-6.1.5"
+    leftover = tmp_path / "src" / ".linux-6.1.5.abc123"
+    (leftover / "linux-6.1.5" / "drivers").mkdir(parents=True)
+    (leftover / "linux-6.1.5" / "drivers" / "big.o").write_bytes(b"\0" * 1000)
+    assert extract.leftovers(destination) == [leftover]
+    extract_tarball(build_tarball(tmp_path / "a.tar.xz", kernel_tree()), destination)
+    assert not leftover.exists() and extract.leftovers(destination) == []
+
+
+def test_a_full_disk_is_not_called_a_hostile_tarball(tmp_path, monkeypatch):
+    """tar dies of ENOSPC; the message must say so, not blame the tarball."""
+    if not (shutil.which("tar") and shutil.which("xz")):
+        pytest.skip("GNU tar and xz are needed for the piped extraction")
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "tar").write_text("#!/bin/sh\nhead -c 1000 >/dev/null\necho 'tar: linux/x: Cannot write: No space left on "
+                                  "device' >&2\nexit 2\n")
+    (fake_bin / "tar").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")
+    entries = kernel_tree() + [Entry(f"linux-6.1.5/drivers/blob-{n}.bin", data=os.urandom(20000)) for n in range(40)]
+    tarball = build_tarball(tmp_path / "linux-6.1.5.tar.xz", entries)
+    with pytest.raises(EnvironmentProblem, match="disk is full") as caught:
+        extract_tarball(tarball, tmp_path / "src" / "linux-6.1.5")
+    assert "hostile" not in str(caught.value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ktailor.clean import plan_clean, run_clean
-from ktailor.errors import InputError
+from ktailor.errors import EnvironmentProblem, InputError
 from ktailor.fragments import REASON_PLACEHOLDER, parse_fragment
 from ktailor.layout import Project
 from ktailor.menuconfig import config_changes, save_changes
@@ -76,3 +76,24 @@ def test_clean_plans_build_dirs_only_unless_asked(project_factory, tmp_path):
     assert (project.prefix / "6.1.1").is_dir()
     with pytest.raises(InputError, match="unknown target"):
         plan_clean(project, target="riscv-micro")
+
+
+def test_clean_removes_a_killed_extractions_leftover_and_reports_what_it_cannot_remove(project_factory, monkeypatch):
+    factory = project_factory()
+    factory.versions([("6.1.1", factory.kernel("6.1.1"))], targets=["x86_64-micro"])
+    project = Project.from_env(factory.root)
+    kernel = project.versions.default
+    leftover = project.source_tree(kernel).with_name(f".{project.source_tree(kernel).name}.k1ll3d")
+    (leftover / "linux-6.1.1").mkdir(parents=True)
+    assert leftover in plan_clean(project).paths
+    run_clean(plan_clean(project))
+    assert not leftover.exists()
+
+    (project.build_dir / "6.1.1").mkdir(parents=True)
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("ktailor.clean.shutil.rmtree", refuse)
+    with pytest.raises(EnvironmentProblem, match=r"Permission denied.*run clean as the user"):
+        run_clean(plan_clean(project))

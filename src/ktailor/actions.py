@@ -24,7 +24,7 @@ from .compiled import write_sources
 from .config import configure_target
 from .configdiff import error_count, render_changes, target_drift
 from .cvereport import write_vex
-from .download import fetch, is_verified, sha256_of
+from .download import MIN_RATE, RATE_WINDOW, check_cached, fetch, is_verified, sha256_of
 from .errors import InputError, KtailorError
 from .evidence import ALLOW_UNBOOTED_ENV, SKIP_BOOT_ENV, allow_unbooted, check_install, read_report, write_json_atomically
 from .extract import extract_tarball
@@ -64,14 +64,31 @@ def tarball_verified(task, values, tarball: str, sha256: str) -> bool:  # doit u
 @reports_errors
 def download(root: str, version: str) -> None:
     project, kernel, _ = _load(root, version)
-    fetch(kernel.url, project.tarball(kernel), kernel.sha256)
+    fetch(kernel.url, project.tarball(kernel), kernel.sha256,
+          min_rate=_number(project.env, "KTAILOR_DOWNLOAD_MIN_RATE", MIN_RATE),
+          rate_window=_number(project.env, "KTAILOR_DOWNLOAD_RATE_WINDOW", RATE_WINDOW))
+
+
+def _number(env: dict[str, str], variable: str, default: float) -> float:
+    value = env.get(variable, "")
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if number < 0:
+        raise InputError(f"{variable}={value!r} is not a number of bytes/seconds; unset it or give e.g. {variable}={default:g}.")
+    return number
 
 
 @reports_errors
 def extract(root: str, version: str) -> None:
     project, kernel, _ = _load(root, version)
     started = time.monotonic()
-    tree = extract_tarball(project.tarball(kernel), project.source_tree(kernel), project.patches_root / kernel.series)
+    check_cached(project.tarball(kernel), kernel.sha256)
+    tree = extract_tarball(project.tarball(kernel), project.source_tree(kernel), project.patches_root / kernel.series,
+                           version=kernel.version)
     info(f"extracted {kernel.tarball_name} into {project.display(tree)} in {time.monotonic() - started:.1f}s")
 
 

@@ -9,6 +9,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import EnvironmentProblem
+from .extract import leftovers
 from .layout import Project
 
 
@@ -33,6 +35,8 @@ def plan_clean(project: Project, *, target: str | None = None, version: str | No
                 plan.add(project.target_dir(kernel, project.catalog.targets[name]))
         if target is None:
             plan.add(project.build_dir / kernel.version)
+            for leftover in leftovers(project.source_tree(kernel)):  # a killed extraction's ~1 GB temp dir
+                plan.add(leftover)
         if sources or everything:
             plan.add(project.source_tree(kernel))
         if downloads or everything:
@@ -50,8 +54,12 @@ def run_clean(plan: CleanPlan, *, dry_run: bool = False) -> list[Path]:
     for path in plan.paths:
         if dry_run:
             continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise EnvironmentProblem(f"cannot remove {exc.filename or path} ({exc.strerror}); run clean as the user "
+                                     "who owns the build dir (or fix its permissions). Nothing after it was removed.") from None
     return plan.paths

@@ -7,8 +7,11 @@ the partial file and says which URL gave which hash. file:// mirrors are copied 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
+import socket
+import threading
 import time
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -19,7 +22,13 @@ from .errors import ChecksumMismatch, DownloadError
 from .progress import bar, info
 
 CHUNK = 1 << 20
+READ_BLOCK = 64 << 10  # HTTP reads: small enough that a slow but acceptable link still shows progress often
 RETRY_STATUSES = {429, 500, 502, 503, 504}
+# A mirror that trickles (a byte every few seconds keeps a per-read timeout happy forever) is cut off when
+# fewer than MIN_RATE bytes/s arrive over RATE_WINDOW seconds; the attempt is retried and resumes.
+# KTAILOR_DOWNLOAD_MIN_RATE / KTAILOR_DOWNLOAD_RATE_WINDOW change them (see actions.download).
+MIN_RATE = 10 * 1024
+RATE_WINDOW = 60.0
 
 
 def sha256_of(path: Path) -> str:
@@ -46,8 +55,20 @@ def is_verified(path: Path, sha256: str) -> bool:
     return recorded == sha256 and int(size) == path.stat().st_size
 
 
+def check_cached(path: Path, sha256: str) -> None:
+    """Re-hash a cached tarball before it is used: the size marker only says it was right once."""
+    actual = sha256_of(path) if path.is_file() else "missing"
+    if actual != sha256:
+        path.unlink(missing_ok=True)
+        verified_marker(path).unlink(missing_ok=True)
+        raise ChecksumMismatch(f"the cached {path} no longer has the sha256 versions.toml pins ({sha256}; it has "
+                               f"{actual}): it changed on disk after it was verified. It was deleted; run `doit` again "
+                               "to download it afresh.")
+
+
 def fetch(url: str, destination: Path, sha256: str, *, retries: int = 5, timeout: float = 30.0,
-          backoff: float = 1.0, session: requests.Session | None = None) -> Path:
+          backoff: float = 1.0, session: requests.Session | None = None, min_rate: float = MIN_RATE,
+          rate_window: float = RATE_WINDOW) -> Path:
     """Download `url` to `destination` and check its sha256; resume a `.part` file if one is there."""
     if is_verified(destination, sha256):
         return destination
@@ -56,7 +77,8 @@ def fetch(url: str, destination: Path, sha256: str, *, retries: int = 5, timeout
     if urlparse(url).scheme == "file":
         _copy_file_url(url, part)
     else:
-        _download_http(url, part, retries=retries, timeout=timeout, backoff=backoff, session=session or requests.Session())
+        _download_http(url, part, retries=retries, timeout=timeout, backoff=backoff, session=session or requests.Session(),
+                       rate=(min_rate, rate_window))
     actual = sha256_of(part)
     if actual != sha256:
         part.unlink(missing_ok=True)
@@ -83,11 +105,11 @@ def _copy_file_url(url: str, part: Path) -> None:
 
 
 def _download_http(url: str, part: Path, *, retries: int, timeout: float, backoff: float,
-                   session: requests.Session) -> None:
+                   session: requests.Session, rate: tuple[float, float] = (MIN_RATE, RATE_WINDOW)) -> None:
     last_problem = "no attempt made"
     for attempt in range(1, retries + 1):
         try:
-            if _attempt(url, part, timeout, session):
+            if _attempt(url, part, timeout, session, rate):
                 return
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
             last_problem = f"{type(exc).__name__}: {exc}"
@@ -107,7 +129,51 @@ class _Retryable(Exception):
     pass
 
 
-def _attempt(url: str, part: Path, timeout: float, session: requests.Session) -> bool:
+class _Watchdog:
+    """Cuts the connection when fewer than min_rate bytes/s arrived over the last `window` seconds."""
+
+    def __init__(self, response: requests.Response, min_rate: float, window: float) -> None:
+        self.response, self.min_rate, self.window = response, min_rate, window
+        self.received = 0
+        self.fired = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> _Watchdog:
+        if self.min_rate > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _watch(self) -> None:
+        history = [(time.monotonic(), 0)]
+        step = min(1.0, self.window / 4)
+        while not self._done.wait(step):
+            now = time.monotonic()
+            history.append((now, self.received))
+            while len(history) > 1 and now - history[1][0] >= self.window:
+                history.pop(0)
+            start, then = history[0]
+            if now - start >= self.window and self.received - then < self.min_rate * self.window:
+                self.fired = True
+                self._cut()
+                return
+
+    def _cut(self) -> None:
+        connection = getattr(self.response.raw, "connection", None)
+        sock = getattr(connection, "sock", None)
+        with contextlib.suppress(OSError, AttributeError):
+            sock.shutdown(socket.SHUT_RDWR)  # wakes the read that is blocked in recv()
+        with contextlib.suppress(Exception):
+            self.response.close()
+
+
+def _attempt(url: str, part: Path, timeout: float, session: requests.Session,
+             rate: tuple[float, float] = (MIN_RATE, RATE_WINDOW)) -> bool:
     have = part.stat().st_size if part.exists() else 0
     # identity: byte offsets for Range must count the file's bytes, not a compressed transfer's
     headers = {"Accept-Encoding": "identity"} | ({"Range": f"bytes={have}-"} if have else {})
@@ -131,10 +197,19 @@ def _attempt(url: str, part: Path, timeout: float, session: requests.Session) ->
         mode = "ab" if resumed else "wb"
         total = int(response.headers.get("Content-Length", 0)) + (have if resumed else 0)
         with part.open(mode) as handle, bar(total=total or None, initial=have if resumed else 0, unit="B",
-                                            unit_scale=True, desc=part.name.removesuffix(".part")) as progress:
-            for block in response.iter_content(CHUNK):
-                handle.write(block)
-                progress.update(len(block))
+                                            unit_scale=True, desc=part.name.removesuffix(".part")) as progress, \
+                _Watchdog(response, *rate) as watchdog:
+            try:
+                for block in response.iter_content(READ_BLOCK):
+                    handle.write(block)
+                    watchdog.received += len(block)
+                    progress.update(len(block))
+            except (requests.RequestException, OSError, AttributeError):
+                if not watchdog.fired:
+                    raise
+        if watchdog.fired:
+            raise _Retryable(f"the mirror sent fewer than {rate[0]:.0f} bytes/s over {rate[1]:g}s "
+                             f"({part.stat().st_size} bytes so far)")
         if total and part.stat().st_size < total:
             raise _Retryable(f"connection closed after {part.stat().st_size} of {total} bytes")
     return True

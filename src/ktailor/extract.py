@@ -8,15 +8,19 @@ unsafe survives. Without GNU tar or xz it falls back to tarfile with the 'data' 
 
 from __future__ import annotations
 
+import contextlib
 import lzma
+import os
 import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 from pathlib import Path, PurePosixPath
 from typing import IO
 
 from .errors import EnvironmentProblem, InputError
+from .processes import start, stop
 from .progress import bar
 
 CHUNK = 1 << 20
@@ -104,10 +108,16 @@ class _Tee:
         return data
 
 
-def extract_tarball(tarball: Path, destination: Path, patches_dir: Path | None = None) -> Path:
-    """Extract `tarball` so that its single top-level folder becomes `destination`; returns it."""
+def extract_tarball(tarball: Path, destination: Path, patches_dir: Path | None = None,
+                    version: str | None = None) -> Path:
+    """Extract `tarball` so that its single top-level folder becomes `destination`; returns it.
+    `version`: the release the tree must be (its Makefile's VERSION.PATCHLEVEL.SUBLEVEL)."""
     destination.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    remove_leftovers(destination)
+    try:
+        temp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    except OSError as exc:
+        raise EnvironmentProblem(f"cannot create a directory in {destination.parent} ({exc.strerror}).") from None
     try:
         if shutil.which("xz") and shutil.which("tar"):
             _extract_piped(tarball, temp)
@@ -121,6 +131,8 @@ def extract_tarball(tarball: Path, destination: Path, patches_dir: Path | None =
         tree = entries[0]
         if not (tree / "Makefile").is_file() or not (tree / "Kconfig").is_file():
             raise InputError("tarball has no top-level Makefile and Kconfig; it is not a Linux source tree.", path=tarball)
+        if version is not None:
+            check_tree_version(tree, version, tarball)
         if patches_dir is not None:
             apply_patches(tree, patches_dir)
         (tree / STAMP).write_text(f"{tarball.name}\n")
@@ -128,18 +140,86 @@ def extract_tarball(tarball: Path, destination: Path, patches_dir: Path | None =
             shutil.rmtree(destination)
         tree.rename(destination)
         return destination
+    except OSError as exc:
+        raise EnvironmentProblem(f"extracting {tarball.name} into {destination.parent} failed ({exc.strerror}: "
+                                 f"{exc.filename}); check free disk space and permissions there.") from None
     finally:
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def leftovers(destination: Path) -> list[Path]:
+    """Temp dirs of extractions of this tree that were killed before they could clean up (~1 GB each)."""
+    if not destination.parent.is_dir():
+        return []
+    return sorted(p for p in destination.parent.glob(f".{destination.name}.*") if p.is_dir())
+
+
+def remove_leftovers(destination: Path) -> None:
+    for path in leftovers(destination):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def tree_version(tree: Path) -> str | None:
+    """VERSION.PATCHLEVEL.SUBLEVEL from the tree's top-level Makefile (SUBLEVEL 0 is a release like 6.1)."""
+    fields = {}
+    for line in (tree / "Makefile").read_text(errors="replace").splitlines()[:12]:
+        key, _, value = line.partition("=")
+        if key.strip() in ("VERSION", "PATCHLEVEL", "SUBLEVEL"):
+            fields[key.strip()] = value.strip()
+    if not all(fields.get(k, "").isdigit() for k in ("VERSION", "PATCHLEVEL", "SUBLEVEL")):
+        return None
+    version = f"{fields['VERSION']}.{fields['PATCHLEVEL']}"
+    return version if fields["SUBLEVEL"] == "0" else f"{version}.{fields['SUBLEVEL']}"
+
+
+def check_tree_version(tree: Path, version: str, tarball: Path) -> None:
+    found = tree_version(tree)
+    if found != version:
+        said = f"Linux {found}" if found else "no VERSION/PATCHLEVEL/SUBLEVEL lines"
+        raise InputError(f"is named for Linux {version} but its Makefile says {said}: the mirror serves another "
+                         "release under this name. Nothing was extracted; check the mirror (and its sha256sums), "
+                         "or fix the version in versions.toml.", path=tarball)
+
+
 def _extract_piped(tarball: Path, temp: Path) -> None:
-    xz = subprocess.Popen(["xz", "-T0", "-dc", str(tarball)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    tar = subprocess.Popen(
-        ["tar", "-x", "-f", "-", "-C", str(temp), "--no-same-owner", "--no-same-permissions", "--delay-directory-restore"],
-        stdin=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert xz.stdout is not None and tar.stdin is not None
+    # stderr goes to files, not pipes: a tar that warns about every member (future timestamps) would
+    # otherwise fill a pipe nobody reads until the end, and hang forever.
+    with tempfile.TemporaryFile() as xz_log, tempfile.TemporaryFile() as tar_log:
+        xz = start(["xz", "-T0", "-dc", str(tarball)], stdout=subprocess.PIPE, stderr=xz_log)
+        # --touch: every file gets the extraction time, so objects built from an earlier tree are older
+        # than the sources and make rebuilds them (archive mtimes would make the old objects look current).
+        tar = start(["tar", "-x", "-f", "-", "-C", str(temp), "--no-same-owner", "--no-same-permissions",
+                     "--delay-directory-restore", "--touch"], stdin=subprocess.PIPE, stderr=tar_log)
+        try:
+            problem = _stream_checked(tarball, xz, tar)
+        except BaseException:
+            stop(tar)
+            stop(xz)
+            raise
+        tar_rc, xz_rc = tar.wait(), xz.wait()
+        xz_log.seek(0)
+        tar_log.seek(0)
+        xz_err = xz_log.read()[-2000:].decode(errors="replace")
+        tar_err = tar_log.read()[-2000:].decode(errors="replace")
+    if problem == BROKEN_PIPE and tar_rc != 0:
+        problem = None  # tar stopped reading: its own error below says why (a full disk, most often)
+    if problem:
+        raise InputError(f"refusing to extract: {problem}; the tarball is corrupt or hostile, delete it and download again.",
+                         path=tarball)
+    if xz_rc != 0 and tar_rc == 0:
+        raise InputError(f"xz could not decompress it ({xz_err.strip()}); delete it and download again.", path=tarball)
+    if tar_rc != 0:
+        disk = "No space left on device" in tar_err
+        raise EnvironmentProblem(f"tar failed extracting {tarball}: {tar_err.strip()[-500:]}; "
+                                 + ("the disk is full: free space in the build dir (KTAILOR_BUILD_DIR)." if disk
+                                    else "check free disk space and permissions in the build dir."))
+
+
+BROKEN_PIPE = "could not be written out by tar"
+
+
+def _stream_checked(tarball: Path, xz, tar) -> str | None:
+    """Feed xz's output to tar while checking every member header; the first problem, or None."""
     problem = None
     with bar(total=_uncompressed_size(tarball), unit="B", unit_scale=True, desc=f"extract {tarball.name}") as progress:
         tee = _Tee(xz.stdout, tar.stdin, progress)
@@ -157,23 +237,15 @@ def _extract_piped(tarball: Path, temp: Path) -> None:
         except (tarfile.TarError, EOFError) as exc:
             problem = f"is not a valid tar stream ({exc})"
         except BrokenPipeError:
-            problem = "could not be written out by tar"
+            problem = BROKEN_PIPE
         finally:
             if problem:
-                tar.kill()
-                xz.kill()
-            tar.stdin.close()
+                stop(tar)
+                stop(xz)
+            with contextlib.suppress(BrokenPipeError):
+                tar.stdin.close()
             xz.stdout.close()
-    tar_err = tar.stderr.read().decode(errors="replace") if tar.stderr else ""
-    xz_err = xz.stderr.read().decode(errors="replace") if xz.stderr else ""
-    tar_rc, xz_rc = tar.wait(), xz.wait()
-    if problem:
-        raise InputError(f"refusing to extract: {problem}; the tarball is corrupt or hostile, delete it and download again.",
-                         path=tarball)
-    if xz_rc != 0:
-        raise InputError(f"xz could not decompress it ({xz_err.strip()}); delete it and download again.", path=tarball)
-    if tar_rc != 0:
-        raise EnvironmentProblem(f"tar failed extracting {tarball}: {tar_err.strip()[-500:]}; check free disk space.")
+    return problem
 
 
 def _uncompressed_size(tarball: Path) -> int | None:
@@ -198,6 +270,10 @@ def _extract_tarfile(tarball: Path, temp: Path) -> None:
                                      path=tarball)
                 members.append(member)
             archive.extractall(temp, members=members, filter="data")
+        now = time.time()  # as tar --touch: sources newer than any object built from an earlier tree
+        for path in temp.rglob("*"):
+            if not path.is_symlink():
+                os.utime(path, (now, now))
     except tarfile.FilterError as exc:  # the 'data' filter is the second line of defence
         raise InputError(f"refusing to extract: {exc}; the tarball is hostile.", path=tarball) from exc
     except (tarfile.TarError, EOFError, lzma.LZMAError) as exc:
@@ -228,4 +304,5 @@ def is_extracted(tree: Path) -> bool:
     return (tree / STAMP).is_file()
 
 
-__all__ = ["STAMP", "apply_patches", "extract_tarball", "is_extracted", "patches_for", "unsafe_reason"]
+__all__ = ["STAMP", "apply_patches", "extract_tarball", "is_extracted", "leftovers", "patches_for", "tree_version",
+           "unsafe_reason"]
