@@ -3,6 +3,7 @@ calls one ktailor function; the logic lives in src/ktailor/."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import sys
@@ -146,9 +147,12 @@ def upgrade(c: Context, version: str = "", latest: bool = False, replace: str = 
 
     if not version and not latest:
         raise Exit("E: say which release: --version X.Y.Z, or --latest for the newest of the tracked series.", code=2)
+    from ktailor.signature import pinned_fingerprint
+
     result = run_upgrade(ROOT, version or None, latest=latest, replace=replace or None, dry_run=dry_run,
                          allow_downgrade=allow_downgrade, allow_series_change=allow_series_change,
-                         insecure_skip_signature=insecure_skip_signature, keyring=Path(keyring) if keyring else None)
+                         insecure_skip_signature=insecure_skip_signature, keyring=Path(keyring) if keyring else None,
+                         expected_fingerprint=pinned_fingerprint())
     if not result.ok:
         raise Exit(code=1)
 
@@ -168,21 +172,30 @@ VULNS_HELP = ("the kernel CNA's vulns repository: a local clone or a git URL (de
                "applicable-critical, applicable-high, applicable-medium or applicable-low",
     "forecast": "also run the pre-flight of moving each series to the next longterm one (always done for an "
                 "end-of-life series): config and audit only, on a scratch copy of versions.toml",
+    "no_wait": "fail at once (exit 1) when another run holds the build dir or a download, instead of waiting for it",
 })
 def security_update(c: Context, apply: bool = False, releases_url: str = "", json_out: str = "", keyring: str = "",
                     insecure_skip_signature: bool = False, vulns: str = "", fail_on: str = "",
-                    forecast: bool = False) -> None:
+                    forecast: bool = False, no_wait: bool = False) -> None:
     """Check tracked kernels against kernel.org; with --apply, patch and install them.
 
     Exit codes: 0 up to date, 10 updated (or update available), 20 a check failed (nothing installed),
     30 mirror/releases.json unreachable, 40 a series is end-of-life, 50 (--fail-on) an applicable CVE
     without a working upgrade, 2 bad input, 1 other error.
     """
+    from ktailor.locks import NO_WAIT_ENV
     from ktailor.security_update import security_update as run
+    from ktailor.signature import pinned_fingerprint
 
+    if no_wait:
+        os.environ[NO_WAIT_ENV] = "1"  # for this process and the doit runs it starts
+    try:
+        fingerprint = pinned_fingerprint()
+    except KtailorError as exc:
+        raise Exit(f"E: {exc}", code=exit_code_for(exc)) from None
     code = run(ROOT, apply=apply, releases_url=releases_url or None, json_out=Path(json_out) if json_out else None,
                keyring=Path(keyring) if keyring else None, insecure_skip_signature=insecure_skip_signature,
-               vulns=vulns or None, fail_on=fail_on, forecast=forecast)
+               vulns=vulns or None, fail_on=fail_on, forecast=forecast, expected_fingerprint=fingerprint)
     if code:
         raise Exit(code=code)
 

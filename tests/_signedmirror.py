@@ -10,11 +10,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
+import shlex
 import shutil
 import socket
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
@@ -39,16 +42,21 @@ class SigningKey:
     fingerprint: str
     keyring: Path  # binary export, for gpgv --keyring
 
-    def clearsign(self, text: str) -> bytes:
-        return subprocess.run(["gpg", "--homedir", str(self.home), "--batch", "--yes", "--local-user", self.fingerprint,
-                               "--clearsign"], input=text.encode(), capture_output=True, check=True).stdout
+    def clearsign(self, text: str, at: str | None = None) -> bytes:
+        """`at`: sign as if the clock said this (gpg --faked-system-time, e.g. 20240101T000000)."""
+        faked = ["--faked-system-time", at, "--ignore-time-conflict"] if at else []
+        return subprocess.run(["gpg", "--homedir", str(self.home), "--batch", "--yes", *faked, "--local-user",
+                               self.fingerprint, "--clearsign"], input=text.encode(), capture_output=True,
+                              check=True).stdout
 
 
-def make_key(name: str) -> SigningKey:
+def make_key(name: str, created: str | None = None) -> SigningKey:
+    """`created`: make the key as if the clock said this (so it can sign as of then), e.g. 20230101T000000."""
     # A short path: gpg-agent's socket lives in the home and socket paths are limited to ~100 bytes.
     home = Path(tempfile.mkdtemp(prefix="kt-gpg-"))
     home.chmod(0o700)
-    subprocess.run(["gpg", "--homedir", str(home), "--batch", "--passphrase", "", "--quick-gen-key",
+    faked = ["--faked-system-time", created] if created else []
+    subprocess.run(["gpg", "--homedir", str(home), "--batch", *faked, "--passphrase", "", "--quick-gen-key",
                     f"{name} <{name}@example.invalid>", "ed25519", "sign", "never"], capture_output=True, check=True)
     colons = subprocess.run(["gpg", "--homedir", str(home), "--batch", "--with-colons", "--fingerprint"],
                             capture_output=True, text=True, check=True).stdout
@@ -68,6 +76,14 @@ def drop_key(key: SigningKey) -> None:
 def fixture_signing_key() -> Iterator[SigningKey]:
     """The test's stand-in for the kernel.org checksum autosigner."""
     key = make_key("autosigner")
+    yield key
+    drop_key(key)
+
+
+@pytest.fixture(scope="session", name="old_key")
+def fixture_old_key() -> Iterator[SigningKey]:
+    """A trusted key made in 2023, so that it can sign a checksum file as of 2024 (a replayed one)."""
+    key = make_key("autosigner-2023", created="20230101T000000")
     yield key
     drop_key(key)
 
@@ -94,16 +110,24 @@ class KernelMirror:
         lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}" for p in tarballs]
         return "\n".join(lines) + "\n"
 
-    def sign_sums(self, major: str = "6", body: str | None = None, key: SigningKey | None = None) -> Path:
-        """Write v<major>.x/sha256sums.asc: the real checksums (or `body`), clear-signed."""
+    def sign_sums(self, major: str = "6", body: str | None = None, key: SigningKey | None = None,
+                  at: str | None = None) -> Path:
+        """Write v<major>.x/sha256sums.asc: the real checksums (or `body`), clear-signed (at time `at`)."""
         path = self.folder(major) / "sha256sums.asc"
-        path.write_bytes((key or self.key).clearsign(self.real_sums(major) if body is None else body))
+        path.write_bytes((key or self.key).clearsign(self.real_sums(major) if body is None else body, at))
         return path
 
-    def releases(self, *entries: tuple[str, str, bool]) -> Path:
-        """releases.json with (moniker, version, iseol) entries, in kernel.org's format."""
+    def publish_key(self) -> str:
+        """Serve the signing key as a key file (what KTAILOR_AUTOSIGNER_KEY_URL points at); returns its URL."""
+        shutil.copy(self.key.keyring, self.directory / "autosigner.gpg")
+        return f"{self.url}/autosigner.gpg"
+
+    def releases(self, *entries: tuple[str, str, bool], age_days: float = 2) -> Path:
+        """releases.json with (moniker, version, iseol) entries, in kernel.org's format, released `age_days` ago."""
+        stamp = int(time.time() - age_days * 86400)
+        released = {"timestamp": stamp, "isodate": time.strftime("%Y-%m-%d", time.gmtime(stamp))}
         releases = [{"moniker": moniker, "version": version, "iseol": eol, "source": None, "pgp": None,
-                     "released": {"timestamp": 0, "isodate": "2025-01-01"}} for moniker, version, eol in entries]
+                     "released": released} for moniker, version, eol in entries]
         releases.append({"moniker": "linux-next", "version": "next-20250101", "iseol": False})
         releases.insert(0, {"moniker": "mainline", "version": "6.14-rc1", "iseol": False})
         path = self.directory / "releases.json"
@@ -175,3 +199,36 @@ class FarmBase:
     @property
     def versions(self) -> Path:
         return self.root / "versions.toml"
+
+
+UNIT = REPO / "contrib" / "ktailor-security-update.service"
+
+
+@dataclass(frozen=True)
+class UnitRun:
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+
+
+def unit_run(paths: dict[str, Path], extra_env: dict[str, str]) -> UnitRun:
+    """ExecStart, Environment= and WorkingDirectory= of the shipped systemd unit, with its machine paths
+    (/opt/ktailor, /var/lib/ktailor, …) moved to `paths`; `extra_env` is what a farm's drop-in adds."""
+    def moved(value: str) -> str:
+        for old in sorted(paths, key=len, reverse=True):
+            value = value.replace(old, str(paths[old]))
+        return value
+
+    env: dict[str, str] = {}
+    argv: list[str] = []
+    cwd = Path("/")
+    for line in UNIT.read_text().splitlines():
+        if line.startswith("Environment="):
+            key, _, value = line.removeprefix("Environment=").partition("=")
+            env[key] = moved(value)
+        elif line.startswith("ExecStart="):
+            argv = [moved(arg) for arg in shlex.split(line.removeprefix("ExecStart="))]
+        elif line.startswith("WorkingDirectory="):
+            cwd = Path(moved(line.removeprefix("WorkingDirectory=")))
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+    return UnitRun(argv, keep | env | extra_env, cwd)

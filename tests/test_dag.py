@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from contextlib import redirect_stderr
 from pathlib import Path
 
@@ -246,3 +251,63 @@ def test_a_tarball_that_holds_another_release_never_becomes_that_version(project
     assert code != 0
     assert "its Makefile says Linux 6.1.2" in err and "Traceback" not in err
     assert not (project.root.parent / "build" / "src" / "linux-6.1.4").exists()
+
+
+def doit_process(root: Path, *args: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "doit", "-f", str(root / "dodo.py"), "-d", str(root), *args],
+                            cwd=root, env=os.environ | env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def real_dodo(two_kernels) -> Path:
+    (two_kernels.root / "dodo.py").write_text((Path(__file__).resolve().parents[1] / "dodo.py").read_text())
+    return two_kernels.root
+
+
+def test_a_second_doit_waits_for_the_first_or_fails_clearly_with_no_wait(real_dodo):
+    root = real_dodo
+    kbuild = root.parent / "build" / "6.1.1" / "x86_64-micro" / "kbuild"
+    first = doit_process(root, "build:x86_64-micro", FAKE_SLEEP="4")
+    try:
+        wait_for(kbuild / "build-started")
+        busy = doit_process(root, "build:aarch64-micro", KTAILOR_NO_WAIT="1")
+        _, err = busy.communicate(timeout=60)
+        assert busy.returncode != 0
+        assert "is in use by pid" in err and "KTAILOR_NO_WAIT=1" in err and "Traceback" not in err
+        assert not (root.parent / "build" / "6.1.1" / "aarch64-micro").exists()  # it did nothing
+        second = doit_process(root, "build:aarch64-micro")
+        _out, err = second.communicate(timeout=120)
+        assert second.returncode == 0, err
+        assert "waiting for pid" in err
+        assert first.poll() is not None  # it only ran once the first had finished
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_ctrl_c_during_a_build_leaves_no_make_behind(real_dodo):
+    root = real_dodo
+    kbuild = root.parent / "build" / "6.1.1" / "x86_64-micro" / "kbuild"
+    run = doit_process(root, "build:x86_64-micro", FAKE_SLEEP="60")
+    wait_for(kbuild / "build-started")
+    fake_pid = int((kbuild / "build-started").read_text())
+    os.kill(fake_pid, 0)  # the fake compiler is running
+    run.send_signal(signal.SIGINT)  # what Ctrl-C sends to doit (make is in its own session, so only doit gets it)
+    run.communicate(timeout=60)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(fake_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(fake_pid, signal.SIGKILL)
+        pytest.fail("the build's compiler kept running after doit was interrupted")

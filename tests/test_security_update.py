@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,9 +21,11 @@ from _signedmirror import (  # noqa: F401 - the fixture_* are pytest fixtures, u
     FarmBase,
     KernelMirror,
     dead_url,
+    fixture_old_key,
     fixture_served_mirror,
     fixture_signing_key,
     install_dodo,
+    unit_run,
     use_mirror,
     write_versions,
 )
@@ -268,3 +272,72 @@ def test_end_of_life_series_gets_the_pre_flight_of_the_move_without_touching_ver
     out = capsys.readouterr().out
     assert "forecast 6.1 → 6.6.70: PROBLEMS; 1 requested option(s) would not land" in out
     assert not list((farm.root.parent / "build").glob("6.6.70/*/build.log"))  # nothing was built
+
+
+# --- freshness: a stale or replayed source never keeps a vulnerable kernel in place ---------------------
+def test_a_stale_releases_json_is_refused_and_nothing_changes(farm, capsys):
+    farm.mirror.releases(("longterm", "6.1.5", False), age_days=60)
+    before = farm.versions.read_bytes()
+    assert farm.run(apply=True) == EXIT_UNREACHABLE
+    assert farm.versions.read_bytes() == before
+    assert "is stale: its newest release is from" in farm.summary()["error"]
+    assert "KTAILOR_MAX_SOURCE_AGE_DAYS" in farm.summary()["error"]
+
+
+def test_a_releases_json_older_than_versions_toml_is_a_replay_not_a_downgrade(farm):
+    farm.mirror.releases(("longterm", "6.1.3", False))  # fresh dates, but behind what versions.toml has
+    before = farm.versions.read_bytes()
+    assert farm.run(apply=True) == EXIT_UNREACHABLE
+    assert farm.versions.read_bytes() == before
+    (kernel,) = farm.summary()["kernels"]
+    assert "stale or replayed" in kernel["problems"][0] and kernel["action"] != "upgraded"
+
+
+def test_an_old_signature_on_the_checksums_is_a_replay(farm, old_key, monkeypatch):
+    farm.mirror.sign_sums(key=old_key, at="20240101T000000")  # a good signature by the trusted key, from 2024
+    monkeypatch.setenv("KTAILOR_KEYRING", str(old_key.keyring))
+    assert farm.run(apply=True, expected_fingerprint=old_key.fingerprint) == EXIT_UNREACHABLE
+    assert 'version = "6.1.4"' in farm.versions.read_text()
+    assert "was signed" in farm.summary()["kernels"][0]["problems"][0]
+
+
+def test_a_broken_keyring_file_is_one_paragraph(farm, monkeypatch, tmp_path):
+    broken = tmp_path / "keyring.asc"
+    broken.write_text("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nnot base64 at all!\n-----END PGP PUBLIC KEY BLOCK-----\n")
+    monkeypatch.setenv("KTAILOR_KEYRING", str(broken))
+    assert farm.run(apply=True) == EXIT_BAD_INPUT
+    problem = farm.summary()["kernels"][0]["problems"][0]
+    assert "is not an OpenPGP keyring" in problem and "\n" not in problem
+
+
+# --- the shipped systemd unit on a fresh machine ----------------------------------------------------------
+@pytest.fixture
+def unit_machine(farm, tmp_path, monkeypatch):
+    """A fresh machine for contrib/ktailor-security-update.service: empty CacheDirectory and StateDirectory,
+    the checkout at the project, the farm's drop-in pointing at the local mirror and its key."""
+    shutil.copy(Path(__file__).resolve().parents[1] / "tasks.py", farm.root / "tasks.py")
+    paths = {"/opt/ktailor/.venv": Path(sys.executable).parents[1], "/opt/ktailor": farm.root,
+             "/var/cache/ktailor": tmp_path / "var-cache", "/var/lib/ktailor": tmp_path / "var-lib",
+             "/usr/share/ktailor": farm.prefix}
+    for made_by_systemd in ("/var/cache/ktailor", "/var/lib/ktailor"):
+        paths[made_by_systemd].mkdir()
+    drop_in = {"KTAILOR_BUILD_DIR": str(farm.root.parent / "build"), "KTAILOR_RELEASES_URL": farm.mirror.releases_url,
+               "KTAILOR_AUTOSIGNER_KEY_URL": farm.mirror.publish_key(),
+               "KTAILOR_AUTOSIGNER_FINGERPRINT": farm.mirror.key.fingerprint}
+    return unit_run(paths, drop_in), paths
+
+
+def test_the_shipped_unit_bootstraps_its_keyring_and_without_qemu_installs_nothing(unit_machine, farm, tmp_path):
+    run, paths = unit_machine
+    assert run.env["KTAILOR_KEYRING"].startswith(str(paths["/var/lib/ktailor"]))
+    assert not Path(run.env["KTAILOR_KEYRING"]).exists()  # a fresh machine: nobody copied the key
+    run.env["PATH"] = path_without_qemu(tmp_path)
+    done = subprocess.run(run.argv, cwd=run.cwd, env=run.env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == EXIT_CHECK_FAILED, done.stdout[-2000:] + done.stderr[-3000:]
+    assert Path(run.env["KTAILOR_KEYRING"]).is_file()  # fetched from the key URL and pinned
+    assert 'version = "6.1.5"' in farm.versions.read_text()  # the signed upgrade happened
+    summary = json.loads((paths["/var/lib/ktailor"] / "security-update.json").read_text())
+    (kernel,) = summary["kernels"]
+    assert kernel["targets"]["x86_64-micro"]["boot"] == "skipped" and not kernel["installed"]
+    assert not farm.prefix.exists() or not any(farm.prefix.iterdir())
+    assert "Traceback" not in done.stderr

@@ -9,6 +9,7 @@ fragment reruns only the tasks that use it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache, wraps
@@ -18,10 +19,11 @@ from doit.exceptions import InvalidTask
 from doit.tools import config_changed
 
 from . import actions
-from .errors import KtailorError
+from .errors import KtailorError, exit_code_for
 from .evidence import SKIP_BOOT_ENV, allow_unbooted
 from .extract import STAMP
 from .layout import Artifacts, Project
+from .locks import BUILD_LOCK_ENV, acquire, no_wait
 from .targets import Target
 from .toolchain import compiler_fingerprint, make_vars
 from .versions import Kernel
@@ -30,9 +32,22 @@ Task = dict
 DEFAULT_TASKS = ["download", "extract", "lint", "config", "report", "build", "verify", "boot"]
 
 
-def doit_config(root: Path) -> dict:
+READ_ONLY_COMMANDS = {"list", "help", "info", "tabcompletion", "dumpdb"}
+
+
+def doit_config(root: Path, argv: list[str] | None = None) -> dict:
     project = load_project(str(root))
-    project.build_dir.mkdir(parents=True, exist_ok=True)  # doit opens its state file before any task runs
+    try:
+        project.build_dir.mkdir(parents=True, exist_ok=True)  # doit opens its state file before any task runs
+        if doit_command(sys.argv[1:] if argv is None else argv) not in READ_ONLY_COMMANDS:
+            lock_build_dir(project)
+    except KtailorError as exc:  # the edge of doit's loading: one paragraph, not doit's traceback
+        print(f"E: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(exit_code_for(exc)) from None
+    except OSError as exc:
+        print(f"E: cannot use the build dir {project.build_dir} ({exc.strerror}); check KTAILOR_BUILD_DIR and its "
+              "permissions.", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     return {
         "default_tasks": DEFAULT_TASKS,
         "dep_file": str(project.build_dir / ".doit-state.json"),
@@ -41,6 +56,29 @@ def doit_config(root: Path) -> dict:
         "continue": True,  # one target's failure does not stop the others; doit still exits non-zero
         "action_string_formatting": "new",
     }
+
+
+def doit_command(argv: list[str]) -> str:
+    """The doit sub-command in an argv (`run` when only task names or nothing are given)."""
+    with_value = {"-f", "--file", "-d", "--dir", "-k", "--seek-file", "--db-file", "--backend", "--dep-file"}
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in with_value:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg if arg in READ_ONLY_COMMANDS | {"run", "clean", "forget", "ignore", "auto", "strace"} else "run"
+    return "run"
+
+
+def lock_build_dir(project: Project) -> None:
+    """One doit run at a time per build dir (held until the process exits; the kernel drops it if killed).
+    A security-update run holds it for its doit children, which it says through BUILD_LOCK_ENV."""
+    lock = project.build_dir / ".lock"
+    if project.env.get(BUILD_LOCK_ENV) == str(lock.resolve()):
+        return
+    acquire(lock, f"the build dir {project.build_dir}", wait=not no_wait(project.env))
 
 
 @cache

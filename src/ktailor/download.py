@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import shutil
 import socket
 import threading
@@ -19,6 +20,7 @@ from urllib.parse import unquote, urlparse
 import requests
 
 from .errors import ChecksumMismatch, DownloadError
+from .locks import locked, no_wait
 from .progress import bar, info
 
 CHUNK = 1 << 20
@@ -69,10 +71,21 @@ def check_cached(path: Path, sha256: str) -> None:
 def fetch(url: str, destination: Path, sha256: str, *, retries: int = 5, timeout: float = 30.0,
           backoff: float = 1.0, session: requests.Session | None = None, min_rate: float = MIN_RATE,
           rate_window: float = RATE_WINDOW) -> Path:
-    """Download `url` to `destination` and check its sha256; resume a `.part` file if one is there."""
+    """Download `url` to `destination` and check its sha256; resume a `.part` file if one is there.
+    Holds the cache entry's lock: a second run sharing the cache waits instead of truncating the .part."""
     if is_verified(destination, sha256):
         return destination
     destination.parent.mkdir(parents=True, exist_ok=True)
+    with locked(destination.parent / ".locks" / f"{destination.name}.lock", f"the download of {destination.name}",
+                wait=not no_wait(os.environ)):
+        if is_verified(destination, sha256):  # the run we waited for fetched it
+            return destination
+        return _fetch(url, destination, sha256, retries=retries, timeout=timeout, backoff=backoff, session=session,
+                      min_rate=min_rate, rate_window=rate_window)
+
+
+def _fetch(url: str, destination: Path, sha256: str, *, retries: int, timeout: float, backoff: float,
+           session: requests.Session | None, min_rate: float, rate_window: float) -> Path:
     part = destination.with_name(destination.name + ".part")
     if urlparse(url).scheme == "file":
         _copy_file_url(url, part)

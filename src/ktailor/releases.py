@@ -12,16 +12,21 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from .errors import DownloadError
+from .errors import DownloadError, InputError
 from .remote import read_url
 from .versions import VERSION_RE, parse_version
 
 DEFAULT_RELEASES_URL = "https://www.kernel.org/releases.json"
 RELEASES_URL_ENV = "KTAILOR_RELEASES_URL"
+# kernel.org cuts a release every few days; a releases.json (or a signed sha256sums.asc) whose newest
+# date is older than this is stale or replayed, and trusting it would keep a vulnerable kernel in place.
+MAX_AGE_ENV = "KTAILOR_MAX_SOURCE_AGE_DAYS"  # 0: no bound (an air-gapped farm with a frozen copy)
+DEFAULT_MAX_AGE_DAYS = 30
 LISTED_TARBALL_RE = re.compile(r"linux-(\d+\.\d+(?:\.\d+)?)\.tar\.xz(?![\w.])")
 
 
@@ -30,6 +35,7 @@ class Release:
     version: str
     moniker: str  # mainline | stable | longterm (linux-next and -rc releases are skipped)
     iseol: bool
+    released: int | None = None  # Unix time of the release ("released": {"timestamp": …})
 
     @property
     def series(self) -> str:
@@ -61,15 +67,68 @@ def parse_releases(data: bytes, url: str) -> list[Release]:
         for entry in entries:
             version = str(entry["version"])
             if VERSION_RE.match(version):  # skips "6.13-rc1" and "next-20241128"
-                releases.append(Release(version, str(entry.get("moniker", "")), bool(entry.get("iseol", False))))
+                stamp = (entry.get("released") or {}).get("timestamp")
+                releases.append(Release(version, str(entry.get("moniker", "")), bool(entry.get("iseol", False)),
+                                        int(stamp) if isinstance(stamp, int | float) and stamp > 0 else None))
     except (ValueError, KeyError, TypeError) as exc:
         raise DownloadError(f"{url} is not kernel.org's releases.json format ({type(exc).__name__}: {exc}); "
                             f"point {RELEASES_URL_ENV} at a copy of {DEFAULT_RELEASES_URL}.") from None
     return releases
 
 
-def fetch_releases(url: str) -> list[Release]:
-    return parse_releases(read_url(url, what="releases.json"), url)
+def fetch_releases(url: str, env: dict[str, str] | None = None, now: float | None = None) -> list[Release]:
+    releases = parse_releases(read_url(url, what="releases.json"), url)
+    check_fresh(releases, url, max_age_days(env), time.time() if now is None else now)
+    return releases
+
+
+class StaleSource(DownloadError):
+    """releases.json or a signed checksum file is older than the freshness bound."""
+
+
+def max_age_days(env: dict[str, str] | None = None) -> float:
+    env = os.environ if env is None else env
+    value = env.get(MAX_AGE_ENV, "")
+    if not value:
+        return DEFAULT_MAX_AGE_DAYS
+    try:
+        days = float(value)
+    except ValueError:
+        days = -1
+    if days < 0:
+        raise InputError(f"{MAX_AGE_ENV}={value!r} is not a number of days; unset it (default {DEFAULT_MAX_AGE_DAYS}), "
+                         "or 0 for no bound.")
+    return days
+
+
+def check_fresh(releases: list[Release], url: str, max_days: float, now: float) -> None:
+    """Refuse a releases.json whose newest release is older than `max_days` (0: no bound)."""
+    if not max_days:
+        return
+    dated = [r.released for r in releases if r.released]
+    if not dated:
+        raise StaleSource(f"{url} gives no release dates, so ktailor cannot tell a current releases.json from a stale "
+                          f"or replayed one; use kernel.org's (or an unchanged copy), or set {MAX_AGE_ENV}=0 to accept "
+                          "it unchecked.")
+    age = (now - max(dated)) / 86400
+    if age > max_days:
+        newest = time.strftime("%Y-%m-%d", time.gmtime(max(dated)))
+        raise StaleSource(f"{url} is stale: its newest release is from {newest}, {age:.0f} days ago, over the "
+                          f"{max_days:g}-day bound ({MAX_AGE_ENV}). A stale or replayed releases.json would hide newer "
+                          "security releases, so nothing was decided from it; refresh the copy (or fix the clock).")
+
+
+def check_signed_recently(signed_at: int | None, source: str, env: dict[str, str] | None = None,
+                          now: float | None = None) -> None:
+    """kernel.org re-signs sha256sums.asc with every release: an old signature is a stale or replayed file."""
+    days = max_age_days(env)
+    if not days or signed_at is None:
+        return
+    age = ((time.time() if now is None else now) - signed_at) / 86400
+    if age > days:
+        raise StaleSource(f"{source} was signed {age:.0f} days ago ({time.strftime('%Y-%m-%d', time.gmtime(signed_at))}), "
+                          f"over the {days:g}-day bound ({MAX_AGE_ENV}): a stale or replayed checksum file. Refresh the "
+                          "mirror from kernel.org.")
 
 
 @dataclass(frozen=True)

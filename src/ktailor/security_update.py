@@ -16,6 +16,7 @@ exit code is the worst outcome over all kernels (EXIT_* below, worst first: 2, 1
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,8 +26,9 @@ from .cvereport import describe_fixes
 from .errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_ERROR, EXIT_UNREACHABLE, DownloadError, KtailorError, exit_code_for
 from .evidence import ALLOW_UNBOOTED_ENV, allow_unbooted
 from .layout import Project
+from .locks import BUILD_LOCK_ENV, acquire, no_wait, release
 from .progress import info, warn
-from .releases import Release, fetch_releases, newest_on_mirror, next_longterm, series_status
+from .releases import RELEASES_URL_ENV, Release, fetch_releases, newest_on_mirror, next_longterm, series_status
 from .releases import releases_url as resolve_releases_url
 from .runner import run_doit, task_name
 from .signature import AUTOSIGNER_FINGERPRINT
@@ -104,10 +106,16 @@ def assess(project: Project, kernel: Kernel, releases: list[Release]) -> KernelR
         except DownloadError as exc:
             source = "unknown"
             problems.append(f"the series is not in releases.json and the mirror's listing could not be read: {exc}")
+    if latest is not None and parse_version(latest) < parse_version(kernel.version):
+        problems.append(f"{source} says {latest} is the newest release of {kernel.series}, but versions.toml already "
+                        f"has {kernel.version}: the source is stale or replayed, so nothing was changed. Check "
+                        f"{RELEASES_URL_ENV} (or the mirror) against kernel.org.")
     move_to = next_longterm(releases, kernel.series) if status.eol else None
     report = KernelReport(kernel.version, kernel.series, status.listed, status.eol, latest, source,
                           move_to.version if move_to else None, is_installed(project, kernel), problems=problems)
     report.code = EXIT_END_OF_LIFE if report.eol else EXIT_UP_TO_DATE
+    if latest is not None and parse_version(latest) < parse_version(kernel.version):
+        report.code = EXIT_UNREACHABLE
     if report.update:
         report.action = "update available"
         report.code = worst([report.code, EXIT_UPDATED])
@@ -190,6 +198,8 @@ def apply_one(root: Path, report: KernelReport, *, keyring: Path | None, insecur
 def _apply(root: Path, report: KernelReport, *, keyring: Path | None, insecure_skip_signature: bool,
            expected_fingerprint: str) -> None:
     version = report.version
+    if report.code == EXIT_UNREACHABLE:
+        return  # the source is stale or replayed (assess said why): nothing is decided from it
     if report.update:
         assert report.latest is not None
         result = upgrade(root, report.latest, replace=report.version, keyring=keyring,
@@ -314,11 +324,33 @@ def security_update(root: Path, *, apply: bool = False, releases_url: str | None
                     keyring: Path | None = None, insecure_skip_signature: bool = False,
                     expected_fingerprint: str = AUTOSIGNER_FINGERPRINT, vulns: str | None = None,
                     fail_on: str = "", forecast: bool = False) -> int:
-    """Check every tracked series against kernel.org (and with `apply`, patch it); return the exit code."""
+    """Check every tracked series against kernel.org (and with `apply`, patch it); return the exit code.
+    The whole run holds the build dir's lock (a person's `doit` waits for it, and it for them); its own
+    doit children are told they may use the build dir."""
     project = Project.from_env(root)
     if fail_on and fail_on not in FAIL_ON:
         print(f"E: --fail-on {fail_on!r} is not a policy; use one of {', '.join(FAIL_ON)}.", file=sys.stderr)
         return EXIT_BAD_INPUT
+    lock = project.build_dir / ".lock"
+    try:
+        acquire(lock, f"the build dir {project.build_dir}", wait=not no_wait(project.env))
+    except KtailorError as exc:
+        print(f"E: {exc}", file=sys.stderr, flush=True)
+        return exit_code_for(exc)
+    os.environ[BUILD_LOCK_ENV] = str(lock.resolve())
+    try:
+        return _security_update(root, project, apply=apply, releases_url=releases_url, json_out=json_out,
+                                keyring=keyring, insecure_skip_signature=insecure_skip_signature,
+                                expected_fingerprint=expected_fingerprint, vulns=vulns, fail_on=fail_on,
+                                forecast=forecast)
+    finally:
+        os.environ.pop(BUILD_LOCK_ENV, None)
+        release(lock)
+
+
+def _security_update(root: Path, project: Project, *, apply: bool, releases_url: str | None, json_out: Path | None,
+                     keyring: Path | None, insecure_skip_signature: bool, expected_fingerprint: str,
+                     vulns: str | None, fail_on: str, forecast: bool) -> int:
     url = resolve_releases_url(releases_url, project.env)
     summary: dict = {"checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "releases_url": url,
                      "apply": apply, "kernels": []}

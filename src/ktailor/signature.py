@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from .errors import DownloadError, EnvironmentProblem, InputError, VerificationFailed
 from .progress import info
@@ -28,6 +29,20 @@ from .progress import info
 AUTOSIGNER_UID = "autosigner@kernel.org"
 AUTOSIGNER_FINGERPRINT = "B8868C80BA62A1FFFAF5FDA9632D3A06589DA6B1"
 KEYRING_ENV = "KTAILOR_KEYRING"
+# Where to fetch the key from instead of WKD (an internal mirror of it, or a file:// path for offline farms):
+# an armored or binary OpenPGP key; it is kept only if its fingerprint is the pinned one, as over WKD.
+KEY_URL_ENV = "KTAILOR_AUTOSIGNER_KEY_URL"
+# A farm whose internal mirror re-signs sha256sums.asc with its own key pins that key instead.
+FINGERPRINT_ENV = "KTAILOR_AUTOSIGNER_FINGERPRINT"
+
+
+def pinned_fingerprint(env: dict[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    value = normalize_fingerprint(env.get(FINGERPRINT_ENV, "")) or AUTOSIGNER_FINGERPRINT
+    if not re.fullmatch(r"[0-9A-F]{40}", value):
+        raise InputError(f"{FINGERPRINT_ENV}={env.get(FINGERPRINT_ENV)!r} is not an OpenPGP v4 fingerprint (40 hex "
+                         "digits); unset it to pin the kernel.org autosigner.")
+    return value
 SIGNED_HEADER = "-----BEGIN PGP SIGNED MESSAGE-----"
 SIGNATURE_HEADER = "-----BEGIN PGP SIGNATURE-----"
 SHA256_LINE_RE = re.compile(r"^(?P<sha>[0-9a-f]{64})\s+\*?(?P<name>\S+)$")
@@ -42,6 +57,7 @@ class Verified:
     body: str  # the signed text, exactly as gpgv reports it
     signer: str  # fingerprint of the signing key
     primary: str  # fingerprint of its primary key
+    signed_at: int | None = None  # Unix time of the signature (VALIDSIG)
 
 
 def default_keyring(env: dict[str, str] | None = None) -> Path:
@@ -68,10 +84,16 @@ def verify_clearsigned(signed: bytes, keyring: Path, expected_fingerprint: str, 
     with tempfile.TemporaryDirectory(prefix="ktailor-gpgv-") as scratch:
         work = Path(scratch)
         (work / "home").mkdir(mode=0o700)
+        try:
+            binary = _binary_keyring(keyring, work)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"keyring {keyring} is not an OpenPGP keyring gpgv can read ({exc}); replace it with the "
+                             f"kernel.org autosigner's key (gpg --export {AUTOSIGNER_FINGERPRINT} > {keyring}), or delete "
+                             "it so ktailor fetches the key again.") from None
         body_file = work / "body"
         # Input on stdin: given a file name, gpgv would also look for a detached-signature partner beside it.
         result = subprocess.run(
-            ["gpgv", "--homedir", str(work / "home"), "--keyring", str(_binary_keyring(keyring, work)),
+            ["gpgv", "--homedir", str(work / "home"), "--keyring", str(binary),
              "--status-fd", "1", "--output", str(body_file), "-"],
             input=signed, capture_output=True, check=False,
         )
@@ -80,7 +102,8 @@ def verify_clearsigned(signed: bytes, keyring: Path, expected_fingerprint: str, 
     human = result.stderr.decode(errors="replace").strip()
     _check_status(status, returncode=result.returncode, human=human, keyring=keyring, expected=expected, source=source)
     validsig = status["VALIDSIG"][0].split()
-    return Verified(body=body, signer=validsig[0], primary=validsig[-1])
+    signed_at = int(validsig[2]) if len(validsig) > 2 and validsig[2].isdigit() else None
+    return Verified(body=body, signer=validsig[0], primary=validsig[-1], signed_at=signed_at)
 
 
 def _status_lines(text: str) -> dict[str, list[str]]:
@@ -220,11 +243,45 @@ def _primary_fingerprints(colons: str) -> list[str]:
 
 
 def keyring_for(keyring: Path | None, expected_fingerprint: str, env: dict[str, str] | None = None) -> Path:
-    """The keyring to verify with: the one given, else $KTAILOR_KEYRING, else the default (fetched once if missing)."""
+    """The keyring to verify with: the one given (--keyring, used as it is), else $KTAILOR_KEYRING, else the
+    default path; those two are bootstrapped when missing (the systemd unit points KTAILOR_KEYRING into its
+    empty StateDirectory), over WKD or from $KTAILOR_AUTOSIGNER_KEY_URL, pinned by fingerprint."""
     if keyring is not None:
         return keyring.expanduser()
-    path = default_keyring(env)
     env = os.environ if env is None else env
-    if path.is_file() or env.get(KEYRING_ENV):
+    path = default_keyring(env)
+    if path.is_file():
         return path
+    if env.get(KEY_URL_ENV):
+        return import_key_from(env[KEY_URL_ENV], path, expected_fingerprint)
     return obtain_autosigner_key(path, expected_fingerprint)
+
+
+def import_key_from(url: str, destination: Path, expected_fingerprint: str = AUTOSIGNER_FINGERPRINT) -> Path:
+    """Fetch a key file from `url` (http(s) or file://), keep it only if it is the pinned key."""
+    import requests
+
+    info(f"fetching the kernel.org checksum autosigner's key from {url} (${KEY_URL_ENV}) into {destination}")
+    try:
+        if urlparse(url).scheme == "file":
+            data = Path(unquote(urlparse(url).path)).read_bytes()
+        else:
+            response = requests.get(url, timeout=60)
+            response.raise_for_status()
+            data = response.content
+    except (OSError, requests.RequestException) as exc:
+        raise DownloadError(f"could not fetch the autosigner's key from {url} (${KEY_URL_ENV}): {exc}.") from None
+    if shutil.which("gpg") is None:
+        raise EnvironmentProblem(f"gpg is not installed to import the key from {url}; install gnupg.")
+    with tempfile.TemporaryDirectory(prefix="ktailor-gnupg-") as home:
+        os.chmod(home, 0o700)
+        try:
+            imported = subprocess.run(["gpg", "--homedir", home, "--batch", "--import"], input=data,
+                                      capture_output=True, check=False)
+            if imported.returncode != 0:
+                last = imported.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
+                raise InputError(f"{url} (${KEY_URL_ENV}) is not an OpenPGP key gpg can import ({last[0]}).")
+            return export_pinned_key(Path(home), expected_fingerprint, destination)
+        finally:
+            if shutil.which("gpgconf"):
+                subprocess.run(["gpgconf", "--homedir", home, "--kill", "all"], capture_output=True, check=False)

@@ -32,7 +32,7 @@ from .errors import ChecksumMismatch, DownloadError, InputError, line_of
 from .layout import Project
 from .preflight import Preflight, render_preflight, run_preflight
 from .progress import info, warn
-from .releases import fetch_releases, newest_on_mirror, series_of, series_status
+from .releases import check_signed_recently, fetch_releases, newest_on_mirror, series_of, series_status
 from .releases import releases_url as resolve_releases_url
 from .remote import NotOnMirror, read_url
 from .signature import AUTOSIGNER_FINGERPRINT, checksum_for, keyring_for, unverified_body, verify_clearsigned
@@ -133,6 +133,7 @@ def release_checksum(mirror: str, version: str, *, keyring: Path | None, expecte
         url = f"{folder}/sha256sums.asc"
         signed = read_url(url, what="sha256sums.asc")
         verified = verify_clearsigned(signed, keyring_for(keyring, expected_fingerprint), expected_fingerprint, source=url)
+        check_signed_recently(verified.signed_at, url)
         body, how = verified.body, f"signature verified, key {verified.primary}"
     sha256 = checksum_for(body, name)
     if sha256 is None:

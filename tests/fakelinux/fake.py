@@ -26,6 +26,11 @@ if goal == "allnoconfig":
     (out_dir / ".config").write_text("\n".join(lines) + "\n")
     sys.exit(0)
 
+if os.environ.get("FAKE_SLEEP"):  # a slow build, for tests of concurrent runs and of Ctrl-C
+    import time
+
+    Path(out_dir, "build-started").write_text(str(os.getpid()))
+    time.sleep(float(os.environ["FAKE_SLEEP"]))
 print(f"  CC      fake/{goal}.o")
 # kbuild's record of what it compiled (.<obj>.cmd: source_ and deps_ lines), for sources.json
 compiled = Path(srctree, "compiled")
