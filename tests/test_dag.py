@@ -311,3 +311,17 @@ def test_ctrl_c_during_a_build_leaves_no_make_behind(real_dodo):
     else:
         os.kill(fake_pid, signal.SIGKILL)
         pytest.fail("the build's compiler kept running after doit was interrupted")
+
+
+def test_reports_written_without_file_hashes_make_their_stage_rerun(two_kernels, monkeypatch):
+    """An older ktailor's verify.json/boot.json cannot pass the install gate: the stages redo them."""
+    root = two_kernels.root
+    assert run_doit(root, "boot:x86_64-micro")[0] == 0
+    target_dir = root.parent / "build" / "6.1.1" / "x86_64-micro"
+    for report in (target_dir / "verify.json", target_dir / "boot" / "boot.json"):
+        data = json.loads(report.read_text())
+        del data["evidence"]
+        report.write_text(json.dumps(data))
+    code, ran, err = run_doit(root, "boot:x86_64-micro")
+    assert code == 0, err
+    assert ran == ["verify:x86_64-micro", "boot:x86_64-micro"]
