@@ -48,7 +48,7 @@ def run_doit(root: Path, *args: str) -> tuple[int, list[str], str]:
 def generated(root: Path, stage: str) -> dict[str, dict]:
     dag.load_project.cache_clear()
     tasks = list(getattr(dag, f"{stage}_tasks")(root))
-    return {t["name"]: t for t in tasks if t.get("name")}
+    return {t["name"]: t for t in tasks if t.get("name") and t.get("actions")}  # aliases have no actions
 
 
 @pytest.fixture
@@ -64,6 +64,16 @@ def test_task_names_bare_for_default_kernel_and_suffixed_for_others(two_kernels)
     names = set(generated(two_kernels.root, "build"))
     assert names == {"x86_64-micro", "aarch64-micro", "x86_64-micro@6.1.2", "aarch64-micro@6.1.2"}
     assert set(generated(two_kernels.root, "download")) == {"6.1.1", "6.1.2"}
+
+
+def test_default_kernel_tasks_also_answer_to_their_versioned_name(two_kernels):
+    root = two_kernels.root
+    aliases = {t["name"]: t for t in dag.build_tasks(root) if t.get("name") and not t.get("actions")}
+    assert set(aliases) == {"x86_64-micro@6.1.1", "aarch64-micro@6.1.1"}
+    assert aliases["x86_64-micro@6.1.1"]["task_dep"] == ["build:x86_64-micro"]
+    code, ran, err = run_doit(root, "build:x86_64-micro@6.1.1")
+    assert code == 0, err
+    assert "build:x86_64-micro" in ran and "build:x86_64-micro@6.1.2" not in ran
 
 
 def test_each_stage_targets_feed_the_next_stage(two_kernels):

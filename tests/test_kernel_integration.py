@@ -3,7 +3,8 @@
 For Linux 5.10 (the default kernel: KTAILOR_TEST_TARBALL_5_10, Debian 11's linux-source-5.10) and
 6.1 (KTAILOR_TEST_TARBALL, /usr/src/linux-source-6.1.tar.xz): configures every target, builds
 x86_64-micro and aarch64-micro (minutes each on 2 cores), verifies, boots and installs them into a
-temp prefix. KTAILOR_TEST_TARBALL_6_12 adds the 6.12 configure check. scripts/test sets all three.
+temp prefix. KTAILOR_TEST_TARBALL_6_12 adds the 6.12 configure check; KTAILOR_TEST_TARBALL_6_1_OLD (6.1.187) the
+unattended upgrade under the shipped systemd unit. scripts/test sets all four.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from _signedmirror import drop_key, make_key, unit_run
 from _vulnsrepo import make_vulns_repo
 from ktailor.boot import StderrLog, boot_target
 from ktailor.errors import VerificationFailed
@@ -29,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 TARBALL = os.environ.get("KTAILOR_TEST_TARBALL")
 TARBALL_6_12 = os.environ.get("KTAILOR_TEST_TARBALL_6_12")
 TARBALLS = {"5.10": os.environ.get("KTAILOR_TEST_TARBALL_5_10"), "6.1": TARBALL}
+OLD_6_1 = os.environ.get("KTAILOR_TEST_TARBALL_6_1_OLD")  # an older 6.1 point release: the real upgrade pair
 ALL_TARGETS = ["x86_64-micro", "x86_64-mini", "aarch64-micro", "aarch64-mini", "x86_64-micro-ebpf"]
 # Built, verified, booted and installed: both micro targets on the default kernel (5.10); on 6.1 the
 # x86_64 one (CI's time: every kernel build is minutes on 2 cores). Every target is configured on both.
@@ -96,6 +100,50 @@ def test_every_target_configures_with_zero_unexplained_drops(pipeline):
         assert all(d["status"] == "expected" for d in audit["differences"])
 
 
+def test_the_shipped_unit_upgrades_builds_boots_and_installs_unattended(pipeline):
+    """`invoke security-update --apply` exactly as contrib/ktailor-security-update.service runs it, on a
+    fresh machine (empty cache and state dirs, no keyring), from 6.1.187 — Debian's archive keeps it — to
+    the 6.1 under test: a real point-release upgrade with a signed checksum file, then the real build,
+    verify, boot (QEMU) and install of x86_64-micro."""
+    if pipeline.version_tuple[:2] != (6, 1) or not OLD_6_1:
+        pytest.skip("runs on the 6.1 pipeline with KTAILOR_TEST_TARBALL_6_1_OLD (scripts/test fetches 6.1.187)")
+    old_version, _, old_sha = add_to_mirror(Path(OLD_6_1), pipeline.mirror)
+    assert parse_version(old_version) < pipeline.version_tuple
+    key = make_key("autosigner")
+    try:
+        folder = pipeline.mirror / "v6.x"
+        (folder / "sha256sums.asc").write_bytes(key.clearsign((folder / "sha256sums").read_text()))
+        shutil.copy(key.keyring, pipeline.mirror / "autosigner.gpg")
+        now = int(time.time())
+        (pipeline.mirror / "releases.json").write_text(json.dumps({"releases": [
+            {"moniker": "longterm", "version": pipeline.version, "iseol": False,
+             "released": {"timestamp": now - 86400, "isodate": time.strftime("%Y-%m-%d", time.gmtime(now - 86400))}}]}))
+        versions = pipeline.work / "unit-versions.toml"
+        versions.write_text(versions_toml([(old_version, old_sha)], pipeline.url, ["x86_64-micro"]))
+        state = pipeline.work / "unit-state"
+        shutil.rmtree(state, ignore_errors=True)
+        state.mkdir()
+        run = unit_run({"/opt/ktailor/.venv": REPO / ".venv", "/opt/ktailor": REPO, "/var/cache/ktailor": pipeline.work / "cache",
+                        "/var/lib/ktailor": state, "/usr/share/ktailor": pipeline.work / "prefix"},
+                       {"KTAILOR_VERSIONS": str(versions), "KTAILOR_BUILD_DIR": str(pipeline.work / "build"),
+                        "KTAILOR_RELEASES_URL": f"{pipeline.url}/releases.json",
+                        "KTAILOR_AUTOSIGNER_KEY_URL": f"{pipeline.url}/autosigner.gpg",
+                        "KTAILOR_AUTOSIGNER_FINGERPRINT": key.fingerprint, "KTAILOR_VULNS": pipeline.env["KTAILOR_VULNS"]})
+        done = subprocess.run(run.argv, cwd=run.cwd, env=run.env, capture_output=True, text=True, timeout=3600)
+    finally:
+        drop_key(key)
+    assert done.returncode == 10, done.stdout[-3000:] + done.stderr[-5000:]
+    assert Path(run.env["KTAILOR_KEYRING"]).is_file()  # bootstrapped into the empty StateDirectory
+    assert f'version = "{pipeline.version}"' in versions.read_text()
+    (kernel,) = json.loads((state / "security-update.json").read_text())["kernels"]
+    assert (kernel["action"], kernel["new_version"]) == ("upgraded", pipeline.version)
+    assert kernel["targets"]["x86_64-micro"] == {"verify": "passed", "boot": "pass", "installed": True}
+    manifest = json.loads((pipeline.work / "prefix" / pipeline.version / "x86_64-micro" / "manifest.json").read_text())
+    assert manifest["boot"]["status"] == "pass" and len(manifest["boot"]["probes"]) >= 25
+    assert manifest["evidence"]["images"]["vmlinux"] == manifest["sha256"]["vmlinux"]
+    assert (pipeline.work / "prefix" / "x86_64-micro").resolve().parent.name == pipeline.version
+
+
 def test_micro_targets_build_verify_boot_and_install(pipeline):
     names = [f"{stage}:{target}" for target in pipeline.built for stage in ("verify", "boot", "install")]
     result = pipeline.doit(*names)
@@ -141,7 +189,9 @@ def test_installed_micro_kernels_are_judged_by_what_they_compiled(pipeline):
         assert data["compiled_files_from"].endswith(f"{pipeline.version}/{target}/sources.json")
 
     releases = pipeline.mirror / "releases.json"
-    releases.write_text(json.dumps({"releases": [{"moniker": "longterm", "version": following, "iseol": False}]}))
+    released = {"timestamp": int(time.time()) - 3600, "isodate": time.strftime("%Y-%m-%d")}
+    releases.write_text(json.dumps({"releases": [{"moniker": "longterm", "version": following, "iseol": False,
+                                                  "released": released}]}))
     summary = pipeline.work / "security-update.json"
     run = subprocess.run([str(REPO / ".venv" / "bin" / "invoke"), "-r", str(REPO), "security-update",
                           "--releases-url", f"{pipeline.url}/releases.json", "--json-out", str(summary)],

@@ -39,6 +39,8 @@ from ktailor.security_update import (
     EXIT_UNREACHABLE,
     EXIT_UP_TO_DATE,
     EXIT_UPDATED,
+    KernelReport,
+    end_of_life_banner,
     security_update,
     worst,
 )
@@ -107,6 +109,15 @@ def test_end_of_life_is_loud_and_names_the_next_longterm(farm, capsys, entries, 
     assert kernel["eol"] and kernel["next_longterm"] == "6.6.70"
 
 
+def test_end_of_life_banner_when_the_next_series_is_already_tracked():
+    report = KernelReport("6.1.4", "6.1", listed=True, eol=True, latest="6.1.4", latest_from="releases.json",
+                          next_longterm="6.6.70", installed=True)
+    banner = end_of_life_banner(report, "https://www.kernel.org/releases.json", ("6.6.68",))
+    assert "already tracked (6.6.68)" in banner and 'default = "6.6.68"' in banner
+    assert "--replace" not in banner.replace("an `upgrade --replace` would", "")
+    assert "invoke upgrade --version 6.6.70" in end_of_life_banner(report, "u", ("5.10.262",))
+
+
 def test_unlisted_series_still_finds_newer_release_on_the_mirror(farm):
     farm.mirror.releases(("longterm", "6.6.70", False))
     farm.run()
@@ -152,6 +163,16 @@ def test_apply_upgrades_builds_verifies_boots_and_installs_then_rests(farm, caps
     # The next night: current and installed, so nothing to do.
     assert farm.run(apply=True) == EXIT_UP_TO_DATE
     assert farm.summary()["kernels"][0]["action"] == "none"
+
+    # A fragment edit is rolled out by the next night: the installed kernels were made from other fragments.
+    old = (farm.prefix / "x86_64-micro").resolve()
+    fragment = farm.root / "fragments" / "common.conf"
+    fragment.write_text(fragment.read_text() + "# requirement: more\n# more printk\nCONFIG_MORE=y\n")
+    assert farm.run(apply=True) == EXIT_UPDATED
+    assert farm.summary()["kernels"][0]["action"] == "installed"
+    new = (farm.prefix / "x86_64-micro").resolve()
+    assert new != old and old.is_dir()  # a new content dir; the old one stays for running VMs
+    assert "CONFIG_MORE=y" in (new / "config").read_text()
 
 
 def path_without_qemu(tmp_path: Path) -> str:

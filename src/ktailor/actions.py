@@ -7,10 +7,8 @@ traceback only with KTAILOR_DEBUG=1.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -18,18 +16,16 @@ from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
 
-from . import __version__
-from .build import run_make
-from .compiled import write_sources
-from .config import configure_target
+from .build import build_target
+from .config import configure_target, lint_target
 from .configdiff import error_count, render_changes, target_drift
 from .cvereport import write_vex
 from .download import MIN_RATE, RATE_WINDOW, check_cached, fetch, is_verified, sha256_of
 from .errors import InputError, KtailorError
-from .evidence import ALLOW_UNBOOTED_ENV, SKIP_BOOT_ENV, allow_unbooted, check_install, read_report, write_json_atomically
+from .evidence import SKIP_BOOT_ENV, allow_unbooted, check_install
 from .extract import extract_tarball
 from .fragments import load_expected_drops, load_fragments, requested_options
-from .install import install_target
+from .install import install_files, install_target, manifest_for
 from .layout import Project
 from .progress import info, warn
 from .toolchain import compiler_version, jobs_from_env, make_vars, require_tools
@@ -104,7 +100,7 @@ def requested_for(project: Project, kernel, target):
 
 @reports_errors
 def lint(root: str) -> None:
-    from .lint import format_findings, lint_fragments
+    from .lint import format_findings, lint_failed, lint_fragments
 
     project = Project.from_env(root)
     # every target's list that exists (versions.toml already insists on the lists of the kernels' targets)
@@ -114,27 +110,15 @@ def lint(root: str) -> None:
         print(format_findings(findings), file=sys.stderr)
     errors = [f for f in findings if f.severity == "error"]
     if errors:
-        raise_lint(len(errors))
+        raise lint_failed(len(errors))
     info(f"lint: {len(names)} lists, {len(list(project.fragments_dir.glob('*.conf')))} fragments, "
          f"{len(findings)} finding(s)")
 
 
-def raise_lint(count: int) -> None:
-    raise InputError(f"lint found {count} error(s) in the fragments (listed above); fix them and run `doit lint` again.")
-
-
 @reports_errors
 def configure(root: str, version: str, target: str) -> None:
-    from .lint import format_findings, lint_fragments
-
     project, kernel, row = _load(root, version, target)
-    # Lint first (fast, no make): this target's list, at this kernel version.
-    findings = [f for f in lint_fragments(project.fragments_dir, project.root, project.catalog, [row.list_name],
-                                          version=kernel.version_tuple)
-                if f.severity == "error"]
-    if findings:
-        print(format_findings(findings), file=sys.stderr)
-        raise_lint(len(findings))
+    lint_target(project.fragments_dir, project.root, project.catalog, row.list_name, kernel.version_tuple)
     variables = make_vars(row, project.env)
     require_tools(row, variables)
     configure_target(
@@ -168,21 +152,11 @@ def other_trees(project: Project, kernel) -> list[tuple[str, Path]]:
 @reports_errors
 def build(root: str, version: str, target: str) -> None:
     project, kernel, row = _load(root, version, target)
-    files = project.artifacts(kernel, row)
     variables = make_vars(row, project.env)
     require_tools(row, variables)
-    jobs = jobs_from_env(project.env)
-    files.build_json.unlink(missing_ok=True)
-    elapsed = run_make(project.source_tree(kernel), files.kbuild, variables, list(row.arch.make_targets), jobs,
-                       files.build_log, f"{row.name} {kernel.version}")
-    compiled = write_sources(files.kbuild, project.source_tree(kernel), files.sources)
-    write_json_atomically(files.build_json, {
-        "seconds": round(elapsed, 1), "jobs": jobs, "make_vars": variables,
-        "compiler": compiler_version(row, variables), "host": platform.machine(),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "compiled": {"sources": len(compiled["sources"]), "headers": len(compiled["headers"])},
-    })
-    info(f"built {row.name} {kernel.version} in {elapsed:.0f}s ({len(compiled['sources'])} source files compiled)")
+    build_target(srctree=project.source_tree(kernel), files=project.artifacts(kernel, row), variables=variables,
+                 goals=list(row.arch.make_targets), jobs=jobs_from_env(project.env),
+                 label=f"{row.name} {kernel.version}", compiler=compiler_version(row, variables))
 
 
 @reports_errors
@@ -245,15 +219,6 @@ def current_version(project: Project, target_name: str) -> str | None:
     return max(having, key=lambda k: k.version_tuple).version if having else None
 
 
-def install_files(project: Project, kernel, row) -> dict[str, Path]:
-    """name in the install dir -> the built file it copies."""
-    files = project.artifacts(kernel, row)
-    chosen = dict(files.images) | {"config": files.config, "System.map": files.system_map}
-    if files.sources.is_file():
-        chosen[project.SOURCES] = files.sources
-    return chosen
-
-
 @reports_errors
 def install(root: str, version: str, target: str) -> None:
     project, kernel, row = _load(root, version, target)
@@ -261,34 +226,11 @@ def install(root: str, version: str, target: str) -> None:
     rerun = f"doit boot:{row.name}" + ("" if kernel.is_default else f"@{kernel.version}")
     gate = check_install(images=files.images, config=files.config, audit=files.audit, verify=files.verify,
                          boot=files.boot, unbooted_ok=allow_unbooted(project.env), rerun=rerun)
-    chosen = install_files(project, kernel, row)
     vex_note = write_vex(project, kernel, row)
-    if vex_note is None:
-        chosen[project.VEX] = files.vex
-    build_info = read_report(files.build_json, "build") if files.build_json.is_file() else {}
-    manifest = {
-        "ktailor": __version__, "arch": row.arch.name, "type": row.type.name, "cmdline": row.cmdline,
-        "fragments": [str(project.display(p)) for p in project.fragment_paths(row)],
-        "fragments_sha256": fragments_digest(project, row),
-        "toolchain": build_info.get("compiler", ""), "make_vars": build_info.get("make_vars", {}),
-        "build_seconds": build_info.get("seconds"), "built_at": build_info.get("finished_at"),
-        "source_sha256": kernel.sha256,
-        "vex": project.VEX if vex_note is None else f"not written: {vex_note}",
-        "verify": gate["verify"], "boot": gate["boot"], "evidence": gate["evidence"],
-    }
-    if gate["boot"].get("status") != "pass":
-        warn(f"installing {row.name} {kernel.version} without a boot test ({gate['boot'].get('reason')}), "
-             f"because {ALLOW_UNBOOTED_ENV} is set.")
-    install_target(name=row.name, version=kernel.version, prefix=project.prefix, files=chosen, manifest=manifest,
+    install_target(name=row.name, version=kernel.version, prefix=project.prefix,
+                   files=install_files(project, kernel, row, with_vex=vex_note is None),
+                   manifest=manifest_for(project, kernel, row, gate, vex_note),
                    make_current=current_version(project, row.name) == kernel.version)
-
-
-def fragments_digest(project: Project, row) -> str:
-    """One hash over the target's list and fragment files: an install made from other fragments is stale."""
-    digest = hashlib.sha256()
-    for path in [*project.list_paths(row), *project.fragment_paths(row)]:
-        digest.update(str(project.display(path)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
 
 
 def config_matches_audit(task, values, config: str, audit: str) -> bool:  # doit uptodate callable

@@ -30,6 +30,7 @@ from .dotconfig import parse_dotconfig
 from .errors import EnvironmentProblem, InputError, VerificationFailed
 from .evidence import SKIP_BOOT_ENV, fingerprint
 from .fragments import Option
+from .layout import Project
 from .probes import (
     QEMU_PREFIX,
     GuestReport,
@@ -362,7 +363,7 @@ class BootResult:
 
 
 def _write(workdir: Path, report: dict[str, Any]) -> Path:
-    path = workdir / "boot.json"
+    path = workdir / Project.BOOT_REPORT
     temp = path.with_suffix(".json.tmp")
     temp.write_text(json.dumps(report, indent=2) + "\n")
     temp.replace(path)
@@ -404,7 +405,7 @@ def boot_target(target: Target, kbuild: Path, workdir: Path, requested: dict[str
                 mode: str = "rootfs", accel: str | None = None, guest_dir: Path = GUEST_DIR) -> BootResult:
     """Boot the kernel in kbuild, run the probes, write boot.json; raise VerificationFailed on failure."""
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "boot.json").unlink(missing_ok=True)  # a boot that raises must not leave the last "pass" standing
+    (workdir / Project.BOOT_REPORT).unlink(missing_ok=True)  # a boot that raises must not leave the last "pass" standing
     # The files this verdict is about, hashed before QEMU starts: install checks them against the files it copies.
     evidence = fingerprint({Path(relative).name: kbuild / relative for relative in target.arch.images}, kbuild / ".config")
     if os.environ.get(SKIP_ENV):
@@ -458,7 +459,7 @@ def boot_target(target: Target, kbuild: Path, workdir: Path, requested: dict[str
                    + "; ".join(f.sentence(target) for f in failures) + ".")
 
     if problem:
-        message = f"{problem} Full console log: {console_log}; results: {workdir / 'boot.json'}"
+        message = f"{problem} Full console log: {console_log}; results: {workdir / Project.BOOT_REPORT}"
         report |= {"status": "fail", "message": message}
         _write(workdir, report)
         if "last_lines" in report:

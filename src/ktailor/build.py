@@ -6,13 +6,17 @@ path are shown. The number of compile steps of the last successful build sizes t
 
 from __future__ import annotations
 
+import platform
 import re
 import subprocess
 import time
 from collections import deque
 from pathlib import Path
 
+from .compiled import write_sources
 from .errors import BuildFailed
+from .evidence import write_json_atomically
+from .layout import Artifacts
 from .processes import reaped
 from .progress import bar, info
 from .toolchain import make_argv
@@ -51,3 +55,19 @@ def run_make(srctree: Path, kbuild: Path, variables: dict[str, str], goals: list
     if steps > 50:  # a no-op make says little about a full build
         counter.write_text(f"{steps}\n")
     return elapsed
+
+
+def build_target(*, srctree: Path, files: Artifacts, variables: dict[str, str], goals: list[str], jobs: int,
+                 label: str, compiler: str) -> dict:
+    """make the images, record what was compiled (sources.json) and how (build.json); returns build.json."""
+    files.build_json.unlink(missing_ok=True)
+    elapsed = run_make(srctree, files.kbuild, variables, goals, jobs, files.build_log, label)
+    compiled = write_sources(files.kbuild, srctree, files.sources)
+    record = {
+        "seconds": round(elapsed, 1), "jobs": jobs, "make_vars": variables, "compiler": compiler,
+        "host": platform.machine(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "compiled": {"sources": len(compiled["sources"]), "headers": len(compiled["headers"])},
+    }
+    write_json_atomically(files.build_json, record)
+    info(f"built {label} in {elapsed:.0f}s ({len(compiled['sources'])} source files compiled)")
+    return record

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -128,6 +129,17 @@ def verify_fixes(differences: list[Difference], requested: dict[str, Option], sr
         missing = [d.symbol for d in differences if not same_value(d.requested, final_value(values, d.symbol))]
         cause.landed_with_fix = len(differences) - len(missing)
         cause.still_missing = missing
+
+
+def lint_target(fragments_dir: Path, root: Path, catalog, list_name: str, version: tuple[int, int, int]) -> None:
+    """Lint first (fast, no make): this target's list, at this kernel version."""
+    from .lint import format_findings, lint_failed, lint_fragments
+
+    findings = [f for f in lint_fragments(fragments_dir, root, catalog, [list_name], version=version)
+                if f.severity == "error"]
+    if findings:
+        print(format_findings(findings), file=sys.stderr)
+        raise lint_failed(len(findings))
 
 
 def configure_target(*, name: str, version: str, version_tuple: tuple[int, int, int], arch: str, kernel_arch: str,

@@ -271,6 +271,9 @@ def stage_tasks(root: Path, stage_name: str) -> Iterator[Task]:
         if uptodate:
             task["uptodate"] = uptodate
         yield task
+        if kernel.is_default:  # `doit build:x86_64-micro@<default version>` works too, as an alias
+            yield {"name": f"{target.name}@{kernel.version}", "doc": f"alias of {stage.name}:{name}",
+                   "actions": None, "task_dep": [f"{stage.name}:{name}"]}
 
 
 def _group(stage: str, doc: str) -> Task:

@@ -23,9 +23,50 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import __version__
 from .download import sha256_of
 from .errors import EnvironmentProblem
-from .progress import info
+from .evidence import ALLOW_UNBOOTED_ENV, read_report
+from .layout import Project
+from .progress import info, warn
+
+
+def install_files(project: Project, kernel, row, *, with_vex: bool) -> dict[str, Path]:
+    """name in the install dir -> the built file it copies."""
+    files = project.artifacts(kernel, row)
+    chosen = dict(files.images) | {"config": files.config, "System.map": files.system_map}
+    if files.sources.is_file():
+        chosen[Project.SOURCES] = files.sources
+    if with_vex:
+        chosen[Project.VEX] = files.vex
+    return chosen
+
+
+def fragments_digest(project: Project, row) -> str:
+    """One hash over the target's list and fragment files: an install made from other fragments is stale."""
+    digest = hashlib.sha256()
+    for path in [*project.list_paths(row), *project.fragment_paths(row)]:
+        digest.update(str(project.display(path)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def manifest_for(project: Project, kernel, row, gate: dict, vex_note: str | None) -> dict:
+    """What an install says about itself: how it was made and the evidence it was installed on."""
+    files = project.artifacts(kernel, row)
+    build_info = read_report(files.build_json, "build") if files.build_json.is_file() else {}
+    if gate["boot"].get("status") != "pass":
+        warn(f"installing {row.name} {kernel.version} without a boot test ({gate['boot'].get('reason')}), "
+             f"because {ALLOW_UNBOOTED_ENV} is set.")
+    return {
+        "ktailor": __version__, "arch": row.arch.name, "type": row.type.name, "cmdline": row.cmdline,
+        "fragments": [str(project.display(p)) for p in project.fragment_paths(row)],
+        "fragments_sha256": fragments_digest(project, row),
+        "toolchain": build_info.get("compiler", ""), "make_vars": build_info.get("make_vars", {}),
+        "build_seconds": build_info.get("seconds"), "built_at": build_info.get("finished_at"),
+        "source_sha256": kernel.sha256,
+        "vex": Project.VEX if vex_note is None else f"not written: {vex_note}",
+        "verify": gate["verify"], "boot": gate["boot"], "evidence": gate["evidence"],
+    }
 
 
 def content_key(checksums: dict[str, str]) -> str:
@@ -56,7 +97,7 @@ def _install(name: str, version: str, prefix: Path, files: dict[str, Path], mani
     version_dir = prefix / version
     store = version_dir / f"{name}.{key}"
     version_dir.mkdir(parents=True, exist_ok=True)
-    if not (store / "manifest.json").is_file():
+    if not (store / Project.MANIFEST).is_file():
         temp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=version_dir))
         try:
             for installed_name, source in files.items():
@@ -65,7 +106,7 @@ def _install(name: str, version: str, prefix: Path, files: dict[str, Path], mani
                     raise EnvironmentProblem(f"{source} changed while it was being installed; run `doit` again.")
             manifest = manifest | {"version": version, "target": name, "content_key": key, "sha256": checksums,
                                    "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            (temp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            (temp / Project.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             os.chmod(temp, 0o755)
             if store.exists():  # left by an install killed before its manifest was written
                 shutil.rmtree(store)

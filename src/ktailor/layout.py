@@ -100,7 +100,8 @@ class Project:
     # --- per-(kernel, target) documents ---------------------------------------------------------
     SOURCES = "sources.json"  # the files a build compiled (compiled.py); also copied into the install
     VEX = "vex.openvex.json"  # OpenVEX for the install (vex.py)
-    MANIFEST = "manifest.json"
+    MANIFEST = "manifest.json"  # in each install dir (install.py)
+    BOOT_REPORT = "boot.json"  # in the boot stage's work dir (boot.py)
 
     def artifacts(self, kernel: Kernel, target: Target) -> Artifacts:
         return self.artifacts_of(kernel.version, target.name)
@@ -210,7 +211,7 @@ class Artifacts:
 
     @property
     def boot(self) -> Path:
-        return self.boot_dir / "boot.json"
+        return self.boot_dir / Project.BOOT_REPORT
 
     # install stage
     @property

@@ -308,3 +308,7 @@ def _unknown_finding(option: Option, known: list[str], version_text: str) -> Fin
     return Finding(option.path, option.line,
                    f"{option.text} is not a symbol of Linux {version_text}; {hint} If it was renamed or removed "
                    "in this version, scope it with '# @only version<…' or '# @only version>=…'.")
+
+
+def lint_failed(count: int) -> InputError:
+    return InputError(f"lint found {count} error(s) in the fragments (listed above); fix them and run `doit lint` again.")

@@ -82,7 +82,7 @@ class KernelReport:
 def is_installed(project: Project, kernel: Kernel) -> bool:
     """Every target of this kernel is in the prefix, built from the fragments as they are now (a fragment
     edit is rolled out by the next nightly run)."""
-    from .actions import fragments_digest
+    from .install import fragments_digest
 
     for name in kernel.targets:
         target = project.catalog.targets[name]
@@ -122,13 +122,19 @@ def assess(project: Project, kernel: Kernel, releases: list[Release]) -> KernelR
     return report
 
 
-def end_of_life_banner(report: KernelReport, url: str) -> str:
+def end_of_life_banner(report: KernelReport, url: str, others: tuple[str, ...] = ()) -> str:
+    """`others`: the other versions versions.toml tracks (the next series may already be one of them)."""
     why = "releases.json marks it end-of-life" if report.listed else f"{url} no longer lists it"
     tracked = report.new_version or report.version  # new_version: versions.toml was rewritten (built or not)
     lines = [f"END OF LIFE: kernel series {report.series} (versions.toml: {tracked}) gets no more fixes from "
              f"kernel.org ({why})."]
-    if report.next_longterm:
-        series = ".".join(report.next_longterm.split(".")[:2])
+    series = ".".join(report.next_longterm.split(".")[:2]) if report.next_longterm else ""
+    already = [v for v in others if ".".join(v.split(".")[:2]) == series]
+    if already:
+        lines += [f"The next longterm series, {series}, is already tracked ({already[0]}): make it the default",
+                  f'(default = "{already[0]}" in versions.toml) and remove the {tracked} entry once nothing needs it;',
+                  "an `upgrade --replace` would leave two entries of one series."]
+    elif report.next_longterm:
         lines += [f"Move to the next longterm series, {series}:",
                   f"    invoke upgrade --version {report.next_longterm} --allow-series-change --replace {tracked}",
                   "and read the pre-flight (options that no longer land) before building."]
@@ -388,7 +394,8 @@ def _security_update(root: Path, project: Project, *, apply: bool, releases_url:
                       f"of {FAIL_ON[fail_on].lower()} severity or worse and no working upgrade: {', '.join(ids[:8])}")
     for report in reports:  # last, so it is what a cron mail or a journal tail shows
         if report.eol:
-            print(end_of_life_banner(report, url))
+            others = tuple(r.new_version or r.version for r in reports if r is not report)
+            print(end_of_life_banner(report, url, others))
     return _finish(project, summary, reports, worst([r.code for r in reports]), json_out)
 
 

@@ -87,6 +87,15 @@ class VersionsFile:
         raise InputError(f"kernel {version} is not listed (listed: {known}); add a [[kernel]] entry for it.", path=self.path)
 
 
+def _nth_line(text: str, version: str, n: int) -> int | None:
+    """The line of the n-th `version = "<version>"` (a duplicate entry points at its own line)."""
+    found = [number for number, line in enumerate(text.splitlines(), start=1)
+             if f'"{version}"' in line.split("#", 1)[0] and "version" in line]
+    if len(found) >= n:
+        return found[n - 1]
+    return line_of(text, f'"{version}"')
+
+
 def load_versions(path: Path, catalog: Catalog, fragments_dir: Path, env: dict[str, str] | None = None) -> VersionsFile:
     env = os.environ if env is None else env
     try:
@@ -111,9 +120,16 @@ def load_versions(path: Path, catalog: Catalog, fragments_dir: Path, env: dict[s
     kernels: list[Kernel] = []
     seen: dict[str, int | None] = {}
     default_version = data.get("default")
+    if default_version is not None and not isinstance(default_version, str):
+        raise InputError(f"default = {default_version!r} is not a version string; write it like default = \"6.1.192\".",
+                         path=path, line=line_of(text, "default ="))
     for index, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict):
+            raise InputError(f"kernel entry #{index} is {entry!r}, not a table; list each kernel as a [[kernel]] table "
+                             'with version = "…" and sha256 = "…" (see README).', path=path,
+                             line=line_of(text, "kernel =") or line_of(text, "kernel="))
         version = entry.get("version")
-        line = line_of(text, f'version = "{version}"') or line_of(text, f'"{version}"') if isinstance(version, str) else None
+        line = _nth_line(text, version, list(seen).count(version) + 1) if isinstance(version, str) else None
         if not isinstance(version, str) or not VERSION_RE.match(version):
             raise InputError(
                 f"kernel entry #{index} has version {version!r}, which is not a kernel.org release number; "
@@ -137,6 +153,14 @@ def load_versions(path: Path, catalog: Catalog, fragments_dir: Path, env: dict[s
                 line=line_of(text, str(sha256)) if sha256 else line,
             )
         targets = entry.get("targets", catalog.default_targets())
+        if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+            raise InputError(f"kernel {version}: targets = {targets!r} is not a list of target names; write it like "
+                             'targets = ["x86_64-micro", "aarch64-micro"] (or leave it out for the default targets).',
+                             path=path, line=line_of(text, "targets") or line)
+        if not targets:
+            raise InputError(f"kernel {version}: targets = [] builds nothing; name at least one target, or remove the "
+                             "key to build the default targets (targets.toml).", path=path,
+                             line=line_of(text, "targets") or line)
         for target in targets:
             if target not in catalog.targets:
                 raise InputError(
