@@ -335,3 +335,26 @@ def test_reports_written_without_file_hashes_make_their_stage_rerun(two_kernels,
     code, ran, err = run_doit(root, "boot:x86_64-micro")
     assert code == 0, err
     assert ran == ["verify:x86_64-micro", "boot:x86_64-micro"]
+
+
+@pytest.mark.skipif(not shutil.which("ccache"), reason="ccache is not installed (scripts/setup installs it)")
+def test_builds_go_through_ccache_by_default_with_hits_recorded(two_kernels, monkeypatch):
+    root = two_kernels.root
+    assert run_doit(root, "build:x86_64-micro")[0] == 0
+    target_dir = root.parent / "build" / "6.1.1" / "x86_64-micro"
+    first = json.loads((target_dir / "build.json").read_text())
+    assert first["make_vars"]["CC"] == "ccache gcc"
+    assert first["ccache"]["dir"] == str(root.parent / "cache" / "ccache")
+    assert first["ccache"]["misses"] >= 1 and first["ccache"]["hits"] == 0, (target_dir / "ccache-stats.log").read_text()
+    assert first["make_vars"]["KBUILD_BUILD_USER"] == "ktailor" and "KBUILD_BUILD_TIMESTAMP" in first["make_vars"]
+    shutil.rmtree(target_dir / "kbuild" / "arch")  # a rebuild of the same inputs: every compile is a hit
+    code, ran, err = run_doit(root, "build:x86_64-micro")
+    assert code == 0 and ran == ["build:x86_64-micro"], err
+    second = json.loads((target_dir / "build.json").read_text())
+    assert second["ccache"]["hits"] >= 1 and second["ccache"]["misses"] == 0
+
+    monkeypatch.setenv("KTAILOR_CCACHE", "0")  # off: the make variables change, so config and build rerun
+    code, ran, err = run_doit(root, "build:x86_64-micro")
+    assert code == 0 and ran == ["config:x86_64-micro", "build:x86_64-micro"], err
+    off = json.loads((target_dir / "build.json").read_text())
+    assert "CC" not in off["make_vars"] and off["ccache"] is None

@@ -127,7 +127,11 @@ def test_the_fallback_gives_the_same_tree_as_tar(tmp_path, monkeypatch):
     fallback = extract_tarball(tarball, tmp_path / "fallback" / "linux")
 
     assert snapshot(fallback) == snapshot(piped)
-    assert len(snapshot(piped)) == len(kernel_tree())  # every member but the top folder, plus the stamp
+    assert len(snapshot(piped)) == len(kernel_tree()) + 1  # every member but the top folder, the stamp, the date
+    with tarfile.open(tarball) as archive:
+        newest = max(int(m.mtime) for m in archive.getmembers())
+    assert extract.source_date(piped, {}) == newest == extract.source_date(fallback, {})  # the archive's, not now
+    assert extract.source_date(piped, {"SOURCE_DATE_EPOCH": "1700000000"}) == 1700000000
 
 
 def test_an_existing_destination_is_replaced(tmp_path):

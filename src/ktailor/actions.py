@@ -156,7 +156,8 @@ def build(root: str, version: str, target: str) -> None:
     require_tools(row, variables)
     build_target(srctree=project.source_tree(kernel), files=project.artifacts(kernel, row), variables=variables,
                  goals=list(row.arch.make_targets), jobs=jobs_from_env(project.env),
-                 label=f"{row.name} {kernel.version}", compiler=compiler_version(row, variables))
+                 label=f"{row.name} {kernel.version}", compiler=compiler_version(row, variables), env=project.env,
+                 cache_dir=project.cache_dir)
 
 
 @reports_errors

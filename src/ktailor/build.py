@@ -6,6 +6,7 @@ path are shown. The number of compile steps of the last successful build sizes t
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import subprocess
@@ -16,17 +17,18 @@ from pathlib import Path
 from .compiled import write_sources
 from .errors import BuildFailed
 from .evidence import write_json_atomically
+from .extract import source_date
 from .layout import Artifacts
 from .processes import reaped
 from .progress import bar, info
-from .toolchain import make_argv
+from .toolchain import ccache_counts, ccache_env, make_argv
 
 STEP_RE = re.compile(r"^\s{2}([A-Z][A-Z0-9_]*)\s+(\S+)")
 COUNT_FILE = "build.steps"
 
 
 def run_make(srctree: Path, kbuild: Path, variables: dict[str, str], goals: list[str], jobs: int, log: Path,
-             label: str) -> float:
+             label: str, env: dict[str, str] | None = None) -> float:
     """Run make, stream its output to `log`, show progress; return the wall time in seconds."""
     argv = make_argv(srctree, kbuild, variables, goals, jobs)
     counter = log.with_name(COUNT_FILE)
@@ -37,7 +39,8 @@ def run_make(srctree: Path, kbuild: Path, variables: dict[str, str], goals: list
     info(f"build {label}: make -j{jobs} {' '.join(goals)} (log: {log})")
     with log.open("w") as handle, bar(total=expected, unit="step", desc=f"build {label}") as progress:
         handle.write("$ " + " ".join(argv) + "\n")
-        with reaped(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as process:
+        with reaped(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                    env=None if env is None else os.environ | env) as process:
             assert process.stdout is not None
             for line in process.stdout:
                 handle.write(line)
@@ -58,13 +61,21 @@ def run_make(srctree: Path, kbuild: Path, variables: dict[str, str], goals: list
 
 
 def build_target(*, srctree: Path, files: Artifacts, variables: dict[str, str], goals: list[str], jobs: int,
-                 label: str, compiler: str) -> dict:
+                 label: str, compiler: str, env: dict[str, str], cache_dir: Path) -> dict:
     """make the images, record what was compiled (sources.json) and how (build.json); returns build.json."""
     files.build_json.unlink(missing_ok=True)
-    elapsed = run_make(srctree, files.kbuild, variables, goals, jobs, files.build_log, label)
+    variables = dict(variables)
+    if "KBUILD_BUILD_TIMESTAMP" not in variables and (stamp := source_date(srctree, env)) is not None:
+        variables["KBUILD_BUILD_TIMESTAMP"] = time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime(stamp))
+    stats_log = files.dir / "ccache-stats.log"
+    stats_log.unlink(missing_ok=True)
+    uses_ccache = "ccache" in variables.get("CC", "").split()
+    make_env = ccache_env(env, cache_dir, stats_log) if uses_ccache else None
+    elapsed = run_make(srctree, files.kbuild, variables, goals, jobs, files.build_log, label, make_env)
     compiled = write_sources(files.kbuild, srctree, files.sources)
     record = {
         "seconds": round(elapsed, 1), "jobs": jobs, "make_vars": variables, "compiler": compiler,
+        "ccache": (ccache_counts(stats_log) | {"dir": make_env["CCACHE_DIR"]}) if make_env else None,
         "host": platform.machine(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "compiled": {"sources": len(compiled["sources"]), "headers": len(compiled["headers"])},
     }

@@ -25,6 +25,7 @@ from .progress import bar
 
 CHUNK = 1 << 20
 STAMP = ".ktailor-extracted"
+SOURCE_DATE = ".ktailor-source-date"  # newest member mtime of the tarball (Unix time): the build's timestamp
 
 
 def unsafe_reason(member: tarfile.TarInfo, symlinks: set[PurePosixPath] | None = None) -> str | None:
@@ -119,10 +120,8 @@ def extract_tarball(tarball: Path, destination: Path, patches_dir: Path | None =
     except OSError as exc:
         raise EnvironmentProblem(f"cannot create a directory in {destination.parent} ({exc.strerror}).") from None
     try:
-        if shutil.which("xz") and shutil.which("tar"):
-            _extract_piped(tarball, temp)
-        else:
-            _extract_tarfile(tarball, temp)
+        piped = shutil.which("xz") and shutil.which("tar")
+        newest = _extract_piped(tarball, temp) if piped else _extract_tarfile(tarball, temp)
         entries = [p for p in temp.iterdir()]
         if len(entries) != 1 or not entries[0].is_dir():
             names = ", ".join(sorted(p.name for p in entries)[:5])
@@ -135,6 +134,7 @@ def extract_tarball(tarball: Path, destination: Path, patches_dir: Path | None =
             check_tree_version(tree, version, tarball)
         if patches_dir is not None:
             apply_patches(tree, patches_dir)
+        (tree / SOURCE_DATE).write_text(f"{newest}\n")
         (tree / STAMP).write_text(f"{tarball.name}\n")
         if destination.exists():
             shutil.rmtree(destination)
@@ -181,7 +181,7 @@ def check_tree_version(tree: Path, version: str, tarball: Path) -> None:
                          "or fix the version in versions.toml.", path=tarball)
 
 
-def _extract_piped(tarball: Path, temp: Path) -> None:
+def _extract_piped(tarball: Path, temp: Path) -> int:
     # stderr goes to files, not pipes: a tar that warns about every member (future timestamps) would
     # otherwise fill a pipe nobody reads until the end, and hang forever.
     with tempfile.TemporaryFile() as xz_log, tempfile.TemporaryFile() as tar_log:
@@ -191,7 +191,7 @@ def _extract_piped(tarball: Path, temp: Path) -> None:
         tar = start(["tar", "-x", "-f", "-", "-C", str(temp), "--no-same-owner", "--no-same-permissions",
                      "--delay-directory-restore", "--touch"], stdin=subprocess.PIPE, stderr=tar_log)
         try:
-            problem = _stream_checked(tarball, xz, tar)
+            problem, newest = _stream_checked(tarball, xz, tar)
         except BaseException:
             stop(tar)
             stop(xz)
@@ -213,14 +213,17 @@ def _extract_piped(tarball: Path, temp: Path) -> None:
         raise EnvironmentProblem(f"tar failed extracting {tarball}: {tar_err.strip()[-500:]}; "
                                  + ("the disk is full: free space in the build dir (KTAILOR_BUILD_DIR)." if disk
                                     else "check free disk space and permissions in the build dir."))
+    return newest
 
 
 BROKEN_PIPE = "could not be written out by tar"
 
 
-def _stream_checked(tarball: Path, xz, tar) -> str | None:
-    """Feed xz's output to tar while checking every member header; the first problem, or None."""
+def _stream_checked(tarball: Path, xz, tar) -> tuple[str | None, int]:
+    """Feed xz's output to tar while checking every member header; (the first problem or None, the newest
+    member mtime)."""
     problem = None
+    newest = 0
     with bar(total=_uncompressed_size(tarball), unit="B", unit_scale=True, desc=f"extract {tarball.name}") as progress:
         tee = _Tee(xz.stdout, tar.stdin, progress)
         try:
@@ -231,6 +234,7 @@ def _stream_checked(tarball: Path, xz, tar) -> str | None:
                     if reason:
                         problem = f"member {member.name!r} {reason}"
                         break
+                    newest = max(newest, int(member.mtime))
             # Forward the tar end-of-archive padding that tarfile did not need to read.
             while tee.read(CHUNK):
                 pass
@@ -245,7 +249,7 @@ def _stream_checked(tarball: Path, xz, tar) -> str | None:
             with contextlib.suppress(BrokenPipeError):
                 tar.stdin.close()
             xz.stdout.close()
-    return problem
+    return problem, newest
 
 
 def _uncompressed_size(tarball: Path) -> int | None:
@@ -258,7 +262,7 @@ def _uncompressed_size(tarball: Path) -> int | None:
     return None
 
 
-def _extract_tarfile(tarball: Path, temp: Path) -> None:
+def _extract_tarfile(tarball: Path, temp: Path) -> int:
     try:
         with tarfile.open(tarball, mode="r:xz") as archive:
             members: list[tarfile.TarInfo] = []
@@ -274,6 +278,7 @@ def _extract_tarfile(tarball: Path, temp: Path) -> None:
         for path in temp.rglob("*"):
             if not path.is_symlink():
                 os.utime(path, (now, now))
+        return max((int(m.mtime) for m in members), default=0)
     except tarfile.FilterError as exc:  # the 'data' filter is the second line of defence
         raise InputError(f"refusing to extract: {exc}; the tarball is hostile.", path=tarball) from exc
     except (tarfile.TarError, EOFError, lzma.LZMAError) as exc:
@@ -298,6 +303,13 @@ def apply_patches(tree: Path, patches_dir: Path) -> list[Path]:
 def patches_for(patches_root: Path, series: str) -> list[Path]:
     folder = patches_root / series
     return sorted(folder.glob("*.patch")) if folder.is_dir() else []
+
+
+def source_date(tree: Path, env: dict[str, str] | None = None) -> int | None:
+    """The build's timestamp: SOURCE_DATE_EPOCH when set, else the tarball's newest file (recorded at extraction)."""
+    env = os.environ if env is None else env
+    value = env.get("SOURCE_DATE_EPOCH") or ((tree / SOURCE_DATE).read_text().strip() if (tree / SOURCE_DATE).is_file() else "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def is_extracted(tree: Path) -> bool:

@@ -16,10 +16,14 @@ from .errors import EnvironmentProblem, InputError
 from .targets import Target
 
 MAKE_VARS_ENV = "KTAILOR_MAKE_VARS"
+CCACHE_ENV = "KTAILOR_CCACHE"  # 0: compile without ccache even when it is installed
+CCACHE_DIR_ENV = "KTAILOR_CCACHE_DIR"  # default <cache dir>/ccache
+WRAPPERS = ("ccache", "distcc")  # words in CC before the compiler itself
 # Variables ktailor owns: a user setting them would build a different target than the one named.
 RESERVED_MAKE_VARS = {"ARCH", "SRCARCH", "O", "CROSS_COMPILE", "KCONFIG_ALLCONFIG", "KCONFIG_CONFIG"}
 TOOL_PACKAGES = {"aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu", "x86_64-linux-gnu-gcc": "gcc-x86-64-linux-gnu",
-                 "gcc": "gcc", "make": "make", "flex": "flex", "bison": "bison", "bc": "bc"}
+                 "gcc": "gcc", "make": "make", "flex": "flex", "bison": "bison", "bc": "bc", "ccache": "ccache",
+                 "distcc": "distcc"}
 
 
 def user_make_vars(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -37,11 +41,49 @@ def user_make_vars(env: dict[str, str] | None = None) -> dict[str, str]:
     return result
 
 
+def ccache_enabled(env: dict[str, str] | None = None) -> bool:
+    env = os.environ if env is None else env
+    return env.get(CCACHE_ENV, "1") not in ("0", "no", "false") and shutil.which("ccache") is not None
+
+
 def make_vars(target: Target, env: dict[str, str] | None = None) -> dict[str, str]:
-    """Layered: arch (ARCH, CROSS_COMPILE) then the user's."""
-    layered = {"ARCH": target.arch.kernel_arch, "CROSS_COMPILE": target.arch.compiler_prefix()}
+    """Layered: arch (ARCH, CROSS_COMPILE), the compile cache (CC=ccache <compiler>, when ccache is
+    installed and KTAILOR_CCACHE is not 0), reproducibility (who and where built it), then the user's."""
+    prefix = target.arch.compiler_prefix()
+    layered = {"ARCH": target.arch.kernel_arch, "CROSS_COMPILE": prefix}
+    if ccache_enabled(env):
+        layered["CC"] = f"ccache {prefix}gcc"
+    # The kernel stamps these into the image (init/version.c, /proc/version): fixed, so that two builds of
+    # the same inputs on two machines give the same bytes (Documentation/kbuild/reproducible-builds.rst).
+    # KBUILD_BUILD_TIMESTAMP is set per build from the source tree (build.py).
+    layered |= {"KBUILD_BUILD_USER": "ktailor", "KBUILD_BUILD_HOST": "ktailor", "KBUILD_BUILD_VERSION": "1"}
     layered.update(user_make_vars(env))
     return layered
+
+
+def ccache_env(env: dict[str, str], cache_dir: Path, stats_log: Path) -> dict[str, str]:
+    """The environment make runs in: ccache's directory under ktailor's cache (KTAILOR_CCACHE_DIR moves it)
+    and a per-build stats log, so build.json can say how many compiles the cache answered."""
+    directory = Path(env[CCACHE_DIR_ENV]).expanduser() if env.get(CCACHE_DIR_ENV) else cache_dir / "ccache"
+    return {"CCACHE_DIR": str(directory), "CCACHE_STATSLOG": str(stats_log)}
+
+
+def ccache_counts(stats_log: Path) -> dict[str, int]:
+    """hits / misses from a ccache stats log (one counter name per line, `# <file>` before each compile)."""
+    counts = {"hits": 0, "misses": 0, "remote_hits": 0, "uncacheable": 0}
+    if not stats_log.is_file():
+        return counts
+    for line in stats_log.read_text(errors="replace").splitlines():
+        word = line.strip()
+        if word in ("direct_cache_hit", "preprocessed_cache_hit"):
+            counts["hits"] += 1
+        elif word == "cache_miss":
+            counts["misses"] += 1
+        elif word == "remote_storage_hit":
+            counts["remote_hits"] += 1
+        elif word and not word.startswith("#") and "storage" not in word and not word.endswith("_miss"):
+            counts["uncacheable"] += 1
+    return counts
 
 
 def make_argv(srctree: Path, kbuild: Path, variables: dict[str, str], goals: list[str], jobs: int | None = None) -> list[str]:
@@ -63,7 +105,9 @@ def jobs_from_env(env: dict[str, str] | None = None) -> int:
 
 
 def compiler_name(target: Target, variables: dict[str, str]) -> str:
-    return variables.get("CC") or f"{variables.get('CROSS_COMPILE', '')}gcc"
+    """The compiler itself (CC without its ccache/distcc wrappers)."""
+    words = [w for w in (variables.get("CC") or "").split() if w not in WRAPPERS]
+    return words[0] if words else f"{variables.get('CROSS_COMPILE', '')}gcc"
 
 
 def compiler_fingerprint(target: Target, env: dict[str, str] | None = None) -> str:
@@ -79,7 +123,8 @@ def compiler_fingerprint(target: Target, env: dict[str, str] | None = None) -> s
 
 
 def require_tools(target: Target, variables: dict[str, str]) -> None:
-    needed = ["make", "flex", "bison", "bc", compiler_name(target, variables).split()[0]]
+    wrappers = [w for w in (variables.get("CC") or "").split() if w in WRAPPERS]
+    needed = ["make", "flex", "bison", "bc", *wrappers, compiler_name(target, variables).split()[0]]
     missing = [tool for tool in needed if not shutil.which(tool)]
     if missing:
         packages = " ".join(sorted({TOOL_PACKAGES.get(t, t) for t in missing}))

@@ -32,6 +32,13 @@ if os.environ.get("FAKE_SLEEP"):  # a slow build, for tests of concurrent runs a
     Path(out_dir, "build-started").write_text(str(os.getpid()))
     time.sleep(float(os.environ["FAKE_SLEEP"]))
 print(f"  CC      fake/{goal}.o")
+compiler = os.environ.get("FAKE_CC", "").split()
+if compiler and compiler[0] == "ccache" and arch == "x86":  # one real compile through the compile cache
+    import subprocess
+
+    source = Path(srctree, "hello.c")
+    subprocess.run([*compiler[:-1], "gcc", f'-DFAKE_GOAL="{goal}"', "-c", str(source), "-o", str(out_dir / f"hello-{goal}.o")],
+                   check=True)
 # kbuild's record of what it compiled (.<obj>.cmd: source_ and deps_ lines), for sources.json
 compiled = Path(srctree, "compiled")
 for source in (compiled.read_text().split() if compiled.exists() else
