@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from invoke import Exit
+from tasks import edge
 
 from _signedmirror import (  # noqa: F401 - the fixture_* are pytest fixtures, used by name
     FarmBase,
@@ -30,7 +32,16 @@ from _signedmirror import (  # noqa: F401 - the fixture_* are pytest fixtures, u
     write_versions,
 )
 from conftest import fake_tarball
-from ktailor.releases import next_longterm, parse_releases, series_status
+from ktailor.errors import (
+    ChecksumMismatch,
+    DownloadError,
+    EnvironmentProblem,
+    InputError,
+    VerificationFailed,
+    exit_code_for,
+)
+from ktailor.locks import LockBusy
+from ktailor.releases import StaleSource, next_longterm, parse_releases, series_status
 from ktailor.runner import run_doit
 from ktailor.security_update import (
     EXIT_BAD_INPUT,
@@ -44,6 +55,7 @@ from ktailor.security_update import (
     security_update,
     worst,
 )
+from ktailor.signature import SignatureError
 
 TARGETS = ["x86_64-micro", "aarch64-micro"]
 
@@ -362,3 +374,21 @@ def test_the_shipped_unit_bootstraps_its_keyring_and_without_qemu_installs_nothi
     assert kernel["targets"]["x86_64-micro"]["boot"] == "skipped" and not kernel["installed"]
     assert not farm.prefix.exists() or not any(farm.prefix.iterdir())
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("error", "code"), [
+    pytest.param(InputError("bad"), 2, id="bad-input"),
+    pytest.param(EnvironmentProblem("no gcc"), 1, id="machine"),
+    pytest.param(LockBusy("busy"), 1, id="lock-busy"),
+    pytest.param(DownloadError("offline"), 30, id="unreachable"),
+    pytest.param(StaleSource("stale"), 30, id="stale-source"),
+    pytest.param(ChecksumMismatch("sha"), 20, id="checksum"),
+    pytest.param(SignatureError("sig"), 20, id="signature"),
+    pytest.param(VerificationFailed("boot"), 20, id="check-failed"),
+])
+def test_one_exit_code_per_kind_of_failure_for_every_command(error, code):
+    """invoke tasks (tasks.edge) and security-update map a failure to the same code."""
+    assert exit_code_for(error) == code
+    with pytest.raises(Exit) as caught:
+        edge(lambda: (_ for _ in ()).throw(error))()
+    assert caught.value.code == code and str(error) in str(caught.value.message)
