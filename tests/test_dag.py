@@ -353,6 +353,14 @@ def test_builds_go_through_ccache_by_default_with_hits_recorded(two_kernels, mon
     second = json.loads((target_dir / "build.json").read_text())
     assert second["ccache"]["hits"] >= 1 and second["ccache"]["misses"] == 0
 
+    # Another build dir (another machine's checkout, or the next point release's tree): still hits, because
+    # paths under the build dir are hashed relative to it (CCACHE_BASEDIR).
+    monkeypatch.setenv("KTAILOR_BUILD_DIR", str(root.parent / "elsewhere" / "build"))
+    assert run_doit(root, "build:x86_64-micro")[0] == 0
+    moved = json.loads((root.parent / "elsewhere" / "build" / "6.1.1" / "x86_64-micro" / "build.json").read_text())
+    assert moved["ccache"]["hits"] >= 1 and moved["ccache"]["misses"] == 0, moved["ccache"]
+    monkeypatch.setenv("KTAILOR_BUILD_DIR", str(root.parent / "build"))
+
     monkeypatch.setenv("KTAILOR_CCACHE", "0")  # off: the make variables change, so config and build rerun
     code, ran, err = run_doit(root, "build:x86_64-micro")
     assert code == 0 and ran == ["config:x86_64-micro", "build:x86_64-micro"], err

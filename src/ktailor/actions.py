@@ -157,7 +157,7 @@ def build(root: str, version: str, target: str) -> None:
     build_target(srctree=project.source_tree(kernel), files=project.artifacts(kernel, row), variables=variables,
                  goals=list(row.arch.make_targets), jobs=jobs_from_env(project.env),
                  label=f"{row.name} {kernel.version}", compiler=compiler_version(row, variables), env=project.env,
-                 cache_dir=project.cache_dir)
+                 cache_dir=project.cache_dir, build_dir=project.build_dir)
 
 
 @reports_errors

@@ -61,7 +61,7 @@ def run_make(srctree: Path, kbuild: Path, variables: dict[str, str], goals: list
 
 
 def build_target(*, srctree: Path, files: Artifacts, variables: dict[str, str], goals: list[str], jobs: int,
-                 label: str, compiler: str, env: dict[str, str], cache_dir: Path) -> dict:
+                 label: str, compiler: str, env: dict[str, str], cache_dir: Path, build_dir: Path) -> dict:
     """make the images, record what was compiled (sources.json) and how (build.json); returns build.json."""
     files.build_json.unlink(missing_ok=True)
     variables = dict(variables)
@@ -70,7 +70,7 @@ def build_target(*, srctree: Path, files: Artifacts, variables: dict[str, str], 
     stats_log = files.dir / "ccache-stats.log"
     stats_log.unlink(missing_ok=True)
     uses_ccache = "ccache" in variables.get("CC", "").split()
-    make_env = ccache_env(env, cache_dir, stats_log) if uses_ccache else None
+    make_env = ccache_env(env, cache_dir, stats_log, build_dir) if uses_ccache else None
     elapsed = run_make(srctree, files.kbuild, variables, goals, jobs, files.build_log, label, make_env)
     compiled = write_sources(files.kbuild, srctree, files.sources)
     record = {

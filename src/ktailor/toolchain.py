@@ -61,11 +61,13 @@ def make_vars(target: Target, env: dict[str, str] | None = None) -> dict[str, st
     return layered
 
 
-def ccache_env(env: dict[str, str], cache_dir: Path, stats_log: Path) -> dict[str, str]:
-    """The environment make runs in: ccache's directory under ktailor's cache (KTAILOR_CCACHE_DIR moves it)
-    and a per-build stats log, so build.json can say how many compiles the cache answered."""
+def ccache_env(env: dict[str, str], cache_dir: Path, stats_log: Path, base_dir: Path) -> dict[str, str]:
+    """The environment make runs in: ccache's directory under ktailor's cache (KTAILOR_CCACHE_DIR moves it),
+    a per-build stats log, so build.json can say how many compiles the cache answered, and the build dir as
+    ccache's base dir: absolute paths under it (the source tree, linux-<version>) are hashed relative to the
+    kbuild dir, so the next point release's tree and another build dir still hit."""
     directory = Path(env[CCACHE_DIR_ENV]).expanduser() if env.get(CCACHE_DIR_ENV) else cache_dir / "ccache"
-    return {"CCACHE_DIR": str(directory), "CCACHE_STATSLOG": str(stats_log)}
+    return {"CCACHE_DIR": str(directory), "CCACHE_STATSLOG": str(stats_log), "CCACHE_BASEDIR": str(base_dir)}
 
 
 def ccache_counts(stats_log: Path) -> dict[str, int]:
