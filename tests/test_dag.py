@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -168,6 +169,15 @@ def test_install_keeps_both_versions_and_current_follows_the_default_kernel(two_
         assert manifest["version"] == version
         assert set(manifest["sha256"]) == {"vmlinux", "bzImage", "config", "System.map", "sources.json"}
         assert manifest["evidence"]["images"]["vmlinux"] == manifest["sha256"]["vmlinux"]
+        provenance = manifest["provenance"]
+        assert provenance["_type"] == "https://in-toto.io/Statement/v1"
+        assert provenance["predicateType"] == "https://slsa.dev/provenance/v1"
+        assert {s["name"]: s["digest"]["sha256"] for s in provenance["subject"]} == manifest["sha256"]
+        dependencies = provenance["predicate"]["buildDefinition"]["resolvedDependencies"]
+        assert dependencies[0]["uri"].endswith(f"linux-{version}.tar.xz") and len(dependencies[0]["digest"]["sha256"]) == 64
+        named = {d["uri"]: d["digest"]["sha256"] for d in dependencies[1:] if "sha256" in d["digest"]}
+        assert named["fragments/x86.conf"] == hashlib.sha256((root / "fragments" / "x86.conf").read_bytes()).hexdigest()
+        assert "make_vars" in provenance["predicate"]["buildDefinition"]["internalParameters"]
     assert (prefix / "x86_64-micro").is_symlink()
     assert (prefix / "x86_64-micro").resolve() == (prefix / "6.1.1" / "x86_64-micro").resolve()
     assert not [p for p in (prefix / "6.1.1").iterdir() if p.name.startswith(".")]

@@ -25,7 +25,7 @@ from .errors import InputError, KtailorError
 from .evidence import SKIP_BOOT_ENV, allow_unbooted, check_install
 from .extract import extract_tarball
 from .fragments import load_expected_drops, load_fragments, requested_options
-from .install import install_files, install_target, manifest_for
+from .install import install_files, install_target, manifest_for, provenance_for
 from .layout import Project
 from .progress import info, warn
 from .toolchain import compiler_version, jobs_from_env, make_vars, require_tools
@@ -231,7 +231,8 @@ def install(root: str, version: str, target: str) -> None:
     install_target(name=row.name, version=kernel.version, prefix=project.prefix,
                    files=install_files(project, kernel, row, with_vex=vex_note is None),
                    manifest=manifest_for(project, kernel, row, gate, vex_note),
-                   make_current=current_version(project, row.name) == kernel.version)
+                   make_current=current_version(project, row.name) == kernel.version,
+                   provenance=provenance_for(project, kernel, row))
 
 
 def config_matches_audit(task, values, config: str, audit: str) -> bool:  # doit uptodate callable

@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +70,22 @@ def manifest_for(project: Project, kernel, row, gate: dict, vex_note: str | None
     }
 
 
+def provenance_for(project: Project, kernel, row) -> Callable[[dict[str, str]], dict]:
+    """The in-toto statement of this install, once its files' sha256 are known (provenance.py)."""
+    from .provenance import checkout_commit, statement
+
+    files = project.artifacts(kernel, row)
+    build_info = read_report(files.build_json, "build") if files.build_json.is_file() else {}
+    fragments = {str(project.display(p)): p for p in [*project.list_paths(row), *project.fragment_paths(row)]}
+    checks = {"verify": read_report(files.verify, "verify").get("status"),
+              "boot": read_report(files.boot, "boot").get("status")}
+    commit = checkout_commit(project.root)
+    return lambda checksums: statement(
+        subjects=checksums, version=kernel.version, target=row.name, tarball_url=kernel.url,
+        tarball_sha256=kernel.sha256, fragments=fragments, commit=commit, make_vars=build_info.get("make_vars", {}),
+        toolchain=build_info.get("compiler", ""), build=build_info, checks=checks)
+
+
 def content_key(checksums: dict[str, str]) -> str:
     """12 hex digits naming one build's files: the same files always install into the same directory."""
     text = json.dumps(sorted(checksums.items()))
@@ -82,16 +99,18 @@ def _prefix_problem(prefix: Path, exc: OSError) -> EnvironmentProblem:
 
 
 def install_target(*, name: str, version: str, prefix: Path, files: dict[str, Path], manifest: dict,
-                   make_current: bool) -> Path:
+                   make_current: bool, provenance: Callable[[dict[str, str]], dict] | None = None) -> Path:
     """Install `files` (name in the install dir -> source path) plus manifest.json; return the content dir.
-    `make_current`: also point <prefix>/<name> at this version (it is the default kernel's)."""
+    `make_current`: also point <prefix>/<name> at this version (it is the default kernel's). `provenance`:
+    makes the manifest's provenance statement from the installed files' sha256."""
     try:
-        return _install(name, version, prefix, files, manifest, make_current)
+        return _install(name, version, prefix, files, manifest, make_current, provenance)
     except OSError as exc:
         raise _prefix_problem(prefix, exc) from None
 
 
-def _install(name: str, version: str, prefix: Path, files: dict[str, Path], manifest: dict, make_current: bool) -> Path:
+def _install(name: str, version: str, prefix: Path, files: dict[str, Path], manifest: dict, make_current: bool,
+             provenance: Callable[[dict[str, str]], dict] | None) -> Path:
     checksums = {installed: sha256_of(source) for installed, source in files.items()}
     key = content_key(checksums)
     version_dir = prefix / version
@@ -106,6 +125,8 @@ def _install(name: str, version: str, prefix: Path, files: dict[str, Path], mani
                     raise EnvironmentProblem(f"{source} changed while it was being installed; run `doit` again.")
             manifest = manifest | {"version": version, "target": name, "content_key": key, "sha256": checksums,
                                    "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            if provenance is not None:
+                manifest["provenance"] = provenance(checksums)
             (temp / Project.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             os.chmod(temp, 0o755)
             if store.exists():  # left by an install killed before its manifest was written

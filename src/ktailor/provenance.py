@@ -1,0 +1,61 @@
+"""Provenance of an install: an in-toto Statement (v1) with a SLSA Provenance (v1) predicate, unsigned.
+
+It links what went in to what came out: the kernel tarball (URL and the sha256 versions.toml pins),
+the fragments (each file's sha256, and the checkout's git commit when there is one), the toolchain and
+make variables, and, as the statement's subjects, every installed file with its sha256. It goes into
+the install's manifest.json (`provenance`), beside the evidence the install gate checked.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from . import __version__
+from .download import sha256_of
+
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
+BUILD_TYPE = "https://github.com/ktailor/ktailor/build/v1"  # what externalParameters mean: README, "Install"
+
+
+def checkout_commit(root: Path) -> dict | None:
+    """The git commit of the checkout the fragments came from (and whether it had local changes), or None."""
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30)
+        if head.returncode != 0:
+            return None
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "fragments"],
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return {"sha1": head.stdout.strip(), "fragments_modified": bool(status.stdout.strip())}
+
+
+def statement(*, subjects: dict[str, str], version: str, target: str, tarball_url: str, tarball_sha256: str,
+              fragments: dict[str, Path], commit: dict | None, make_vars: dict, toolchain: str,
+              build: dict, checks: dict) -> dict:
+    """`subjects`: installed name -> sha256; `fragments`: display path -> file; `checks`: verify/boot status."""
+    dependencies = [{"uri": tarball_url, "digest": {"sha256": tarball_sha256}}]
+    dependencies += [{"uri": name, "digest": {"sha256": sha256_of(path)}} for name, path in fragments.items()]
+    if commit:
+        dependencies.append({"uri": "git+checkout", "digest": {"sha1": commit["sha1"]},
+                             "annotations": {"fragments_modified": commit["fragments_modified"]}})
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": name, "digest": {"sha256": digest}} for name, digest in sorted(subjects.items())],
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "buildDefinition": {
+                "buildType": BUILD_TYPE,
+                "externalParameters": {"version": version, "target": target, "fragments": sorted(fragments)},
+                "internalParameters": {"make_vars": make_vars, "toolchain": toolchain},
+                "resolvedDependencies": dependencies,
+            },
+            "runDetails": {
+                "builder": {"id": f"ktailor/{__version__}"},
+                "metadata": {"finishedOn": build.get("finished_at")},
+                "byproducts": [{"name": "checks", "annotations": checks}],
+            },
+        },
+    }
