@@ -125,6 +125,19 @@ def test_compiled_files_read_kbuild_cmd_files_and_skip_host_programs(tmp_path: P
     assert headers == {"include/linux/fs.h", "fs/ext4/ext4.h"}
 
 
+def test_compiled_files_resolve_paths_relative_to_the_build_dir(tmp_path: Path) -> None:
+    """ccache with a base dir makes gcc report paths relative to the kbuild dir; they are the same files."""
+    kbuild, srctree = tmp_path / "build" / "5.10.262" / "x86_64-micro" / "kbuild", tmp_path / "build" / "src" / "linux"
+    (kbuild / "fs" / "ext4").mkdir(parents=True)
+    (kbuild / "fs" / "ext4" / ".inode.o.cmd").write_text(
+        "cmd_fs/ext4/inode.o := ccache gcc …\n\nsource_fs/ext4/inode.o := ../../../src/linux/fs/ext4/inode.c\n\n"
+        "deps_fs/ext4/inode.o := \\\n  ../../../src/linux/include/linux/fs.h \\\n  include/generated/autoconf.h \\\n"
+        "  $(wildcard include/config/EXT4) \\\n\n")
+    sources, headers = compiled_files(kbuild, srctree)
+    assert sources == {"fs/ext4/inode.c"}
+    assert headers == {"include/linux/fs.h"}
+
+
 # --- the pipeline: build → sources.json, install → VEX, security-update → what the upgrade fixes ---
 
 

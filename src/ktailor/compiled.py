@@ -24,8 +24,17 @@ HOST_DIRS = ("scripts/", "tools/")
 
 
 def compiled_files(kbuild: Path, srctree: Path) -> tuple[set[str], set[str]]:
-    """(sources, headers) as paths relative to the source tree."""
+    """(sources, headers) as paths relative to the source tree. kbuild writes them absolute, or relative to
+    the build dir when the compiler reported them so (ccache with a base dir rewrites paths that way)."""
     root = str(srctree.resolve()) + "/"
+    base = str(kbuild.resolve())
+
+    def in_tree(path: str) -> str | None:
+        if path.startswith("$("):  # $(wildcard include/config/…): kconfig dependencies, not files
+            return None
+        absolute = path if path.startswith("/") else os.path.normpath(os.path.join(base, path))
+        return os.path.normpath(absolute[len(root):]) if absolute.startswith(root) else None
+
     sources: set[str] = set()
     headers: set[str] = set()
     for cmd in kbuild.rglob(".*.o.cmd"):
@@ -33,13 +42,9 @@ def compiled_files(kbuild: Path, srctree: Path) -> tuple[set[str], set[str]]:
         if relative_dir.startswith(HOST_DIRS):
             continue
         text = cmd.read_text(errors="replace")
-        for source in SOURCE_RE.findall(text):
-            if source.startswith(root):
-                sources.add(os.path.normpath(source[len(root):]))
+        sources.update(found for source in SOURCE_RE.findall(text) if (found := in_tree(source)))
         for block in DEPS_RE.findall(text):
-            for item in block.replace("\\\n", " ").split():
-                if item.startswith(root):
-                    headers.add(os.path.normpath(item[len(root):]))
+            headers.update(found for item in block.replace("\\\n", " ").split() if (found := in_tree(item)))
     return sources, headers - sources
 
 
