@@ -21,7 +21,7 @@ from .config import configure_target, lint_target
 from .configdiff import error_count, render_changes, target_drift
 from .cvereport import write_vex
 from .download import MIN_RATE, RATE_WINDOW, check_cached, fetch, is_verified, sha256_of
-from .errors import InputError, KtailorError
+from .errors import KtailorError, number_setting
 from .evidence import SKIP_BOOT_ENV, allow_unbooted, check_install
 from .extract import extract_tarball
 from .fragments import load_expected_drops, load_fragments, requested_options
@@ -66,16 +66,8 @@ def download(root: str, version: str) -> None:
 
 
 def _number(env: dict[str, str], variable: str, default: float) -> float:
-    value = env.get(variable, "")
-    if not value:
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        number = -1.0
-    if number < 0:
-        raise InputError(f"{variable}={value!r} is not a number of bytes/seconds; unset it or give e.g. {variable}={default:g}.")
-    return number
+    return number_setting(env, variable, default,
+                          f"is not a number of bytes/seconds; unset it or give e.g. {variable}={default:g}.")
 
 
 @reports_errors

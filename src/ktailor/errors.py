@@ -80,3 +80,17 @@ def exit_code_for(error: KtailorError) -> int:
     if isinstance(error, InputError):
         return EXIT_BAD_INPUT
     return EXIT_ERROR
+
+
+def number_setting(env, variable: str, default: float, fix: str) -> float:
+    """A non-negative number from an environment setting, `default` when unset; `fix` ends the error."""
+    value = env.get(variable, "")
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if number < 0:
+        raise InputError(f"{variable}={value!r} {fix}")
+    return number

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from .errors import DownloadError, InputError
+from .errors import DownloadError, number_setting
 from .remote import read_url
 from .versions import VERSION_RE, parse_version
 
@@ -88,17 +88,8 @@ class StaleSource(DownloadError):
 
 def max_age_days(env: dict[str, str] | None = None) -> float:
     env = os.environ if env is None else env
-    value = env.get(MAX_AGE_ENV, "")
-    if not value:
-        return DEFAULT_MAX_AGE_DAYS
-    try:
-        days = float(value)
-    except ValueError:
-        days = -1
-    if days < 0:
-        raise InputError(f"{MAX_AGE_ENV}={value!r} is not a number of days; unset it (default {DEFAULT_MAX_AGE_DAYS}), "
-                         "or 0 for no bound.")
-    return days
+    return number_setting(env, MAX_AGE_ENV, DEFAULT_MAX_AGE_DAYS,
+                          f"is not a number of days; unset it (default {DEFAULT_MAX_AGE_DAYS}), or 0 for no bound.")
 
 
 def check_fresh(releases: list[Release], url: str, max_days: float, now: float) -> None:
