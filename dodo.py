@@ -40,5 +40,9 @@ def task_boot():
     yield from dag.boot_tasks(ROOT)
 
 
+def task_reproduce():
+    yield from dag.reproduce_tasks(ROOT)
+
+
 def task_install():
     yield from dag.install_tasks(ROOT)

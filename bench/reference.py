@@ -1,15 +1,19 @@
-"""Benchmark ktailor's x86_64-micro against the guest kernels people use today.
+"""Benchmark ktailor's x86_64-micro against the guest kernels people use today, and against the floor.
 
 Builds, from the same extracted source, Firecracker's CI config (`make olddefconfig` on
-../shared/anchors/firecracker/microvm-kernel-ci-x86_64-6.1.config) and Kuasar's micro x86_64 fragments
-(allnoconfig + `scripts/kconfig/merge_config.sh -r -n`), then boots each N times interleaved with
-ktailor's built x86_64-micro under identical QEMU flags (the target's boot data, bzImage for all) and
-the same static init, and prints one Markdown table.
+firecracker/microvm-kernel-ci-x86_64-6.1.config), Kuasar's micro x86_64 fragments (allnoconfig +
+`scripts/kconfig/merge_config.sh -r -n`) and the floor kernel (`tinyconfig` + bench/floor/x86_64.config: the
+least that boots the check), then boots each N times interleaved with ktailor's built x86_64-micro under
+identical QEMU flags (the target's boot data, bzImage for all) and the same static init, and prints one
+Markdown table with every figure also as a ratio to the floor's.
 
-    .venv/bin/python bench/reference.py --version 6.1.192 [--boots 10] [--anchors ../shared/anchors]
+    .venv/bin/python bench/reference.py --version 6.1.192 [--boots 10] [--anchors DIR]
+    .venv/bin/python bench/reference.py --version 5.10.262
 
-Run it after `doit build:x86_64-micro` (same KTAILOR_* environment). Reference builds are cached in
-build/bench/ and reused.
+Firecracker's and Kuasar's files come from bench/anchors.toml: pinned upstream commits, fetched into
+<cache>/anchors/ and checked by sha256 (KTAILOR_ANCHORS_URL serves them from a mirror); `--anchors DIR` uses
+a local copy of the same layout instead. Run it after `doit build:x86_64-micro[@version]` (same KTAILOR_*
+environment). Reference builds are cached in build/bench/<version>/ and reused.
 """
 
 from __future__ import annotations
@@ -28,11 +32,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from anchors import check_local, fetch_anchors  # noqa: E402
+
 from ktailor.boot import StderrLog, boot_target  # noqa: E402
 from ktailor.errors import VerificationFailed  # noqa: E402
 from ktailor.layout import Project  # noqa: E402
 
 IMAGES = ["arch/x86/boot/bzImage", "vmlinux"]
+FLOOR = Path(__file__).resolve().parent / "floor" / "x86_64.config"
 
 
 def make(srctree: Path, kbuild: Path, *goals: str, jobs: int = 2, env: dict | None = None) -> None:
@@ -64,6 +71,27 @@ def build_kuasar(srctree: Path, kbuild: Path, anchors: Path) -> Path:
     return kbuild
 
 
+def build_floor(srctree: Path, kbuild: Path) -> Path:
+    if not (kbuild / IMAGES[0]).is_file():
+        kbuild.mkdir(parents=True, exist_ok=True)
+        make(srctree, kbuild, "tinyconfig")
+        with (kbuild / "bench-build.log").open("a") as log:
+            subprocess.run([str(srctree / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(kbuild),
+                            str(kbuild / ".config"), str(FLOOR)], check=True, cwd=srctree,
+                           env=dict(os.environ, ARCH="x86"), stdout=log, stderr=subprocess.STDOUT)
+        make(srctree, kbuild, "olddefconfig")
+        make(srctree, kbuild, "bzImage", "vmlinux")
+    return kbuild
+
+
+def anchors_dir(args, project: Project) -> Path:
+    if args.anchors is None:
+        return fetch_anchors(project.cache_dir, project.env)
+    for problem in check_local(args.anchors):
+        print(f"W: {problem}: the figures are not those of the pinned reference", file=sys.stderr)
+    return args.anchors
+
+
 def boot_once(target, kbuild: Path, workdir: Path) -> dict:
     with contextlib.suppress(VerificationFailed):  # the references fail some probes; boot.json is still written
         boot_target(target, kbuild, workdir, {}, StderrLog())
@@ -85,11 +113,15 @@ def summarise(name: str, kbuild: Path, boots: list[dict]) -> dict:
     }
 
 
+def times_floor(value: float | None, floor: float | None) -> str:
+    return f" ({value / floor:.2f}×)" if value and floor else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", help="kernel version in versions.toml (default: the default kernel)")
     parser.add_argument("--boots", type=int, default=10)
-    parser.add_argument("--anchors", type=Path, default=ROOT.parent / "shared" / "anchors")
+    parser.add_argument("--anchors", type=Path, help="a local copy of the reference files (default: fetch the pinned ones)")
     args = parser.parse_args()
 
     project = Project.from_env(ROOT)
@@ -99,10 +131,12 @@ def main() -> None:
     target = dataclasses.replace(target, boot=target.boot | {"kernel": IMAGES[0]})
     srctree = project.source_tree(kernel)
     bench_dir = project.build_dir / "bench" / kernel.version
+    anchors = anchors_dir(args, project)
     kernels = {
         "ktailor x86_64-micro": project.kbuild(kernel, target),
-        "Firecracker CI config": build_firecracker(srctree, bench_dir / "firecracker", args.anchors),
-        "Kuasar micro fragments": build_kuasar(srctree, bench_dir / "kuasar", args.anchors),
+        "Firecracker CI config": build_firecracker(srctree, bench_dir / "firecracker", anchors),
+        "Kuasar micro fragments": build_kuasar(srctree, bench_dir / "kuasar", anchors),
+        "floor (tinyconfig + boot minimum)": build_floor(srctree, bench_dir / "floor"),
     }
     # One difference in QEMU flags, forced by the kernels: Firecracker's 6.1 config discovers virtio-mmio
     # devices through ACPI (VIRTIO_MMIO_CMDLINE_DEVICES is off), so its microvm keeps QEMU's ACPI tables on.
@@ -117,14 +151,18 @@ def main() -> None:
     rows = [summarise(name, kbuild, boots[name]) for name, kbuild in kernels.items()]
     accel = boots["ktailor x86_64-micro"][-1]["accel"]
     print(f"Linux {kernel.version}, x86_64, QEMU microvm under {accel.upper()}, {args.boots} interleaved boots each\n")
-    print("| kernel | bzImage | vmlinux | time-to-init median [min–max] | used memory at init | probes passed |")
+    floor = rows[-1]
+    print("| kernel | bzImage (× floor) | vmlinux | time-to-init median [min–max] (× floor) | used memory at init (× floor) "
+          "| probes passed |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         timing = "n/a" if row["init_ms"] is None else "{:.0f} ms [{:.0f}–{:.0f}]".format(*row["init_ms"])
+        timing += times_floor(row["init_ms"] and row["init_ms"][0], floor["init_ms"] and floor["init_ms"][0])
         used = "n/a" if row["used_mib"] is None else f"{row['used_mib']:.1f} MiB"
+        used += times_floor(row["used_mib"], floor["used_mib"])
         failed = f" (fails: {', '.join(row['failed'])})" if row["failed"] else ""
-        print(f"| {row['kernel']} | {row['bzImage_mb']:.2f} MB | {row['vmlinux_mb']:.1f} MB | {timing} | {used} | "
-              f"{row['probes']}{failed} |")
+        print(f"| {row['kernel']} | {row['bzImage_mb']:.2f} MB{times_floor(row['bzImage_mb'], floor['bzImage_mb'])} | "
+              f"{row['vmlinux_mb']:.1f} MB | {timing} | {used} | {row['probes']}{failed} |")
     (bench_dir / "reference.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 

@@ -200,6 +200,10 @@ class FarmBase:
     def versions(self) -> Path:
         return self.root / "versions.toml"
 
+    def tarball_sha(self, version: str) -> str:
+        """Computed from the file the mirror serves."""
+        return hashlib.sha256((self.mirror.folder() / f"linux-{version}.tar.xz").read_bytes()).hexdigest()
+
 
 UNIT = REPO / "contrib" / "ktailor-security-update.service"
 

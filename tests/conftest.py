@@ -113,3 +113,13 @@ def project_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable
         return ProjectFactory(tmp_path / "project")
 
     return make
+
+
+@pytest.fixture
+def two_kernels(project_factory):
+    """Two point releases of the fake kernel, both micro targets each; 6.1.1 is the default."""
+    project = project_factory()
+    old = project.kernel("6.1.1")
+    new = project.kernel("6.1.2")
+    project.versions([("6.1.1", old), ("6.1.2", new)], targets=["x86_64-micro", "aarch64-micro"], default="6.1.1")
+    return project

@@ -22,7 +22,7 @@ from doit.doit_cmd import DoitMain
 from conftest import fake_tarball
 from ktailor import dag
 
-STAGES = ("download", "extract", "config", "build", "verify", "boot", "install")
+STAGES = ("download", "extract", "config", "build", "verify", "boot", "install", "reproduce")
 
 
 def task_module(root: Path) -> dict:
@@ -50,15 +50,6 @@ def generated(root: Path, stage: str) -> dict[str, dict]:
     dag.load_project.cache_clear()
     tasks = list(getattr(dag, f"{stage}_tasks")(root))
     return {t["name"]: t for t in tasks if t.get("name") and t.get("actions")}  # aliases have no actions
-
-
-@pytest.fixture
-def two_kernels(project_factory):
-    project = project_factory()
-    old = project.kernel("6.1.1")
-    new = project.kernel("6.1.2")
-    project.versions([("6.1.1", old), ("6.1.2", new)], targets=["x86_64-micro", "aarch64-micro"], default="6.1.1")
-    return project
 
 
 def test_task_names_bare_for_default_kernel_and_suffixed_for_others(two_kernels):

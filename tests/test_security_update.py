@@ -166,6 +166,15 @@ def test_apply_upgrades_builds_verifies_boots_and_installs_then_rests(farm, caps
         manifest = json.loads((farm.prefix / "6.1.5" / target / "manifest.json").read_text())
         assert manifest["boot"]["status"] == "skipped" and manifest["verify"]["status"] == "passed"
         assert (farm.prefix / target).resolve() == (farm.prefix / "6.1.5" / target).resolve()
+        # Provenance starts at the signed line the pinned sha256 came from, and links it to the tarball.
+        signed, tarball = manifest["provenance"]["predicate"]["buildDefinition"]["resolvedDependencies"][:2]
+        assert signed["uri"] == f"{farm.mirror.url}/v6.x/sha256sums.asc"
+        assert signed["annotations"]["line"] == f"{farm.tarball_sha('6.1.5')}  linux-6.1.5.tar.xz"
+        assert "signature verified" in signed["annotations"]["authenticated"]
+        assert tarball["digest"]["sha256"] == farm.tarball_sha("6.1.5")
+        assert tarball["annotations"]["checksum_from"] == signed["uri"]
+        checks = manifest["provenance"]["predicate"]["runDetails"]["byproducts"][0]["annotations"]
+        assert checks["reproduce"]["status"] == "not run"
     (kernel,) = farm.summary()["kernels"]
     assert (kernel["action"], kernel["new_version"]) == ("upgraded", "6.1.5")
     assert kernel["targets"]["aarch64-micro"] == {"verify": "passed", "boot": "skipped", "installed": True}

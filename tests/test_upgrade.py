@@ -6,7 +6,6 @@ doit graph) take a second, so these tests run the whole flow, not a mock of it.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 
 import pytest
@@ -35,9 +34,6 @@ from ktailor.upgrade import rewrite_versions, upgrade
 
 
 class Farm(FarmBase):
-    def tarball_sha(self, version: str) -> str:
-        return hashlib.sha256((self.mirror.folder() / f"linux-{version}.tar.xz").read_bytes()).hexdigest()
-
     def upgrade(self, version: str | None = "6.1.5", **kwargs):
         kwargs.setdefault("expected_fingerprint", self.mirror.key.fingerprint)
         return upgrade(self.root, version, **kwargs)

@@ -112,7 +112,7 @@ def configure(root: str, version: str, target: str) -> None:
     project, kernel, row = _load(root, version, target)
     lint_target(project.fragments_dir, project.root, project.catalog, row.list_name, kernel.version_tuple)
     variables = make_vars(row, project.env)
-    require_tools(row, variables)
+    require_tools(row, variables, project.env)
     configure_target(
         name=row.name, version=kernel.version, version_tuple=kernel.version_tuple, arch=row.arch.name,
         kernel_arch=row.arch.kernel_arch, cross_compile=variables["CROSS_COMPILE"],
@@ -145,11 +145,23 @@ def other_trees(project: Project, kernel) -> list[tuple[str, Path]]:
 def build(root: str, version: str, target: str) -> None:
     project, kernel, row = _load(root, version, target)
     variables = make_vars(row, project.env)
-    require_tools(row, variables)
+    require_tools(row, variables, project.env)
     build_target(srctree=project.source_tree(kernel), files=project.artifacts(kernel, row), variables=variables,
                  goals=list(row.arch.make_targets), jobs=jobs_from_env(project.env),
                  label=f"{row.name} {kernel.version}", compiler=compiler_version(row, variables), env=project.env,
                  cache_dir=project.cache_dir, build_dir=project.build_dir)
+
+
+@reports_errors
+def reproduce(root: str, version: str, target: str) -> None:
+    from .reproduce import reproduce_target
+
+    project, kernel, row = _load(root, version, target)
+    variables = make_vars(row, project.env)
+    require_tools(row, variables, project.env)
+    reproduce_target(srctree=project.source_tree(kernel), files=project.artifacts(kernel, row), variables=variables,
+                     goals=list(row.arch.make_targets), jobs=jobs_from_env(project.env),
+                     label=f"{row.name} {kernel.version}", env=project.env)
 
 
 @reports_errors

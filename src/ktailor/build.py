@@ -14,6 +14,8 @@ import time
 from collections import deque
 from pathlib import Path
 
+from .compile_farm import engine_record, redacted
+from .compile_farm import make_env as farm_env
 from .compiled import write_sources
 from .errors import BuildFailed
 from .evidence import write_json_atomically
@@ -60,22 +62,31 @@ def run_make(srctree: Path, kbuild: Path, variables: dict[str, str], goals: list
     return elapsed
 
 
+def stamped(variables: dict[str, str], srctree: Path, env: dict[str, str]) -> dict[str, str]:
+    """The make variables with KBUILD_BUILD_TIMESTAMP from SOURCE_DATE_EPOCH or the source tree's date."""
+    variables = dict(variables)
+    if "KBUILD_BUILD_TIMESTAMP" not in variables and (stamp := source_date(srctree, env)) is not None:
+        variables["KBUILD_BUILD_TIMESTAMP"] = time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime(stamp))
+    return variables
+
+
 def build_target(*, srctree: Path, files: Artifacts, variables: dict[str, str], goals: list[str], jobs: int,
                  label: str, compiler: str, env: dict[str, str], cache_dir: Path, build_dir: Path) -> dict:
     """make the images, record what was compiled (sources.json) and how (build.json); returns build.json."""
     files.build_json.unlink(missing_ok=True)
-    variables = dict(variables)
-    if "KBUILD_BUILD_TIMESTAMP" not in variables and (stamp := source_date(srctree, env)) is not None:
-        variables["KBUILD_BUILD_TIMESTAMP"] = time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime(stamp))
-    stats_log = files.dir / "ccache-stats.log"
-    stats_log.unlink(missing_ok=True)
+    variables = stamped(variables, srctree, env)
+    for log in (files.ccache_stats, files.distcc_log):
+        log.unlink(missing_ok=True)
     uses_ccache = "ccache" in variables.get("CC", "").split()
-    make_env = ccache_env(env, cache_dir, stats_log, build_dir) if uses_ccache else None
-    elapsed = run_make(srctree, files.kbuild, variables, goals, jobs, files.build_log, label, make_env)
+    cache = ccache_env(env, cache_dir, files.ccache_stats, build_dir) if uses_ccache else {}
+    farm = farm_env(env, uses_ccache=uses_ccache, distcc_log=files.distcc_log)
+    elapsed = run_make(srctree, files.kbuild, variables, goals, jobs, files.build_log, label, cache | farm)
     compiled = write_sources(files.kbuild, srctree, files.sources)
+    remote = {"remote": redacted(farm["CCACHE_REMOTE_STORAGE"])} if "CCACHE_REMOTE_STORAGE" in farm else {}
     record = {
         "seconds": round(elapsed, 1), "jobs": jobs, "make_vars": variables, "compiler": compiler,
-        "ccache": (ccache_counts(stats_log) | {"dir": make_env["CCACHE_DIR"]}) if make_env else None,
+        "ccache": (ccache_counts(files.ccache_stats) | {"dir": cache["CCACHE_DIR"]} | remote) if cache else None,
+        "engine": engine_record(env, files.distcc_log),
         "host": platform.machine(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "compiled": {"sources": len(compiled["sources"]), "headers": len(compiled["headers"])},
     }

@@ -238,6 +238,13 @@ STAGES = (
           state=lambda p, k, t, f: {"boot": t.boot, "cmdline": t.cmdline, "skip": bool(p.env.get(SKIP_BOOT_ENV))},
           check=lambda p, k, t, f: (actions.boot_settled, [str(f.boot)]),
           clean=lambda p, k, t, f: [(actions.remove_tree, [str(f.boot_dir)])]),
+    Stage("reproduce", "build each target again in a second build dir, without the compile cache, and compare images",
+          lambda k, t: f"rebuild {t.name} {k.version} elsewhere and compare every image's sha256 (reproduce.json)",
+          actions.reproduce,
+          lambda p, k, t, f: [*f.images.values(), f.config, p.source_tree(k) / STAMP],
+          lambda p, k, t, f: [f.reproduce],
+          state=lambda p, k, t, f: _toolchain_state(p, t),
+          clean=lambda p, k, t, f: [(actions.remove_tree, [str(f.rebuild_dir)])]),
     Stage("install", "install verified kernels into the prefix (KTAILOR_PREFIX, default /usr/share/ktailor)",
           lambda k, t: f"install {t.name} {k.version} into the prefix and switch its links",
           actions.install,
@@ -303,6 +310,11 @@ def verify_tasks(root: Path) -> Iterator[Task]:
 @reports_errors
 def boot_tasks(root: Path) -> Iterator[Task]:
     yield from stage_tasks(root, "boot")
+
+
+@reports_errors
+def reproduce_tasks(root: Path) -> Iterator[Task]:
+    yield from stage_tasks(root, "reproduce")
 
 
 @reports_errors

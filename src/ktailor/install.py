@@ -79,11 +79,36 @@ def provenance_for(project: Project, kernel, row) -> Callable[[dict[str, str]], 
     fragments = {str(project.display(p)): p for p in [*project.list_paths(row), *project.fragment_paths(row)]}
     checks = {"verify": read_report(files.verify, "verify").get("status"),
               "boot": read_report(files.boot, "boot").get("status")}
+    checks["reproduce"] = reproduce_result(files)
     commit = checkout_commit(project.root)
+    signed = _json_or_none(project.checksum_record(kernel))
+    if signed is not None and signed.get("sha256") != kernel.sha256:
+        signed = None  # it vouched for another tarball than the one versions.toml pins now
     return lambda checksums: statement(
         subjects=checksums, version=kernel.version, target=row.name, tarball_url=kernel.url,
         tarball_sha256=kernel.sha256, fragments=fragments, commit=commit, make_vars=build_info.get("make_vars", {}),
-        toolchain=build_info.get("compiler", ""), build=build_info, checks=checks)
+        toolchain=build_info.get("compiler", ""), build=build_info, checks=checks, checksum_source=signed)
+
+
+def reproduce_result(files) -> dict:
+    """The reproduce stage's verdict on exactly these images, or why there is none."""
+    record = _json_or_none(files.reproduce)
+    if record is None:
+        return {"status": "not run", "how": "doit reproduce:<target> builds it again elsewhere and compares"}
+    current = {name: sha256_of(path) for name, path in files.images.items() if path.is_file()}
+    checked = {name: entry.get("first") for name, entry in record.get("images", {}).items()}
+    if checked != current:
+        return {"status": "stale", "why": "the images were rebuilt after the reproduce run"}
+    return {"status": "identical" if record.get("identical") else "differs", "images": record.get("images"),
+            "finished_at": record.get("finished_at")}
+
+
+def _json_or_none(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def content_key(checksums: dict[str, str]) -> str:

@@ -73,6 +73,10 @@ class Project:
     def tarball(self, kernel: Kernel) -> Path:
         return self.cache_dir / "downloads" / kernel.tarball_name
 
+    def checksum_record(self, kernel: Kernel) -> Path:
+        """Where the upgrade that pinned this tarball's sha256 took it from (the signed sha256sums.asc line)."""
+        return self.tarball(kernel).with_name(f"{kernel.tarball_name}.checksum.json")
+
     def source_tree(self, kernel: Kernel) -> Path:
         return self.source_tree_of(kernel.version)
 
@@ -199,6 +203,33 @@ class Artifacts:
     @property
     def sources(self) -> Path:
         return self.dir / Project.SOURCES
+
+    @property
+    def ccache_stats(self) -> Path:
+        """ccache's per-build stats log (CCACHE_STATSLOG): the hits and misses build.json reports."""
+        return self.dir / "ccache-stats.log"
+
+    @property
+    def distcc_log(self) -> Path:
+        """distcc's client log (DISTCC_LOG): which host compiled each object."""
+        return self.dir / "distcc.log"
+
+    # reproduce stage: the same inputs built again in a second, differently named (and deeper) build dir
+    @property
+    def rebuild_dir(self) -> Path:
+        return self.dir / "reproduce"
+
+    @property
+    def rebuild_kbuild(self) -> Path:
+        return self.rebuild_dir / "kbuild-again"
+
+    @property
+    def rebuild_log(self) -> Path:
+        return self.rebuild_dir / "build.log"
+
+    @property
+    def reproduce(self) -> Path:
+        return self.dir / "reproduce.json"
 
     # verify and boot stages
     @property

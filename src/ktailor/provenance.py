@@ -34,9 +34,18 @@ def checkout_commit(root: Path) -> dict | None:
 
 def statement(*, subjects: dict[str, str], version: str, target: str, tarball_url: str, tarball_sha256: str,
               fragments: dict[str, Path], commit: dict | None, make_vars: dict, toolchain: str,
-              build: dict, checks: dict) -> dict:
-    """`subjects`: installed name -> sha256; `fragments`: display path -> file; `checks`: verify/boot status."""
-    dependencies = [{"uri": tarball_url, "digest": {"sha256": tarball_sha256}}]
+              build: dict, checks: dict, checksum_source: dict | None = None) -> dict:
+    """`subjects`: installed name -> sha256; `fragments`: display path -> file; `checks`: verify/boot/reproduce
+    verdicts; `checksum_source`: the signed sha256sums line the pinned tarball sha256 came from (upgrade.py)."""
+    dependencies = []
+    if checksum_source:
+        dependencies.append({"uri": checksum_source["url"], "digest": {"sha256": checksum_source["sha256sums_sha256"]},
+                             "annotations": {"line": checksum_source["line"],
+                                             "authenticated": checksum_source["authenticated"],
+                                             "signed_at": checksum_source.get("signed_at")}})
+    dependencies.append({"uri": tarball_url, "digest": {"sha256": tarball_sha256},
+                         "annotations": {"checksum_from": checksum_source["url"] if checksum_source else
+                                         "the sha256 pinned in versions.toml"}})
     dependencies += [{"uri": name, "digest": {"sha256": sha256_of(path)}} for name, path in fragments.items()]
     if commit:
         dependencies.append({"uri": "git+checkout", "digest": {"sha1": commit["sha1"]},

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from .compile_farm import distcc_hosts, slots
 from .errors import EnvironmentProblem, InputError
 from .targets import Target
 
@@ -52,7 +53,9 @@ def make_vars(target: Target, env: dict[str, str] | None = None) -> dict[str, st
     prefix = target.arch.compiler_prefix()
     layered = {"ARCH": target.arch.kernel_arch, "CROSS_COMPILE": prefix}
     if ccache_enabled(env):
-        layered["CC"] = f"ccache {prefix}gcc"
+        layered["CC"] = f"ccache {prefix}gcc"  # distcc, when asked for, runs behind it (CCACHE_PREFIX)
+    elif distcc_hosts(os.environ if env is None else env):
+        layered["CC"] = f"distcc {prefix}gcc"
     # The kernel stamps these into the image (init/version.c, /proc/version): fixed, so that two builds of
     # the same inputs on two machines give the same bytes (Documentation/kbuild/reproducible-builds.rst).
     # KBUILD_BUILD_TIMESTAMP is set per build from the source tree (build.py).
@@ -97,10 +100,11 @@ def make_argv(srctree: Path, kbuild: Path, variables: dict[str, str], goals: lis
 
 
 def jobs_from_env(env: dict[str, str] | None = None) -> int:
+    """JOBS, else the CPU count — or, with distcc hosts, their slots when those are more."""
     env = os.environ if env is None else env
     raw = env.get("JOBS", "")
     if not raw:
-        return os.cpu_count() or 1
+        return max(os.cpu_count() or 1, slots(distcc_hosts(env)))
     if not raw.isdigit() or int(raw) < 1:
         raise InputError(f"JOBS={raw!r} is not a positive whole number; set e.g. JOBS=4.")
     return int(raw)
@@ -124,8 +128,10 @@ def compiler_fingerprint(target: Target, env: dict[str, str] | None = None) -> s
     return f"{real}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def require_tools(target: Target, variables: dict[str, str]) -> None:
+def require_tools(target: Target, variables: dict[str, str], env: dict[str, str] | None = None) -> None:
     wrappers = [w for w in (variables.get("CC") or "").split() if w in WRAPPERS]
+    if distcc_hosts(os.environ if env is None else env) and "distcc" not in wrappers:
+        wrappers.append("distcc")  # behind ccache, through CCACHE_PREFIX
     needed = ["make", "flex", "bison", "bc", *wrappers, compiler_name(target, variables).split()[0]]
     missing = [tool for tool in needed if not shutil.which(tool)]
     if missing:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import shutil
 import sys
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from tomlkit.items import Item
 
 from .download import fetch
 from .errors import ChecksumMismatch, DownloadError, InputError, line_of
+from .evidence import write_json_atomically
 from .layout import Project
 from .preflight import Preflight, render_preflight, run_preflight
 from .progress import info, warn
@@ -117,8 +119,10 @@ def newest_point_release(entry: Kernel, url: str) -> str:
 
 # --- the checksum, authenticated -------------------------------------------------------------------
 def release_checksum(mirror: str, version: str, *, keyring: Path | None, expected_fingerprint: str,
-                     insecure_skip_signature: bool) -> tuple[str, str]:
-    """(sha256 of linux-<version>.tar.xz, how it was authenticated) from the mirror's sha256sums.asc."""
+                     insecure_skip_signature: bool) -> tuple[str, str, dict]:
+    """(sha256 of linux-<version>.tar.xz, how it was authenticated, the record of it) from the mirror's
+    sha256sums.asc; the record (URL, the signed line, the file's sha256, when it was signed) goes into the
+    install's provenance."""
     folder = f"{mirror.rstrip('/')}/v{version.partition('.')[0]}.x"
     name = f"linux-{version}.tar.xz"
     if insecure_skip_signature:
@@ -128,18 +132,20 @@ def release_checksum(mirror: str, version: str, *, keyring: Path | None, expecte
             url, text = f"{folder}/sha256sums.asc", read_url(f"{folder}/sha256sums.asc", what="sha256sums.asc").decode()
         except NotOnMirror:  # mirrors made by `python -m ktailor.mirror` carry an unsigned sha256sums
             url, text = f"{folder}/sha256sums", read_url(f"{folder}/sha256sums", what="sha256sums").decode()
-        body, how = unverified_body(text), "NOT VERIFIED (--insecure-skip-signature)"
+        body, how, signed_at, raw = unverified_body(text), "NOT VERIFIED (--insecure-skip-signature)", None, text.encode()
     else:
         url = f"{folder}/sha256sums.asc"
         signed = read_url(url, what="sha256sums.asc")
         verified = verify_clearsigned(signed, keyring_for(keyring, expected_fingerprint), expected_fingerprint, source=url)
         check_signed_recently(verified.signed_at, url)
-        body, how = verified.body, f"signature verified, key {verified.primary}"
+        body, how, signed_at, raw = verified.body, f"signature verified, key {verified.primary}", verified.signed_at, signed
     sha256 = checksum_for(body, name)
     if sha256 is None:
         raise InputError(f"{url} lists no {name}: kernel.org has no such release (check the version), or the mirror "
                          "is behind.")
-    return sha256, how
+    record = {"url": url, "sha256sums_sha256": hashlib.sha256(raw).hexdigest(), "line": f"{sha256}  {name}",
+              "sha256": sha256, "authenticated": how, "signed_at": signed_at}
+    return sha256, how, record
 
 
 # --- versions.toml, rewritten in place -------------------------------------------------------------
@@ -213,8 +219,9 @@ def upgrade(root: Path, version: str | None, *, latest: bool = False, dry_run: b
                                  needed=False, written=False, dry_run=dry_run, default_moved=False)
     check_move(versions, entry, version, allow_downgrade)
 
-    sha256, how = release_checksum(entry.mirror, version, keyring=keyring, expected_fingerprint=expected_fingerprint,
-                                   insecure_skip_signature=insecure_skip_signature)
+    sha256, how, checksum_record = release_checksum(entry.mirror, version, keyring=keyring,
+                                                    expected_fingerprint=expected_fingerprint,
+                                                    insecure_skip_signature=insecure_skip_signature)
     info(f"linux-{version}.tar.xz: sha256 {sha256} ({how})")
     old_text = versions.path.read_text()
     unchanged = (version, sha256) == (entry.version, entry.sha256)
@@ -238,6 +245,7 @@ def upgrade(root: Path, version: str | None, *, latest: bool = False, dry_run: b
     except ChecksumMismatch as exc:
         raise ChecksumMismatch(f"{exc} The checksum came from {how}: the mirror serves another tarball than the one "
                                f"signed for. {versions.path.name} was not changed; do not build from this mirror.") from None
+    write_json_atomically(project.checksum_record(new_kernel), checksum_record)
     write_versions(project, new_text)
     result.written = True
     print(f"{versions.path}: {entry.version} → {version}" + (" (the default kernel)" if entry.is_default else ""))

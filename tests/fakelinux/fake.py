@@ -33,12 +33,13 @@ if os.environ.get("FAKE_SLEEP"):  # a slow build, for tests of concurrent runs a
     time.sleep(float(os.environ["FAKE_SLEEP"]))
 print(f"  CC      fake/{goal}.o")
 compiler = os.environ.get("FAKE_CC", "").split()
-if compiler and compiler[0] == "ccache" and arch == "x86":  # one real compile through the compile cache
+if compiler and arch == "x86":  # one real compile, through ccache/distcc when CC names them
     import subprocess
 
     source = Path(srctree, "hello.c")
-    subprocess.run([*compiler[:-1], "gcc", f'-DFAKE_GOAL="{goal}"', "-c", str(source), "-o", str(out_dir / f"hello-{goal}.o")],
-                   check=True)
+    leak = [f'-DFAKE_BUILD_DIR="{out_dir.resolve()}"'] if os.environ.get("FAKE_REPRODUCIBLE") == "leak" else []
+    subprocess.run([*compiler[:-1], "gcc", f'-DFAKE_GOAL="{goal}"', *leak, "-c", str(source),
+                    "-o", str(out_dir / f"hello-{goal}.o")], check=True)
 # kbuild's record of what it compiled (.<obj>.cmd: source_ and deps_ lines), for sources.json
 compiled = Path(srctree, "compiled")
 for source in (compiled.read_text().split() if compiled.exists() else
@@ -54,7 +55,11 @@ host.parent.mkdir(parents=True, exist_ok=True)
 host.write_text(f"source_scripts/basic/fixdep.o := {srctree}/scripts/basic/fixdep.c\n")
 machine = {"x86": 62, "arm64": 183}[arch]
 elf = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9) + struct.pack("<HH", 2, machine) + bytes(44)
-(out_dir / "vmlinux").write_bytes(elf + os.urandom(64))
+compiled_vmlinux = out_dir / "hello-vmlinux.o"
+if os.environ.get("FAKE_REPRODUCIBLE") and compiled_vmlinux.is_file():  # a real ELF with sections, no noise
+    (out_dir / "vmlinux").write_bytes(compiled_vmlinux.read_bytes())
+else:
+    (out_dir / "vmlinux").write_bytes(elf + os.urandom(64))
 (out_dir / "System.map").write_text("ffffffff81000000 T _text\n")
 boot = out_dir / "arch" / arch / "boot"
 boot.mkdir(parents=True, exist_ok=True)
@@ -62,6 +67,10 @@ if goal == "bzImage":
     header = bytearray(0x400)
     header[0x1FE:0x200] = b"\x55\xaa"
     header[0x202:0x206] = b"HdrS"
+    if os.environ.get("FAKE_REPRODUCIBLE"):  # the "compressed kernel": made from vmlinux, as the real one is
+        import hashlib
+
+        header += hashlib.sha256((out_dir / "vmlinux").read_bytes()).digest()
     (boot / "bzImage").write_bytes(bytes(header))
 if goal == "Image":
     header = bytearray(64)

@@ -1,0 +1,178 @@
+"""Compile cache, distcc and extraction, measured in one run and printed as ratios to a clean build.
+
+    .venv/bin/python bench/cache.py --old 6.1.187 --new 6.1.192 [--target x86_64-micro] [--work DIR]
+
+Both versions must be in the versions file (KTAILOR_VERSIONS or versions.toml; `python -m ktailor.mirror`
+writes one for local tarballs: Debian's archive keeps older linux-source-6.1 releases, a real stable
+update pair). Every build is a real `doit build:` in its own build dir; the make time comes from build.json:
+
+1. clean: the new release, no compile cache (KTAILOR_CCACHE=0) — the baseline;
+2. cold: the old release into an empty ccache (what last night's build left in the cache);
+3. point-release bump: the new release with that warm cache (goal <= 0.3x clean);
+4. second identical build: the new release again, another build dir, warm cache (goal <= 0.15x);
+5. distcc: the new release, no cache, over two distccd daemons started on 127.0.0.1 (on one 2-core machine
+   it cannot be faster; the point is that it works and is measured);
+6. extraction: ktailor's extract vs GNU tar on the new tarball (goal <= 1.2x).
+Builds 1, 3, 4 and 5 must give byte-identical images; the table says whether they did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from ktailor.layout import Project  # noqa: E402
+
+DOIT = [sys.executable, "-m", "doit", "-f", str(ROOT / "dodo.py"), "-d", str(ROOT)]
+GOALS = {"bump": 0.3, "again": 0.15, "extract": 1.2}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def distccd_daemons(count: int, log_dir: Path):
+    """`count` distccd daemons on 127.0.0.1; yields the DISTCC_HOSTS value naming them."""
+    if not shutil.which("distccd"):
+        sys.exit("distccd is not installed: apt-get install distcc")
+    processes, hosts = [], []
+    try:
+        for number in range(count):
+            port = free_port()
+            log = (log_dir / f"distccd-{number}.log").open("w")
+            processes.append(subprocess.Popen(["distccd", "--no-detach", "--daemon", "--allow", "127.0.0.1", "--listen",
+                                               "127.0.0.1", "--port", str(port), "--jobs", "2", "--log-stderr"],
+                                              stdout=log, stderr=subprocess.STDOUT))
+            hosts.append(f"127.0.0.1:{port}/2")
+        time.sleep(1)
+        yield " ".join(hosts)
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+def write_versions(project: Project, old: str, new: str, target: str, path: Path) -> None:
+    kernels = {k.version: k for k in project.versions.kernels}
+    missing = [v for v in (old, new) if v not in kernels]
+    if missing:
+        sys.exit(f"{project.versions_path} does not list {', '.join(missing)}; add them (python -m ktailor.mirror writes "
+                 "a versions file for local tarballs) or point KTAILOR_VERSIONS at one that does.")
+    lines = [f'mirror = "{kernels[new].mirror}"', f'default = "{new}"']
+    for version in (old, new):
+        lines += ["", "[[kernel]]", f'version = "{version}"', f'sha256 = "{kernels[version].sha256}"', f'targets = ["{target}"]']
+    path.write_text("\n".join(lines) + "\n")
+
+
+def build(name: str, task: str, work: Path, env: dict[str, str]) -> dict:
+    """One real `doit build:` in work/<name>; returns its build.json plus the images' sha256."""
+    build_dir = work / name
+    shutil.rmtree(build_dir, ignore_errors=True)
+    run_env = os.environ | {"KTAILOR_BUILD_DIR": str(build_dir), "KTAILOR_QUIET": "1"} | env
+    print(f"I: {name}: doit {task} (log: {build_dir}/…/build.log)", file=sys.stderr, flush=True)
+    result = subprocess.run([*DOIT, task], cwd=ROOT, env=run_env, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"{name}: doit {task} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    project = Project(ROOT, run_env)
+    target, _, version = task.removeprefix("build:").partition("@")
+    kernel = project.versions.get(version) if version else project.versions.default
+    files = project.artifacts(kernel, project.catalog.target(target))
+    record = json.loads(files.build_json.read_text())
+    record["images"] = {image: hashlib.sha256(path.read_bytes()).hexdigest() for image, path in files.images.items()}
+    return record
+
+
+def extract_seconds(tarball: Path, scratch_parent: Path) -> tuple[float, float]:
+    """Best of two for GNU tar and for ktailor's extraction, alternating."""
+    from ktailor.extract import extract_tarball
+
+    tar_times, our_times = [], []
+    for _ in range(2):
+        with tempfile.TemporaryDirectory(dir=scratch_parent) as scratch:
+            work = Path(scratch)
+            started = time.perf_counter()
+            extract_tarball(tarball, work / "ours" / "linux")
+            our_times.append(time.perf_counter() - started)
+            shutil.rmtree(work / "ours")
+            (work / "tar").mkdir()
+            started = time.perf_counter()
+            subprocess.run(["tar", "-xJf", str(tarball), "-C", str(work / "tar")], check=True)
+            tar_times.append(time.perf_counter() - started)
+    return min(tar_times), min(our_times)
+
+
+def verdict(ratio: float, goal: float | None) -> str:
+    return "" if goal is None else ("meets goal" if ratio <= goal else "MISSES goal") + f" ≤ {goal}×"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--old", required=True, help="the older point release (its build warms the cache)")
+    parser.add_argument("--new", required=True, help="the newer point release of the same series")
+    parser.add_argument("--target", default="x86_64-micro")
+    parser.add_argument("--work", type=Path, help="where the builds go (default: <build dir>/bench/cache)")
+    args = parser.parse_args()
+    project = Project.from_env(ROOT)
+    work = (args.work or project.build_dir / "bench" / "cache").resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    versions = work / "versions.toml"
+    write_versions(project, args.old, args.new, args.target, versions)
+    ccache_dir = work / "ccache"
+    shutil.rmtree(ccache_dir, ignore_errors=True)
+    common = {"KTAILOR_VERSIONS": str(versions), "KTAILOR_CCACHE_DIR": str(ccache_dir), "KTAILOR_SKIP_BOOT": "1"}
+    new_task, old_task = f"build:{args.target}", f"build:{args.target}@{args.old}"
+
+    runs = {"clean": build("clean", new_task, work, common | {"KTAILOR_CCACHE": "0"})}
+    runs["cold"] = build("cold", old_task, work, common)
+    runs["bump"] = build("bump", new_task, work, common)
+    runs["again"] = build("again", new_task, work, common)
+    with distccd_daemons(2, work) as hosts:
+        runs["distcc"] = build("distcc", new_task, work, common | {"KTAILOR_CCACHE": "0", "KTAILOR_DISTCC_HOSTS": hosts})
+    tar_seconds, our_seconds = extract_seconds(project.tarball(project.versions.get(args.new)), work)
+
+    clean = runs["clean"]["seconds"]
+    rows = [
+        ("clean build, no cache (baseline)", "clean", None),
+        (f"cold cache: {args.old} into an empty ccache", "cold", None),
+        (f"point-release bump {args.old} → {args.new}, warm ccache", "bump", GOALS["bump"]),
+        ("second identical build, other build dir, warm ccache", "again", GOALS["again"]),
+        (f"distcc over two local distccd ({hosts}), no cache", "distcc", None),
+    ]
+    print(f"Linux {args.old} → {args.new}, {args.target}, make -j as ktailor chose it, {os.cpu_count()} CPUs\n")
+    print("| build | make seconds | ratio to clean | ccache hits/misses | engine | images = clean's |")
+    print("|---|---|---|---|---|---|")
+    for label, key, goal in rows:
+        run = runs[key]
+        cache = run.get("ccache") or {}
+        counts = f"{cache.get('hits', 0)}/{cache.get('misses', 0)}" if cache else "off"
+        engine = run["engine"]["compile"]
+        if engine == "distcc":
+            engine += " " + ", ".join(f"{host}: {n}" for host, n in run["engine"]["objects"].items())
+        same = "—" if key == "cold" else ("identical" if run["images"] == runs["clean"]["images"] else "DIFFERENT")
+        ratio = run["seconds"] / clean
+        print(f"| {label} | {run['seconds']:.0f} | {ratio:.2f}× {verdict(ratio, goal)} | {counts} | {engine} | {same} |")
+    ratio = our_seconds / tar_seconds
+    print(f"| extraction of linux-{args.new}.tar.xz: ktailor {our_seconds:.1f} s vs GNU tar {tar_seconds:.1f} s | | "
+          f"{ratio:.2f}× {verdict(ratio, GOALS['extract'])} | | | |")
+    (work / "cache.json").write_text(json.dumps({"runs": runs, "extract": {"tar": tar_seconds, "ktailor": our_seconds}},
+                                                indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""The reproduce stage: build the same inputs again in a second, differently named build dir, and compare.
+
+The second build compiles everything afresh (CCACHE_DISABLE=1: a cache hit would hand back the first
+build's object and prove nothing), with the same make variables and the same .config. Every image is
+compared by sha256; when one differs, reproduce.json names where: for an ELF image (vmlinux) the first
+section whose bytes differ, for the others the first differing byte offset. The second build dir is kept
+on a mismatch (for diffoscope), removed when every image is identical.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import time
+from pathlib import Path
+
+from .build import run_make, stamped
+from .download import sha256_of
+from .errors import VerificationFailed
+from .evidence import write_json_atomically
+from .layout import Artifacts
+from .progress import info
+
+SHT_NOBITS = 8  # .bss and friends: no bytes in the file
+
+
+def elf_sections(data: bytes) -> list[tuple[str, bytes]] | None:
+    """(name, contents) of every section with contents, in section-header order; None if not ELF."""
+    if data[:4] != b"\x7fELF" or len(data) < 64:
+        return None
+    wide, order = data[4] == 2, "<" if data[5] == 1 else ">"
+    try:
+        if wide:
+            shoff, = struct.unpack_from(order + "Q", data, 0x28)
+            entsize, count, strndx = struct.unpack_from(order + "HHH", data, 0x3A)
+            layout = order + "IIQQQQ"
+        else:
+            shoff, = struct.unpack_from(order + "I", data, 0x20)
+            entsize, count, strndx = struct.unpack_from(order + "HHH", data, 0x2E)
+            layout = order + "IIIIII"
+        headers = [struct.unpack_from(layout, data, shoff + i * entsize) for i in range(count)]
+        names = headers[strndx][4], headers[strndx][5]
+        strtab = data[names[0]:names[0] + names[1]]
+    except (struct.error, IndexError):
+        return None
+    sections = []
+    for name_at, kind, _flags, _addr, offset, size in headers:
+        name = strtab[name_at:strtab.find(b"\0", name_at)].decode(errors="replace")
+        sections.append((name, b"" if kind == SHT_NOBITS else data[offset:offset + size]))
+    return sections
+
+
+def first_difference(first: Path, second: Path) -> dict:
+    """Where two builds of one image part: the ELF section, or the byte offset."""
+    a, b = first.read_bytes(), second.read_bytes()
+    sections_a, sections_b = elf_sections(a), elf_sections(b)
+    if sections_a is not None and sections_b is not None:
+        names_b = dict(sections_b)
+        for name, contents in sections_a:
+            if name not in names_b:
+                return {"section": name, "why": "only in the first build"}
+            if names_b[name] != contents:
+                return {"section": name, "why": f"contents differ ({len(contents)} vs {len(names_b[name])} bytes)"}
+        extra = [name for name, _ in sections_b if name not in dict(sections_a)]
+        if extra:
+            return {"section": extra[0], "why": "only in the second build"}
+    offset = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    return {"offset": offset, "sizes": [len(a), len(b)]}
+
+
+def reproduce_target(*, srctree: Path, files: Artifacts, variables: dict[str, str], goals: list[str], jobs: int,
+                     label: str, env: dict[str, str]) -> dict:
+    """Rebuild in files.rebuild_kbuild from the same .config and make variables; write reproduce.json."""
+    files.reproduce.unlink(missing_ok=True)
+    shutil.rmtree(files.rebuild_dir, ignore_errors=True)
+    files.rebuild_kbuild.mkdir(parents=True)
+    shutil.copy2(files.config, files.rebuild_kbuild / ".config")
+    started = time.monotonic()
+    run_make(srctree, files.rebuild_kbuild, stamped(variables, srctree, env), goals, jobs, files.rebuild_log,
+             f"{label} again", {"CCACHE_DISABLE": "1"})
+    images = {}
+    for name, path in files.images.items():
+        again = files.rebuild_kbuild / path.relative_to(files.kbuild)
+        entry = {"first": sha256_of(path), "second": sha256_of(again) if again.is_file() else None}
+        entry["identical"] = entry["first"] == entry["second"]
+        if not entry["identical"] and again.is_file():
+            entry["first_difference"] = first_difference(path, again)
+        images[name] = entry
+    identical = all(entry["identical"] for entry in images.values())
+    record = {"identical": identical, "images": images, "first_build": str(files.kbuild),
+              "second_build": str(files.rebuild_kbuild), "seconds": round(time.monotonic() - started, 1),
+              "ccache": "disabled for the second build", "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if identical:
+        shutil.rmtree(files.rebuild_dir, ignore_errors=True)
+        record["second_build"] += " (removed: identical)"
+    write_json_atomically(files.reproduce, record)
+    if not identical:
+        parts = [f"{name} differs ({_where(entry.get('first_difference'))})" for name, entry in images.items()
+                 if not entry["identical"]]
+        raise VerificationFailed(f"{label} is not reproducible: {'; '.join(parts)}. Both builds are kept "
+                                 f"({files.kbuild} and {files.rebuild_kbuild}); compare them with diffoscope, and see "
+                                 f"{files.reproduce}.")
+    info(f"reproduced {label}: {len(images)} image(s) identical in a second build dir "
+         f"({record['seconds']:.0f}s without the compile cache)")
+    return record
+
+
+def _where(difference: dict | None) -> str:
+    if not difference:
+        return "missing from the second build"
+    if "section" in difference:
+        return f"first differing ELF section {difference['section']}: {difference['why']}"
+    return f"first differing byte at offset {difference['offset']}"
