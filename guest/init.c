@@ -6,6 +6,8 @@
  *   KTAILOR-UPTIME seconds=<s>                        /proc/uptime itself (10 ms steps)
  *   KTAILOR-KMSG us=<printk time> text=<message>      kernel lines the host needs even under `quiet`
  *   KTAILOR-MEM total_kb=<n> available_kb=<n> used_kb=<n>
+ *   KTAILOR-CMDLINE text=<the command line the kernel ran with, /proc/cmdline>
+ *   KTAILOR-VULN name=<file> state=<text>             each /sys/devices/system/cpu/vulnerabilities/<file>
  *   KTAILOR-PROBE name=<name> status=pass|fail|skip detail=<free text to end of line>
  *   KTAILOR-DONE probes=<n> failed=<n>
  *
@@ -567,6 +569,27 @@ static long meminfo_kb(const char *text, const char *key)
 	return p ? strtol(p + strlen(key), NULL, 10) : -1;
 }
 
+/* The CPU vulnerability state the kernel settled on (its mitigations, as the command line left them). */
+static void report_vulnerabilities(void)
+{
+	const char *dir = "/sys/devices/system/cpu/vulnerabilities";
+	DIR *d = opendir(dir);
+	if (!d)
+		return;
+	struct dirent *entry;
+	char path[512], state[512];
+	while ((entry = readdir(d)) != NULL) {
+		if (entry->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, entry->d_name);
+		if (read_file(path, state, sizeof(state)) < 0)
+			continue;
+		state[strcspn(state, "\n")] = '\0';
+		printf("KTAILOR-VULN name=%s state=%s\n", entry->d_name, state);
+	}
+	closedir(d);
+}
+
 /* Forward the kernel lines the host parses; under `quiet` they never reach the console. */
 static void forward_kmsg(void)
 {
@@ -616,6 +639,11 @@ int main(void)
 		long total = meminfo_kb(text, "MemTotal:"), available = meminfo_kb(text, "MemAvailable:");
 		printf("KTAILOR-MEM total_kb=%ld available_kb=%ld used_kb=%ld\n", total, available, total - available);
 	}
+	if (read_file("/proc/cmdline", text, sizeof(text)) > 0) {
+		text[strcspn(text, "\n")] = '\0';
+		printf("KTAILOR-CMDLINE text=%s\n", text);
+	}
+	report_vulnerabilities();
 	forward_kmsg();
 
 	const char *wanted = getenv("ktailor_probes");

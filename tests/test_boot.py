@@ -37,6 +37,9 @@ CONSOLE = [
     "KTAILOR-PROBE name=virtio-blk status=pass detail=/dev/vda is a block device; / is /dev/root ext4",
     # kernel output sharing the line with init's: the parser looks anywhere in a line
     "[    1.2] virtio_net virtio1: liveKTAILOR-PROBE name=dm-crypt status=fail detail=/dev/mapper/control: No such file",
+    "KTAILOR-CMDLINE text=console=ttyS0 reboot=k panic=1 pci=off reboot=t quiet ktailor_probes=virtio-blk,dm-crypt",
+    "KTAILOR-VULN name=spectre_v2 state=Mitigation: Retpolines; STIBP: disabled; RSB filling",
+    "KTAILOR-VULN name=meltdown state=Not affected",
     "KTAILOR-WARN mount cgroup2 on /sys/fs/cgroup: No such device",
     "KTAILOR-DONE probes=2 failed=1",
     "reboot: Restarting system",
@@ -109,7 +112,27 @@ def test_parse_console_reads_every_kind_of_line():
                                                              "/dev/vda is a block device; / is /dev/root ext4")
     assert report.probes["dm-crypt"].status == "fail"
     assert report.warnings == ["mount cgroup2 on /sys/fs/cgroup: No such device"]
+    assert report.cmdline.startswith("console=ttyS0 reboot=k") and report.cmdline.endswith("virtio-blk,dm-crypt")
+    assert report.vulnerabilities == {"spectre_v2": "Mitigation: Retpolines; STIBP: disabled; RSB filling",
+                                      "meltdown": "Not affected"}
     assert report.done
+
+
+def test_command_line_words_that_undo_hardening_are_found():
+    undoes = probes.load_cmdline_undoes(REPO / "guest" / "cmdline-undoes.toml")
+    assert probes.undone_by("console=ttyS0 mitigations=auto nokaslr quiet", undoes) == {
+        "nokaslr": "kernel address space layout randomisation"}
+    assert probes.undone_by("console=ttyS0 mitigations=off", undoes)["mitigations=off"].startswith("every CPU")
+    for target in CATALOG.targets.values():  # what ktailor itself boots and records undoes nothing
+        settings_words = " ".join(str(target.boot.get(key, "")) for key in ("cmdline_extra", "tcg_cmdline_extra"))
+        assert probes.undone_by(f"{target.cmdline} {settings_words}", undoes) == {}, target.name
+
+
+def test_a_bad_undoes_table_is_refused_with_its_path(tmp_path):
+    bad = tmp_path / "cmdline-undoes.toml"
+    bad.write_text('[undoes]\n"nokaslr" = 3\n')
+    with pytest.raises(InputError, match=str(bad)):
+        probes.load_cmdline_undoes(bad)
 
 
 def test_parse_console_of_a_guest_that_died_early():
@@ -292,7 +315,8 @@ def host_init(tmp_path_factory) -> Path:
     return boot.build_init(target_named("x86_64-micro"), GUEST / "init.c", tmp_path_factory.mktemp("init"))
 
 
-LINE_RES = [probes.PROBE_RE, probes.INIT_RE, probes.UPTIME_RE, probes.MEM_RE, probes.KMSG_RE, probes.DONE_RE, probes.WARN_RE]
+LINE_RES = [probes.PROBE_RE, probes.INIT_RE, probes.UPTIME_RE, probes.MEM_RE, probes.KMSG_RE, probes.CMDLINE_RE,
+            probes.VULN_RE, probes.DONE_RE, probes.WARN_RE]
 
 
 @needs_gcc
@@ -309,6 +333,7 @@ def test_init_on_the_host_only_looks_and_reports_well_formed_lines(host_init):
     report = probes.parse_console(lines)
     assert report.pid != 1 and report.boottime_ns > 0 and report.done
     assert report.mem_used_kb > 0
+    assert report.cmdline == Path("/proc/cmdline").read_text().strip()
     assert list(report.probes) == [*names, "no-such-probe"]
     assert all("has no probe named" not in r.detail for n, r in report.probes.items() if n != "no-such-probe")
     assert report.probes["no-such-probe"].status == "fail"
@@ -405,6 +430,9 @@ def test_real_x86_64_micro_kernel_boots_and_passes_every_probe(tmp_path, mode):
     assert all(p["status"] == "pass" for p in saved["probes"])
     metrics = saved["metrics"]
     assert 0 < metrics["time_to_init_ms"] < metrics["host_wall_to_exit_ms"]
+    # the command line the guest really ran with, and the CPU vulnerability state it left
+    assert saved["guest"]["cmdline"].startswith(target.cmdline) and "ktailor_probes=" in saved["guest"]["cmdline"]
+    assert saved["guest"]["vulnerabilities"] and saved["guest"]["undone_hardening"] == {}
     assert metrics["guest_used_kib"] > 0 and metrics["kernel_memory_kib"]["kernel code"] > 0
     assert saved["sizes"]["vmlinux"] > 0
 
@@ -426,3 +454,19 @@ def test_real_kernel_missing_capabilities_are_traced_to_fragment_lines(tmp_path)
     failed = {p["name"] for p in saved["probes"] if p["status"] != "pass"}
     assert failed == {"pci", "acpi", "modules"}
 
+
+
+@pytest.mark.slow
+def test_real_kernel_booted_with_a_command_line_that_undoes_hardening_fails(tmp_path):
+    """The check reads the command line the guest ran with, so a VMM or cmdline that adds nokaslr is caught."""
+    kbuild = real_kbuild()
+    target = target_named("x86_64-micro")
+    undone = dataclasses.replace(target, cmdline=f"{target.cmdline} nokaslr mitigations=off")
+    with pytest.raises(VerificationFailed) as caught:
+        boot.boot_target(undone, kbuild, tmp_path, requested_for(target, kbuild), logging.getLogger("t"))
+    message = str(caught.value)
+    assert "undoes hardening it was built with: nokaslr switches off kernel address space layout" in message
+    assert "mitigations=off switches off every CPU vulnerability mitigation" in message
+    saved = json.loads((tmp_path / "boot.json").read_text())
+    assert saved["status"] == "fail" and set(saved["guest"]["undone_hardening"]) == {"nokaslr", "mitigations=off"}
+    assert all(state != "" for state in saved["guest"]["vulnerabilities"].values())

@@ -219,3 +219,12 @@ def test_the_install_provenance_carries_the_reproduce_verdict_on_its_own_images(
     verdict = manifest["provenance"]["predicate"]["runDetails"]["byproducts"][0]["annotations"]["reproduce"]
     assert verdict["status"] == "identical"
     assert verdict["images"]["vmlinux"]["second"] == manifest["sha256"]["vmlinux"]
+
+
+@pytest.mark.skipif(not shutil.which("ccache"), reason="ccache is not installed (scripts/setup installs it)")
+def test_switching_distcc_on_behind_ccache_reruns_nothing(two_kernels, monkeypatch):
+    root = two_kernels.root
+    assert run_doit(root, "build:x86_64-micro")[0] == 0
+    monkeypatch.setenv(DISTCC_HOSTS_ENV, "127.0.0.1:1/2")  # never contacted: nothing is stale
+    code, ran, err = run_doit(root, "build:x86_64-micro")
+    assert code == 0 and ran == [], (ran, err)

@@ -38,8 +38,10 @@ from .probes import (
     ProbeTable,
     explain_failure,
     find_hint,
+    load_cmdline_undoes,
     load_probe_table,
     parse_console,
+    undone_by,
 )
 from .processes import reaped
 from .progress import bar, info, warn
@@ -401,6 +403,21 @@ def metrics_of(guest: GuestReport, run: VmRun) -> dict[str, Any]:
     }
 
 
+CMDLINE_UNDOES = "cmdline-undoes.toml"  # in the guest dir: command-line words that switch a hardening off
+
+
+def undone_hardening(target: Target, guest: GuestReport, guest_dir: Path) -> tuple[dict[str, str], str | None]:
+    """The words of the command line the guest ran with that switch a hardening off, and the failure they make."""
+    undoes_file = guest_dir / CMDLINE_UNDOES
+    undone = undone_by(guest.cmdline or "", load_cmdline_undoes(undoes_file)) if undoes_file.is_file() else {}
+    if not undone:
+        return undone, None
+    words = "; ".join(f"{word} switches off {what}" for word, what in undone.items())
+    return undone, (f"{target.name}: the kernel command line it ran with undoes hardening it was built with: {words}. "
+                    f"Remove the word from [target.{target.name}] cmdline in targets.toml (or from the VMM's boot "
+                    f"arguments); {undoes_file} lists the words checked.")
+
+
 def boot_target(target: Target, kbuild: Path, workdir: Path, requested: dict[str, Option], log: Log, *,
                 mode: str = "rootfs", accel: str | None = None, guest_dir: Path = GUEST_DIR) -> BootResult:
     """Boot the kernel in kbuild, run the probes, write boot.json; raise VerificationFailed on failure."""
@@ -426,7 +443,7 @@ def boot_target(target: Target, kbuild: Path, workdir: Path, requested: dict[str
         "target": target.name, "status": "pass", "mode": mode, "accel": plan.accel, "accel_note": plan.accel_note,
         "kernel": str(kbuild / plan.settings.kernel), "qemu_command": plan.argv, "console_log": str(console_log),
         "metrics": metrics_of(guest, run), "sizes": sizes, "probes": [], "guest_warnings": guest.warnings,
-        "evidence": evidence,
+        "guest": {"cmdline": guest.cmdline, "vulnerabilities": guest.vulnerabilities}, "evidence": evidence,
     }
 
     problem = None
@@ -457,6 +474,8 @@ def boot_target(target: Target, kbuild: Path, workdir: Path, requested: dict[str
     if failures and not problem:
         problem = (f"{target.name}: {len(failures)} of {len(plan.probe_names)} boot probes failed: "
                    + "; ".join(f.sentence(target) for f in failures) + ".")
+    report["guest"]["undone_hardening"], undone_problem = undone_hardening(target, guest, guest_dir)
+    problem = problem or undone_problem
 
     if problem:
         message = f"{problem} Full console log: {console_log}; results: {workdir / Project.BOOT_REPORT}"

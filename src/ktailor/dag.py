@@ -201,7 +201,8 @@ def _other_configs(project: Project, kernel: Kernel, target: Target) -> list[Pat
 
 
 def _guest(project: Project) -> list[Path]:
-    return [project.guest_dir / "init.c", project.guest_dir / "probes.toml"]
+    return [project.guest_dir / name for name in ("init.c", "probes.toml", "cmdline-undoes.toml")
+            if (project.guest_dir / name).is_file() or name != "cmdline-undoes.toml"]
 
 
 STAGES = (

@@ -23,6 +23,8 @@ INIT_RE = re.compile(r"KTAILOR-INIT boottime_ns=(?P<ns>\d+) pid=(?P<pid>\d+)")
 UPTIME_RE = re.compile(r"KTAILOR-UPTIME seconds=(?P<seconds>[\d.]+)")
 MEM_RE = re.compile(r"KTAILOR-MEM total_kb=(?P<total>-?\d+) available_kb=(?P<available>-?\d+) used_kb=(?P<used>-?\d+)")
 KMSG_RE = re.compile(r"KTAILOR-KMSG us=(?P<us>\d+) text=(?P<text>.*)$")
+CMDLINE_RE = re.compile(r"KTAILOR-CMDLINE text=(?P<text>.*)$")
+VULN_RE = re.compile(r"KTAILOR-VULN name=(?P<name>\S+) state=(?P<state>.*)$")
 DONE_RE = re.compile(r"KTAILOR-DONE probes=(?P<probes>\d+) failed=(?P<failed>\d+)")
 WARN_RE = re.compile(r"KTAILOR-WARN (?P<text>.*)$")
 MEMORY_LINE_RE = re.compile(r"Memory: (?P<available>\d+)K/(?P<total>\d+)K available \((?P<parts>[^)]*)\)")
@@ -117,6 +119,8 @@ class GuestReport:
     mem_used_kb: int | None = None
     kernel_memory: dict[str, int] | None = None
     run_init_us: int | None = None
+    cmdline: str | None = None  # /proc/cmdline: what the kernel actually ran with
+    vulnerabilities: dict[str, str] = field(default_factory=dict)  # /sys/devices/system/cpu/vulnerabilities/*
     probes: dict[str, ProbeResult] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     done: bool = False
@@ -153,6 +157,10 @@ def parse_console(lines: list[str]) -> GuestReport:
                 report.kernel_memory = memory
             elif RUN_INIT_RE.search(match["text"]):
                 report.run_init_us = int(match["us"])
+        elif match := CMDLINE_RE.search(line):
+            report.cmdline = match["text"].strip()
+        elif match := VULN_RE.search(line):
+            report.vulnerabilities[match["name"]] = match["state"].strip()
         elif match := DONE_RE.search(line):
             report.done = True
         elif match := WARN_RE.search(line):
@@ -160,6 +168,25 @@ def parse_console(lines: list[str]) -> GuestReport:
         elif report.kernel_memory is None and (memory := parse_memory_line(line)):
             report.kernel_memory = memory  # printed on the console itself when booted without `quiet`
     return report
+
+
+def load_cmdline_undoes(path: Path) -> dict[str, str]:
+    """guest/cmdline-undoes.toml: command-line word -> the hardening it switches off."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: not valid TOML ({exc}); fix the file.") from None
+    undoes = data.get("undoes", {})
+    if not isinstance(undoes, dict) or not all(isinstance(v, str) and v for v in undoes.values()):
+        raise InputError(f"{path}: [undoes] must map each command-line word to the hardening it switches off, "
+                         'e.g. "nokaslr" = "kernel address randomisation".')
+    return undoes
+
+
+def undone_by(cmdline: str, undoes: dict[str, str]) -> dict[str, str]:
+    """The words of a command line that switch a hardening off (a word `a=b` or a bare `word`)."""
+    return {word: undoes[word] for word in cmdline.split() if word in undoes}
 
 
 def find_hint(hints: tuple[Hint, ...] | list[Hint], lines: list[str], *, timed_out: bool) -> str | None:
