@@ -111,7 +111,7 @@ def lint(root: str) -> None:
 def configure(root: str, version: str, target: str) -> None:
     project, kernel, row = _load(root, version, target)
     lint_target(project.fragments_dir, project.root, project.catalog, row.list_name, kernel.version_tuple)
-    variables = make_vars(row, project.env)
+    variables = make_vars(row, project.env, srctree=project.source_tree(kernel), kbuild=project.kbuild(kernel, row))
     require_tools(row, variables, project.env)
     configure_target(
         name=row.name, version=kernel.version, version_tuple=kernel.version_tuple, arch=row.arch.name,
@@ -144,7 +144,7 @@ def other_trees(project: Project, kernel) -> list[tuple[str, Path]]:
 @reports_errors
 def build(root: str, version: str, target: str) -> None:
     project, kernel, row = _load(root, version, target)
-    variables = make_vars(row, project.env)
+    variables = make_vars(row, project.env, srctree=project.source_tree(kernel), kbuild=project.kbuild(kernel, row))
     require_tools(row, variables, project.env)
     build_target(srctree=project.source_tree(kernel), files=project.artifacts(kernel, row), variables=variables,
                  goals=list(row.arch.make_targets), jobs=jobs_from_env(project.env),
@@ -157,7 +157,7 @@ def reproduce(root: str, version: str, target: str) -> None:
     from .reproduce import reproduce_target
 
     project, kernel, row = _load(root, version, target)
-    variables = make_vars(row, project.env)
+    variables = make_vars(row, project.env, srctree=project.source_tree(kernel), kbuild=project.kbuild(kernel, row))
     require_tools(row, variables, project.env)
     reproduce_target(srctree=project.source_tree(kernel), files=project.artifacts(kernel, row), variables=variables,
                      goals=list(row.arch.make_targets), jobs=jobs_from_env(project.env),

@@ -181,8 +181,9 @@ class Stage:
     clean: Callable[..., object] = lambda p, k, t, f: True
 
 
-def _toolchain_state(project: Project, target: Target) -> dict:
-    return {"make_vars": make_vars(target, project.env), "compiler": compiler_fingerprint(target, project.env)}
+def _toolchain_state(project: Project, kernel: Kernel, target: Target, files: Artifacts) -> dict:
+    variables = make_vars(target, project.env, srctree=project.source_tree(kernel), kbuild=files.kbuild)
+    return {"make_vars": variables, "compiler": compiler_fingerprint(target, project.env)}
 
 
 def _config_deps(project: Project, kernel: Kernel, target: Target, files: Artifacts) -> list[Path]:
@@ -210,7 +211,7 @@ STAGES = (
           lambda k, t: f"allnoconfig + {t.list_name} for {t.name} on {k.version}; audit requested vs final",
           actions.configure, _config_deps,
           lambda p, k, t, f: [f.config, f.audit],
-          state=lambda p, k, t, f: {"version": k.version, "arch": t.arch.name} | _toolchain_state(p, t),
+          state=lambda p, k, t, f: {"version": k.version, "arch": t.arch.name} | _toolchain_state(p, k, t, f),
           check=lambda p, k, t, f: (actions.config_matches_audit, [str(f.config), str(f.audit)]),
           clean=lambda p, k, t, f: [(actions.remove_tree, [str(f.dir)])]),
     Stage("report", "write each target's requirement → option → final value table (report.md, report.json)",
@@ -223,7 +224,7 @@ STAGES = (
           actions.build,
           lambda p, k, t, f: [f.config, p.source_tree(k) / STAMP],
           lambda p, k, t, f: [*f.images.values(), f.system_map, f.sources],
-          state=lambda p, k, t, f: _toolchain_state(p, t)),
+          state=_toolchain_state),
     Stage("verify", "check each target's audit, image formats and size budget; writes verify.json",
           lambda k, t: f"check {t.name} {k.version}: audit passed, image formats, size budget",
           actions.verify,
@@ -244,7 +245,7 @@ STAGES = (
           actions.reproduce,
           lambda p, k, t, f: [*f.images.values(), f.config, p.source_tree(k) / STAMP],
           lambda p, k, t, f: [f.reproduce],
-          state=lambda p, k, t, f: _toolchain_state(p, t),
+          state=_toolchain_state,
           clean=lambda p, k, t, f: [(actions.remove_tree, [str(f.rebuild_dir)])]),
     Stage("install", "install verified kernels into the prefix (KTAILOR_PREFIX, default /usr/share/ktailor)",
           lambda k, t: f"install {t.name} {k.version} into the prefix and switch its links",

@@ -47,9 +47,12 @@ def ccache_enabled(env: dict[str, str] | None = None) -> bool:
     return env.get(CCACHE_ENV, "1") not in ("0", "no", "false") and shutil.which("ccache") is not None
 
 
-def make_vars(target: Target, env: dict[str, str] | None = None) -> dict[str, str]:
+def make_vars(target: Target, env: dict[str, str] | None = None, *, srctree: Path | None = None,
+              kbuild: Path | None = None) -> dict[str, str]:
     """Layered: arch (ARCH, CROSS_COMPILE), the compile cache (CC=ccache <compiler>, when ccache is
-    installed and KTAILOR_CCACHE is not 0), reproducibility (who and where built it), then the user's."""
+    installed and KTAILOR_CCACHE is not 0), reproducibility (who and where built it), then the user's.
+    Given the source tree and the kbuild dir, also the path map that keeps a ccache build's images
+    independent of where the build dir is (see source_path_map)."""
     prefix = target.arch.compiler_prefix()
     layered = {"ARCH": target.arch.kernel_arch, "CROSS_COMPILE": prefix}
     if ccache_enabled(env):
@@ -61,7 +64,18 @@ def make_vars(target: Target, env: dict[str, str] | None = None) -> dict[str, st
     # KBUILD_BUILD_TIMESTAMP is set per build from the source tree (build.py).
     layered |= {"KBUILD_BUILD_USER": "ktailor", "KBUILD_BUILD_HOST": "ktailor", "KBUILD_BUILD_VERSION": "1"}
     layered.update(user_make_vars(env))
+    if srctree is not None and kbuild is not None and "ccache" in layered.get("CC", "").split():
+        layered["KCFLAGS"] = f"{layered.get('KCFLAGS', '')} {source_path_map(srctree, kbuild)}".strip()
     return layered
+
+
+def source_path_map(srctree: Path, kbuild: Path) -> str:
+    """With the build dir as ccache's base dir, gcc is handed the source tree as a path relative to the kbuild
+    dir (../../../src/linux-<version>), which the kernel's own -fmacro-prefix-map=<absolute srctree>/= does not
+    strip: __FILE__ in every WARN/BUG string would then carry the build dir's depth into the image (found by
+    `doit reproduce`: .text differed, 5.10.262 x86_64-micro). Mapping the relative form to nothing too gives
+    the same "kernel/fork.c" either way."""
+    return f"-ffile-prefix-map={os.path.relpath(srctree, kbuild)}/="
 
 
 def ccache_env(env: dict[str, str], cache_dir: Path, stats_log: Path, base_dir: Path) -> dict[str, str]:

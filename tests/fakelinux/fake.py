@@ -38,8 +38,10 @@ if compiler and arch == "x86":  # one real compile, through ccache/distcc when C
 
     source = Path(srctree, "hello.c")
     leak = [f'-DFAKE_BUILD_DIR="{out_dir.resolve()}"'] if os.environ.get("FAKE_REPRODUCIBLE") == "leak" else []
-    subprocess.run([*compiler[:-1], "gcc", f'-DFAKE_GOAL="{goal}"', *leak, "-c", str(source),
-                    "-o", str(out_dir / f"hello-{goal}.o")], check=True)
+    # as the kernel's Makefile does: strip the source tree from __FILE__, then the user's KCFLAGS
+    flags = [f"-fmacro-prefix-map={srctree}/=", *os.environ.get("FAKE_KCFLAGS", "").split()]
+    subprocess.run([*compiler[:-1], "gcc", f'-DFAKE_GOAL="{goal}"', *flags, *leak, "-c", str(source),
+                    "-o", str((out_dir / f"hello-{goal}.o").resolve())], check=True, cwd=out_dir)  # kbuild compiles in O=
 # kbuild's record of what it compiled (.<obj>.cmd: source_ and deps_ lines), for sources.json
 compiled = Path(srctree, "compiled")
 for source in (compiled.read_text().split() if compiled.exists() else
