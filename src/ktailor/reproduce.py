@@ -55,15 +55,15 @@ def first_difference(first: Path, second: Path) -> dict:
     a, b = first.read_bytes(), second.read_bytes()
     sections_a, sections_b = elf_sections(a), elf_sections(b)
     if sections_a is not None and sections_b is not None:
-        names_b = dict(sections_b)
-        for name, contents in sections_a:
-            if name not in names_b:
-                return {"section": name, "why": "only in the first build"}
-            if names_b[name] != contents:
-                return {"section": name, "why": f"contents differ ({len(contents)} vs {len(names_b[name])} bytes)"}
-        extra = [name for name, _ in sections_b if name not in dict(sections_a)]
-        if extra:
-            return {"section": extra[0], "why": "only in the second build"}
+        names_a, names_b = dict(sections_a), dict(sections_b)
+        differing = [name for name, contents in sections_a if names_b.get(name) != contents]
+        differing += [name for name, _ in sections_b if name not in names_a]
+        if differing:
+            first = differing[0]
+            why = ("only in the first build" if first not in names_b else "only in the second build"
+                   if first not in names_a else f"contents differ ({len(names_a[first])} vs {len(names_b[first])} bytes)")
+            # the first is often .text, shifted by a change elsewhere: the whole list points at the cause
+            return {"section": first, "why": why, "differing_sections": differing[:12]}
     offset = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     return {"offset": offset, "sizes": [len(a), len(b)]}
 
@@ -109,5 +109,7 @@ def _where(difference: dict | None) -> str:
     if not difference:
         return "missing from the second build"
     if "section" in difference:
-        return f"first differing ELF section {difference['section']}: {difference['why']}"
+        others = [name for name in difference.get("differing_sections", []) if name != difference["section"]]
+        also = f"; also {', '.join(others)}" if others else ""
+        return f"first differing ELF section {difference['section']}: {difference['why']}{also}"
     return f"first differing byte at offset {difference['offset']}"
