@@ -35,7 +35,9 @@ sys.path.insert(0, str(ROOT / "src"))
 from anchors import check_local, fetch_anchors  # noqa: E402
 
 from ktailor.boot import StderrLog, boot_target  # noqa: E402
+from ktailor.dotconfig import parse_dotconfig  # noqa: E402
 from ktailor.errors import VerificationFailed  # noqa: E402
+from ktailor.hardening import CHECKS_FILE, audit_hardening, load_checks  # noqa: E402
 from ktailor.layout import Project  # noqa: E402
 
 IMAGES = ["arch/x86/boot/bzImage", "vmlinux"]
@@ -98,6 +100,13 @@ def boot_once(target, kbuild: Path, workdir: Path) -> dict:
     return json.loads((workdir / "boot.json").read_text())
 
 
+def hardening_score(kbuild: Path, version: tuple[int, int, int]) -> dict:
+    """ktailor's hardening checks over a kernel's .config, without any target's waivers (the same bar for all)."""
+    result = audit_hardening(load_checks(ROOT / "fragments" / CHECKS_FILE), parse_dotconfig(kbuild / ".config"),
+                             arch="x86_64", version=version, target=None)
+    return {"score": result["score"], "passed": result["passed"], "failing": [r["symbol"] for r in result["failing"]]}
+
+
 def summarise(name: str, kbuild: Path, boots: list[dict]) -> dict:
     times = [b["metrics"]["time_to_init_ms"] for b in boots if b["metrics"].get("time_to_init_ms") is not None]
     used = [b["metrics"]["guest_used_kib"] for b in boots if b["metrics"].get("guest_used_kib")]
@@ -148,13 +157,14 @@ def main() -> None:
             row = dataclasses.replace(target, boot=target.boot | {"machine": machines.get(name, target.boot["machine"])})
             boots[name].append(boot_once(row, kbuild, workdir))
         print(f"round {round_number + 1}/{args.boots} done", file=sys.stderr)
-    rows = [summarise(name, kbuild, boots[name]) for name, kbuild in kernels.items()]
+    rows = [summarise(name, kbuild, boots[name]) | {"hardening": hardening_score(kbuild, kernel.version_tuple)}
+            for name, kbuild in kernels.items()]
     accel = boots["ktailor x86_64-micro"][-1]["accel"]
     print(f"Linux {kernel.version}, x86_64, QEMU microvm under {accel.upper()}, {args.boots} interleaved boots each\n")
     floor = rows[-1]
     print("| kernel | bzImage (× floor) | vmlinux | time-to-init median [min–max] (× floor) | used memory at init (× floor) "
-          "| probes passed |")
-    print("|---|---|---|---|---|---|")
+          "| probes passed | hardening checks passed (no waivers) |")
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
         timing = "n/a" if row["init_ms"] is None else "{:.0f} ms [{:.0f}–{:.0f}]".format(*row["init_ms"])
         timing += times_floor(row["init_ms"] and row["init_ms"][0], floor["init_ms"] and floor["init_ms"][0])
@@ -162,7 +172,7 @@ def main() -> None:
         used += times_floor(row["used_mib"], floor["used_mib"])
         failed = f" (fails: {', '.join(row['failed'])})" if row["failed"] else ""
         print(f"| {row['kernel']} | {row['bzImage_mb']:.2f} MB{times_floor(row['bzImage_mb'], floor['bzImage_mb'])} | "
-              f"{row['vmlinux_mb']:.1f} MB | {timing} | {used} | {row['probes']}{failed} |")
+              f"{row['vmlinux_mb']:.1f} MB | {timing} | {used} | {row['probes']}{failed} | {row['hardening']['score']} |")
     (bench_dir / "reference.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 

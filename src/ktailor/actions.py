@@ -170,10 +170,11 @@ def verify(root: str, version: str, target: str) -> None:
     files = project.artifacts(kernel, row)
     report = verify_target(name=row.name, version=kernel.version, kernel_arch=row.arch.kernel_arch,
                            kbuild=files.kbuild, images=row.arch.images, budget=row.size_budget,
-                           audit_file=files.audit, out=files.verify)
+                           audit_file=files.audit, out=files.verify, hardening=hardening_of(project, kernel, row))
     sizes = ", ".join(f"{name} {entry['size'] / 1e6:.2f} MB (budget {entry['budget'] / 1e6:.1f})"
                       for name, entry in report["artifacts"].items())
-    info(f"verified {row.name} {kernel.version}: {sizes}")
+    score = f"; hardening {report['hardening']['score']}" if report.get("hardening") else ""
+    info(f"verified {row.name} {kernel.version}: {sizes}{score}")
 
 
 @reports_errors
@@ -184,6 +185,18 @@ def boot(root: str, version: str, target: str) -> None:
     files = project.artifacts(kernel, row)
     boot_target(row, files.kbuild, files.boot_dir, requested_for(project, kernel, row), StderrLog(),
                 guest_dir=project.guest_dir)
+
+
+def hardening_of(project: Project, kernel, row) -> dict | None:
+    """The hardening audit of the target's final .config, or None without a checks file."""
+    from .dotconfig import parse_dotconfig
+    from .hardening import CHECKS_FILE, audit_hardening, load_checks
+
+    path = project.fragments_dir / CHECKS_FILE
+    if not path.is_file():
+        return None
+    return audit_hardening(load_checks(path), parse_dotconfig(project.artifacts(kernel, row).config),
+                           arch=row.arch.name, version=kernel.version_tuple, target=row.name)
 
 
 @reports_errors
@@ -199,11 +212,16 @@ def report(root: str, version: str, target: str) -> None:
             drifted = target_drift(project, row, other.version, kernel)
             if drifted is not None:
                 drifts[other.version] = drifted
+    hardening = hardening_of(project, kernel, row)
     rows = write_report(target=row.name, version=kernel.version, fragments=fragments,
                         requested=requested_options(fragments, row.arch.name, kernel.version_tuple),
                         config=files.config, audit_file=files.audit, out_md=files.report_md,
-                        out_json=files.report_json, drifts=drifts)
+                        out_json=files.report_json, drifts=drifts, hardening=hardening)
     landed = sum(r["status"] == "landed" for r in rows)
+    if hardening:
+        failing = ", ".join(r["symbol"] for r in hardening["failing"])
+        info(f"hardening {row.name} {kernel.version}: {hardening['score']} checks pass, {hardening['waived']} waived"
+             + (f"; failing: {failing}" if failing else ""))
     errors = sum(error_count(*pair) for pair in drifts.values())
     compared = f"; whole .config compared with {', '.join(drifts)}: {errors} must-stay loss(es)" if drifts else ""
     info(f"report {row.name} {kernel.version}: {landed}/{len(rows)} landed{compared} → "

@@ -22,6 +22,7 @@ from . import actions
 from .errors import KtailorError, exit_code_for
 from .evidence import SKIP_BOOT_ENV, allow_unbooted
 from .extract import STAMP
+from .hardening import CHECKS_FILE
 from .layout import Artifacts, Project
 from .locks import BUILD_LOCK_ENV, acquire, no_wait
 from .targets import Target
@@ -201,6 +202,11 @@ def _other_configs(project: Project, kernel: Kernel, target: Target) -> list[Pat
         ([must_stay] if must_stay.is_file() else [])
 
 
+def _checks(project: Project) -> list[Path]:
+    checks = project.fragments_dir / CHECKS_FILE
+    return [checks] if checks.is_file() else []
+
+
 def _guest(project: Project) -> list[Path]:
     return [project.guest_dir / name for name in ("init.c", "probes.toml", "cmdline-undoes.toml")
             if (project.guest_dir / name).is_file() or name != "cmdline-undoes.toml"]
@@ -217,7 +223,7 @@ STAGES = (
     Stage("report", "write each target's requirement → option → final value table (report.md, report.json)",
           lambda k, t: f"requirement → option → final value table for {t.name} on {k.version}",
           actions.report,
-          lambda p, k, t, f: [f.config, f.audit, *p.fragment_paths(t), *_other_configs(p, k, t)],
+          lambda p, k, t, f: [f.config, f.audit, *p.fragment_paths(t), *_other_configs(p, k, t), *_checks(p)],
           lambda p, k, t, f: [f.report_md, f.report_json]),
     Stage("build", "compile each target's images out of tree (make O=…)",
           lambda k, t: f"make {' '.join(t.arch.make_targets)} for {t.name} on {k.version}",
@@ -228,7 +234,7 @@ STAGES = (
     Stage("verify", "check each target's audit, image formats and size budget; writes verify.json",
           lambda k, t: f"check {t.name} {k.version}: audit passed, image formats, size budget",
           actions.verify,
-          lambda p, k, t, f: [*f.images.values(), f.audit],
+          lambda p, k, t, f: [*f.images.values(), f.audit, *_checks(p)],
           lambda p, k, t, f: [f.verify],
           state=lambda p, k, t, f: {"budget": t.size_budget, "images": t.arch.images},
           check=lambda p, k, t, f: (actions.has_evidence, [str(f.verify)])),

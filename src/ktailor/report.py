@@ -78,16 +78,20 @@ def render_drift(version: str, drifts: dict[str, tuple[list, list]]) -> str:
 
 def write_report(*, target: str, version: str, fragments: list[Fragment], requested: dict, config: Path,
                  audit_file: Path, out_md: Path, out_json: Path,
-                 drifts: dict[str, tuple[list, list]] | None = None) -> list[dict]:
-    """`drifts`: other version -> (configdiff changes, must-stay losses) of this target."""
+                 drifts: dict[str, tuple[list, list]] | None = None, hardening: dict | None = None) -> list[dict]:
+    """`drifts`: other version -> (configdiff changes, must-stay losses) of this target; `hardening`: the
+    hardening audit of its final .config (hardening.py)."""
     from .configdiff import to_json as drift_json
+    from .hardening import render_hardening
 
     audit = read_report(audit_file, "config") if audit_file.is_file() else {}
     rows = report_rows(fragments, requested, parse_dotconfig(config), audit)
     drifts = drifts or {}
-    out_md.write_text(render_markdown(target, version, rows) + "\n" + render_drift(version, drifts))
+    out_md.write_text(render_markdown(target, version, rows) + "\n" + render_drift(version, drifts)
+                      + ("\n" + render_hardening(hardening) if hardening else ""))
     out_json.write_text(json.dumps({
         "target": target, "version": version, "rows": rows,
         "config_drift": {other: drift_json(*pair) for other, pair in drifts.items()},
+        "hardening": hardening,
     }, indent=2) + "\n")
     return rows

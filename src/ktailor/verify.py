@@ -51,7 +51,8 @@ def _head(path: Path, size: int) -> bytes:
 
 
 def verify_target(*, name: str, version: str, kernel_arch: str, kbuild: Path, images: dict[str, str],
-                  budget: dict[str, int], audit_file: Path, out: Path) -> dict:
+                  budget: dict[str, int], audit_file: Path, out: Path, hardening: dict | None = None) -> dict:
+    """`hardening`: the hardening audit of the .config (hardening.py); an unwaived failing check fails."""
     out.unlink(missing_ok=True)  # a verdict that crashed half-way must not leave the last one standing
     problems: list[str] = []
     audit = read_report(audit_file, "config") if audit_file.is_file() else {"status": "missing"}
@@ -81,8 +82,14 @@ def verify_target(*, name: str, version: str, kernel_arch: str, kbuild: Path, im
                                 f"(targets.toml [target.{name}] size_budget); trim the fragments or raise the budget")
             entry["status"] = "ok" if not wrong and size <= limit else "failed"
         artifacts[Path(relative).name] = entry
+    for check in (hardening or {}).get("failing", []):
+        problems.append(f"hardening check CONFIG_{check['symbol']} wants {check['want']} but is {check['value']} "
+                        f"({check['why']}; {check['source']}): request it in a fragment, or waive it for {name} with a "
+                        "reason in fragments/hardening-checks.toml")
     report = {"target": name, "version": version, "status": "passed" if not problems else "failed",
-              "audit": audit.get("status"), "artifacts": artifacts, "problems": problems, "evidence": evidence}
+              "audit": audit.get("status"), "artifacts": artifacts, "problems": problems, "evidence": evidence,
+              "hardening": None if hardening is None else
+              {key: hardening[key] for key in ("score", "passed", "applicable", "waived")}}
     write_json_atomically(out, report)
     if problems:
         raise VerificationFailed(f"{name} ({version}) failed verification: " + "; ".join(problems) + f". Details: {out}")

@@ -1,0 +1,110 @@
+"""The hardening audit: its checks as data, the score in the report, and verify failing on an unwaived check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import test_dag
+from ktailor.errors import InputError
+from ktailor.hardening import CHECKS_FILE, audit_hardening, load_checks, render_hardening
+from test_dag import run_doit
+
+REPO = Path(__file__).resolve().parents[1]
+CHECKS = load_checks(REPO / "fragments" / CHECKS_FILE)
+
+
+def test_the_repo_checks_load_each_with_a_source_and_a_reason():
+    symbols = {check.symbol for check in CHECKS.checks}
+    # the settings issue #12 found off everywhere are all audited
+    assert {"HARDENED_USERCOPY", "SLAB_FREELIST_HARDENED", "SLAB_FREELIST_RANDOM", "SHUFFLE_PAGE_ALLOCATOR",
+            "INIT_ON_ALLOC_DEFAULT_ON", "FORTIFY_SOURCE", "BUG_ON_DATA_CORRUPTION", "SECURITY_YAMA",
+            "SECURITY_DMESG_RESTRICT", "SYN_COOKIES", "LEGACY_VSYSCALL_NONE", "PANIC_ON_OOPS",
+            "DEFAULT_MMAP_MIN_ADDR", "RANDOMIZE_BASE", "INIT_STACK_ALL_ZERO"} <= symbols
+    assert all(check.why and check.source for check in CHECKS.checks)
+    assert all(why for why in CHECKS.waivers.values())
+
+
+@pytest.mark.parametrize(("config", "arch", "version", "status"), [
+    ({"DEFAULT_MMAP_MIN_ADDR": "65536"}, "x86_64", (6, 1, 0), "pass"),
+    ({"DEFAULT_MMAP_MIN_ADDR": "4096"}, "x86_64", (6, 1, 0), "fail"),
+    ({"DEFAULT_MMAP_MIN_ADDR": "32768"}, "aarch64", (6, 1, 0), "pass"),
+    ({"DEFAULT_MMAP_MIN_ADDR": "32768"}, "x86_64", (6, 1, 0), "fail"),
+], ids=["x86-64k", "x86-4k", "arm64-32k", "x86-32k"])
+def test_number_checks_are_per_arch(config, arch, version, status):
+    result = audit_hardening(CHECKS, config, arch=arch, version=version, target=None)
+    (entry,) = [r for r in result["checks"] if r["symbol"] == "DEFAULT_MMAP_MIN_ADDR"]
+    assert entry["status"] == status
+
+
+def test_scope_when_and_waivers():
+    config = {"RETPOLINE": "y", "BPF_SYSCALL": "y"}
+    old = audit_hardening(CHECKS, config, arch="x86_64", version=(5, 10, 262), target="x86_64-micro")
+    names = {r["symbol"]: r for r in old["checks"]}
+    assert names["RETPOLINE"]["status"] == "pass" and "MITIGATION_RETPOLINE" not in names  # renamed in 6.8
+    assert "BPF_UNPRIV_DEFAULT_OFF" not in names  # 5.13+
+    assert "STRICT_MODULE_RWX" not in names  # only when MODULES=y
+    assert names["RANDOMIZE_BASE"]["status"] == "waived" and "PVH" in names["RANDOMIZE_BASE"]["waiver"]
+    assert names["DEVMEM"]["status"] == "pass"  # not set: as wanted
+    new = audit_hardening(CHECKS, config, arch="x86_64", version=(6, 12, 0), target="x86_64-mini")
+    names = {r["symbol"]: r for r in new["checks"]}
+    assert names["BPF_UNPRIV_DEFAULT_OFF"]["status"] == "fail" and names["MITIGATION_RETPOLINE"]["status"] == "fail"
+    assert names["RANDOMIZE_BASE"]["status"] == "fail"  # mini boots its bzImage: no waiver
+    assert new["score"] == f"{new['passed']}/{new['applicable']}" and new["waived"] == 0
+    assert "| CONFIG_RANDOMIZE_BASE | y | not set | fail |" in render_hardening(new)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[[check]]\nsymbol = "CONFIG_FOO"\nwant = "y"\nsource = "KSPP"\nwhy = "x"\n', "no CONFIG_"),
+    ('[[check]]\nsymbol = "FOO"\nwant = "yes"\nsource = "KSPP"\nwhy = "x"\n', "want ="),
+    ('[[check]]\nsymbol = "FOO"\nwant = "y"\nsource = "KSPP"\n', "why ="),
+    ('[[check]]\nsymbol = "FOO"\nwant = "y"\nsource = "KSPP"\nwhy = "x"\nonly = "arch=x86_64 kernel=6"\n', "kernel=6"),
+    ('[[waiver]]\ntarget = "x86_64-micro"\nsymbol = "FOO"\n', "without a reason"),
+], ids=["prefix", "want", "why", "only", "waiver"])
+def test_bad_checks_are_refused_with_the_file_named(tmp_path, text, message):
+    path = tmp_path / CHECKS_FILE
+    path.write_text(text)
+    with pytest.raises(InputError, match=message) as caught:
+        load_checks(path)
+    assert str(path) in str(caught.value)
+
+
+CHECKS_TOML = '''[[check]]
+symbol = "PRINTK"
+want = "y"
+source = "kernel docs"
+why = "the console must say what happened"
+
+[[check]]
+symbol = "HARDENED_THING"
+want = "y"
+source = "KSPP"
+why = "stops the thing"
+'''
+
+
+def test_verify_fails_on_an_unwaived_check_and_passes_once_it_is_waived(two_kernels, monkeypatch):
+    monkeypatch.setattr(test_dag, "STAGES", (*test_dag.STAGES, "report"))
+    root = two_kernels.root
+    (root / "fragments" / CHECKS_FILE).write_text(CHECKS_TOML)
+    code, _, err = run_doit(root, "verify:x86_64-micro", "report:x86_64-micro")
+    assert code != 0
+    assert "hardening check CONFIG_HARDENED_THING wants y but is not set (stops the thing; KSPP)" in err, err
+    assert "Traceback" not in err
+    target_dir = root.parent / "build" / "6.1.1" / "x86_64-micro"
+    verify = json.loads((target_dir / "verify.json").read_text())
+    assert verify["status"] == "failed" and verify["hardening"]["score"] == "1/2"
+    report = json.loads((target_dir / "report.json").read_text())
+    assert report["hardening"]["failing"][0]["symbol"] == "HARDENED_THING"
+    assert "## Hardening audit: 1/2 checks pass (0 waived)" in (target_dir / "report.md").read_text()
+
+    # a waiver with its reason: verify reruns (the checks file is its input) and passes; the report shows it
+    with (root / "fragments" / CHECKS_FILE).open("a") as checks:
+        checks.write('\n[[waiver]]\ntarget = "x86_64-micro"\nsymbol = "HARDENED_THING"\nwhy = "the fake kernel has no thing"\n')
+    code, ran, err = run_doit(root, "verify:x86_64-micro", "report:x86_64-micro")
+    assert code == 0, err
+    assert ran == ["verify:x86_64-micro", "report:x86_64-micro"]
+    assert "waived: the fake kernel has no thing" in (target_dir / "report.md").read_text()
+    assert json.loads((target_dir / "verify.json").read_text())["hardening"]["waived"] == 1
