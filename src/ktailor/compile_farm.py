@@ -88,7 +88,9 @@ def make_env(env: dict[str, str], *, uses_ccache: bool, distcc_log: Path) -> dic
     if uses_ccache and (urls := remote_storage(env)):
         extra["CCACHE_REMOTE_STORAGE"] = urls
     if distcc_hosts(env):
-        extra |= {"DISTCC_HOSTS": env[DISTCC_HOSTS_ENV].strip(), "DISTCC_LOG": str(distcc_log)}
+        # DISTCC_NO_REWRITE_CROSS: keep "gcc" as it is named; the rewritten name reaches the image (toolchain.py)
+        extra |= {"DISTCC_HOSTS": env[DISTCC_HOSTS_ENV].strip(), "DISTCC_LOG": str(distcc_log),
+                  "DISTCC_NO_REWRITE_CROSS": "1"}
         if uses_ccache:
             extra["CCACHE_PREFIX"] = "distcc"
     return extra

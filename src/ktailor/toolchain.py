@@ -59,6 +59,9 @@ def make_vars(target: Target, env: dict[str, str] | None = None, *, srctree: Pat
         layered["CC"] = f"ccache {prefix}gcc"  # distcc, when asked for, runs behind it (CCACHE_PREFIX)
     elif distcc_hosts(os.environ if env is None else env):
         layered["CC"] = f"distcc {prefix}gcc"
+        # distcc renames gcc to <triplet>-gcc, and `$(CC) --version` then puts that name into the image
+        # (CONFIG_CC_VERSION_TEXT, LINUX_COMPILER): the image would differ from a local build's
+        layered["DISTCC_NO_REWRITE_CROSS"] = "1"
     # The kernel stamps these into the image (init/version.c, /proc/version): fixed, so that two builds of
     # the same inputs on two machines give the same bytes (Documentation/kbuild/reproducible-builds.rst).
     # KBUILD_BUILD_TIMESTAMP is set per build from the source tree (build.py).
