@@ -27,12 +27,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+from pipeline import extract_ratio  # noqa: E402
 
 from ktailor.layout import Project  # noqa: E402
 
@@ -98,25 +99,6 @@ def build(name: str, task: str, work: Path, env: dict[str, str]) -> dict:
     return record
 
 
-def extract_seconds(tarball: Path, scratch_parent: Path) -> tuple[float, float]:
-    """Best of two for GNU tar and for ktailor's extraction, alternating."""
-    from ktailor.extract import extract_tarball
-
-    tar_times, our_times = [], []
-    for _ in range(2):
-        with tempfile.TemporaryDirectory(dir=scratch_parent) as scratch:
-            work = Path(scratch)
-            started = time.perf_counter()
-            extract_tarball(tarball, work / "ours" / "linux")
-            our_times.append(time.perf_counter() - started)
-            shutil.rmtree(work / "ours")
-            (work / "tar").mkdir()
-            started = time.perf_counter()
-            subprocess.run(["tar", "-xJf", str(tarball), "-C", str(work / "tar")], check=True)
-            tar_times.append(time.perf_counter() - started)
-    return min(tar_times), min(our_times)
-
-
 def verdict(ratio: float, goal: float | None) -> str:
     return "" if goal is None else ("meets goal" if ratio <= goal else "MISSES goal") + f" ≤ {goal}×"
 
@@ -144,7 +126,7 @@ def main() -> None:
     runs["again"] = build("again", new_task, work, common)
     with distccd_daemons(2, work) as hosts:
         runs["distcc"] = build("distcc", new_task, work, common | {"KTAILOR_CCACHE": "0", "KTAILOR_DISTCC_HOSTS": hosts})
-    tar_seconds, our_seconds = extract_seconds(project.tarball(project.versions.get(args.new)), work)
+    tar_seconds, our_seconds = extract_ratio(project.tarball(project.versions.get(args.new)), scratch_parent=work)
 
     clean = runs["clean"]["seconds"]
     rows = [

@@ -35,13 +35,13 @@ def noop_seconds(runs: int) -> tuple[float, float, bool]:
     return statistics.median(times), max(times), make_ran
 
 
-def extract_ratio(tarball: Path, rounds: int = 2) -> tuple[float, float]:
+def extract_ratio(tarball: Path, rounds: int = 2, scratch_parent: Path = ROOT / "build") -> tuple[float, float]:
     """Best of `rounds` for GNU tar and for ktailor, alternating (filesystem state swings a lot here)."""
     from ktailor.extract import extract_tarball
 
     tar_times, our_times = [], []
     for _ in range(rounds):
-        with tempfile.TemporaryDirectory(dir=ROOT / "build") as scratch:
+        with tempfile.TemporaryDirectory(dir=scratch_parent) as scratch:
             work = Path(scratch)
             started = time.perf_counter()
             extract_tarball(tarball, work / "ours" / "linux")

@@ -107,12 +107,18 @@ def lint(root: str) -> None:
          f"{len(findings)} finding(s)")
 
 
+def checked_make_vars(project: Project, kernel, row) -> dict[str, str]:
+    """The make variables config, build and reproduce run with, once the tools they name are there."""
+    variables = make_vars(row, project.env, srctree=project.source_tree(kernel), kbuild=project.kbuild(kernel, row))
+    require_tools(row, variables, project.env)
+    return variables
+
+
 @reports_errors
 def configure(root: str, version: str, target: str) -> None:
     project, kernel, row = _load(root, version, target)
     lint_target(project.fragments_dir, project.root, project.catalog, row.list_name, kernel.version_tuple)
-    variables = make_vars(row, project.env, srctree=project.source_tree(kernel), kbuild=project.kbuild(kernel, row))
-    require_tools(row, variables, project.env)
+    variables = checked_make_vars(project, kernel, row)
     configure_target(
         name=row.name, version=kernel.version, version_tuple=kernel.version_tuple, arch=row.arch.name,
         kernel_arch=row.arch.kernel_arch, cross_compile=variables["CROSS_COMPILE"],
@@ -144,8 +150,7 @@ def other_trees(project: Project, kernel) -> list[tuple[str, Path]]:
 @reports_errors
 def build(root: str, version: str, target: str) -> None:
     project, kernel, row = _load(root, version, target)
-    variables = make_vars(row, project.env, srctree=project.source_tree(kernel), kbuild=project.kbuild(kernel, row))
-    require_tools(row, variables, project.env)
+    variables = checked_make_vars(project, kernel, row)
     build_target(srctree=project.source_tree(kernel), files=project.artifacts(kernel, row), variables=variables,
                  goals=list(row.arch.make_targets), jobs=jobs_from_env(project.env),
                  label=f"{row.name} {kernel.version}", compiler=compiler_version(row, variables), env=project.env,
@@ -157,8 +162,7 @@ def reproduce(root: str, version: str, target: str) -> None:
     from .reproduce import reproduce_target
 
     project, kernel, row = _load(root, version, target)
-    variables = make_vars(row, project.env, srctree=project.source_tree(kernel), kbuild=project.kbuild(kernel, row))
-    require_tools(row, variables, project.env)
+    variables = checked_make_vars(project, kernel, row)
     reproduce_target(srctree=project.source_tree(kernel), files=project.artifacts(kernel, row), variables=variables,
                      goals=list(row.arch.make_targets), jobs=jobs_from_env(project.env),
                      label=f"{row.name} {kernel.version}", env=project.env)

@@ -208,8 +208,8 @@ def _checks(project: Project) -> list[Path]:
 
 
 def _guest(project: Project) -> list[Path]:
-    return [project.guest_dir / name for name in ("init.c", "probes.toml", "cmdline-undoes.toml")
-            if (project.guest_dir / name).is_file() or name != "cmdline-undoes.toml"]
+    undoes = project.guest_dir / "cmdline-undoes.toml"  # optional: without it no command-line check runs
+    return [project.guest_dir / "init.c", project.guest_dir / "probes.toml", *([undoes] if undoes.is_file() else [])]
 
 
 STAGES = (
