@@ -261,7 +261,7 @@ def test_a_tarball_that_holds_another_release_never_becomes_that_version(project
     code, _ran, err = run_doit(project.root, "config:x86_64-micro")
     assert code != 0
     assert "its Makefile says Linux 6.1.2" in err and "Traceback" not in err
-    assert not (project.root.parent / "build" / "src" / "linux-6.1.4").exists()
+    assert not (project.root.parent / "build" / "6.1.4" / "linux").exists()
 
 
 def doit_process(root: Path, *args: str, **env: str) -> subprocess.Popen:

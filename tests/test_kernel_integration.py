@@ -234,7 +234,7 @@ def test_kernel_without_dm_crypt_fails_boot_naming_the_requirement(pipeline, tmp
     kbuild = pipeline.target_dir("x86_64-micro") / "kbuild"
     crippled = tmp_path / "kbuild"
     shutil.copytree(kbuild, crippled, symlinks=True)
-    srctree = pipeline.work / "build" / "src" / f"linux-{pipeline.version}"
+    srctree = Project(REPO, {"KTAILOR_BUILD_DIR": str(pipeline.work / "build")}).source_tree_of(pipeline.version)
     subprocess.run([str(srctree / "scripts" / "config"), "--file", str(crippled / ".config"), "-d", "DM_CRYPT"], check=True)
     make = ["make", "-C", str(srctree), f"O={crippled}", "ARCH=x86", "-j2"]
     subprocess.run([*make, "olddefconfig"], check=True, capture_output=True)

@@ -69,10 +69,11 @@ def test_clean_plans_build_dirs_only_unless_asked(project_factory, tmp_path):
     only_x86 = plan_clean(project, target="x86_64-micro")
     assert only_x86.paths == [project.target_dir(kernel, project.catalog.targets["x86_64-micro"])]
     run_clean(plan_clean(project))
-    assert not (project.build_dir / "6.1.1").exists()
+    assert [p.name for p in (project.build_dir / "6.1.1").iterdir()] == ["linux"]  # the tree stays
     assert project.source_tree(kernel).exists() and project.tarball(kernel).exists()
     run_clean(plan_clean(project, sources=True, downloads=True))
     assert not project.source_tree(kernel).exists() and not project.tarball(kernel).exists()
+    assert not (project.build_dir / "6.1.1").exists()
     assert (project.prefix / "6.1.1").is_dir()
     with pytest.raises(InputError, match="unknown target"):
         plan_clean(project, target="riscv-micro")
@@ -89,7 +90,7 @@ def test_clean_removes_a_killed_extractions_leftover_and_reports_what_it_cannot_
     run_clean(plan_clean(project))
     assert not leftover.exists()
 
-    (project.build_dir / "6.1.1").mkdir(parents=True)
+    project.target_dir(kernel, project.catalog.targets["x86_64-micro"]).mkdir(parents=True)
 
     def refuse(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))

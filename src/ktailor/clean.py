@@ -19,7 +19,7 @@ class CleanPlan:
     paths: list[Path] = field(default_factory=list)
 
     def add(self, path: Path) -> None:
-        if path.exists() or path.is_symlink():
+        if (path.exists() or path.is_symlink()) and path not in self.paths:
             self.paths.append(path)
 
 
@@ -33,12 +33,18 @@ def plan_clean(project: Project, *, target: str | None = None, version: str | No
         for name in kernel.targets:
             if target is None or name == target:
                 plan.add(project.target_dir(kernel, project.catalog.targets[name]))
+        tree, version_dir = project.source_tree(kernel), project.version_dir_of(kernel.version)
+        if target is None and (sources or everything):
+            plan.add(version_dir)
+        elif target is None and version_dir.is_dir():  # everything of the release but its extracted tree
+            for entry in sorted(version_dir.iterdir()):
+                if entry != tree:
+                    plan.add(entry)
         if target is None:
-            plan.add(project.build_dir / kernel.version)
-            for leftover in leftovers(project.source_tree(kernel)):  # a killed extraction's ~1 GB temp dir
+            for leftover in leftovers(tree):  # a killed extraction's ~1 GB temp dir
                 plan.add(leftover)
         if sources or everything:
-            plan.add(project.source_tree(kernel))
+            plan.add(tree)
         if downloads or everything:
             tarball = project.tarball(kernel)
             for path in (tarball, tarball.with_name(tarball.name + ".sha256"), tarball.with_name(tarball.name + ".part")):

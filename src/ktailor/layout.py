@@ -81,15 +81,23 @@ class Project:
         return self.source_tree_of(kernel.version)
 
     def source_tree_of(self, version: str) -> Path:
-        """By version string: also for a kernel versions.toml no longer lists (the one an upgrade replaced)."""
-        return self.build_dir / "src" / f"linux-{version}"
+        """By version string: also for a kernel versions.toml no longer lists (the one an upgrade replaced).
+
+        Inside the version's dir, beside its targets, so the path from every kbuild dir to its tree is the same
+        "../../linux" for every release: ccache (base dir = the build dir) then sees the same command line and
+        the same preprocessor line markers for a file a point release did not change, and hits."""
+        return self.version_dir_of(version) / "linux"
+
+    def version_dir_of(self, version: str) -> Path:
+        """build/<version>: the source tree and every target's dir of one release."""
+        return self.build_dir / version
 
     def target_dir(self, kernel: Kernel, target: Target) -> Path:
         """ktailor's files for one target (logs, audit.json, verify.json, boot.json)."""
         return self.target_dir_of(kernel.version, target.name)
 
     def target_dir_of(self, version: str, target_name: str) -> Path:
-        return self.build_dir / version / target_name
+        return self.version_dir_of(version) / target_name
 
     def kbuild(self, kernel: Kernel, target: Target) -> Path:
         """The kernel's own out-of-tree build directory (make O=…)."""

@@ -173,7 +173,7 @@ def build_and_install(root: Path, version: str, report: KernelReport) -> None:
         hint = (f" A skipped boot test blocks the install; install QEMU, or set {ALLOW_UNBOOTED_ENV}=1 to accept "
                 "kernels that were not boot-tested." if skipped and not unbooted_ok else "")
         report.problems.append(f"{why}: {', '.join(failed) or 'see above'}; nothing was installed.{hint} "
-                               f"Logs: {project.display(project.build_dir / version)}/<target>/")
+                               f"Logs: {project.display(project.version_dir_of(version))}/<target>/")
         report.action, report.code = "failed", EXIT_CHECK_FAILED
         return
     installs = [task_name("install", target, version, default) for target in kernel.targets]

@@ -74,7 +74,7 @@ def make_vars(target: Target, env: dict[str, str] | None = None, *, srctree: Pat
 
 def source_path_map(srctree: Path, kbuild: Path) -> str:
     """With the build dir as ccache's base dir, gcc is handed the source tree as a path relative to the kbuild
-    dir (../../../src/linux-<version>), which the kernel's own -fmacro-prefix-map=<absolute srctree>/= does not
+    dir (../../linux), which the kernel's own -fmacro-prefix-map=<absolute srctree>/= does not
     strip: __FILE__ in every WARN/BUG string would then carry the build dir's depth into the image (found by
     `doit reproduce`: .text differed, 5.10.262 x86_64-micro). Mapping the relative form to nothing too gives
     the same "kernel/fork.c" either way."""
@@ -85,7 +85,8 @@ def ccache_env(env: dict[str, str], cache_dir: Path, stats_log: Path, base_dir: 
     """The environment make runs in: ccache's directory under ktailor's cache (KTAILOR_CCACHE_DIR moves it),
     a per-build stats log, so build.json can say how many compiles the cache answered, and the build dir as
     ccache's base dir: absolute paths under it (the source tree, linux-<version>) are hashed relative to the
-    kbuild dir, so the next point release's tree and another build dir still hit."""
+    kbuild dir (../../linux, the same for every release), so the next point release's unchanged files and
+    another build dir still hit."""
     directory = Path(env[CCACHE_DIR_ENV]).expanduser() if env.get(CCACHE_DIR_ENV) else cache_dir / "ccache"
     return {"CCACHE_DIR": str(directory), "CCACHE_STATSLOG": str(stats_log), "CCACHE_BASEDIR": str(base_dir)}
 
