@@ -231,7 +231,7 @@ def boot(c: Context, target: str, version: str = "", initramfs: bool = False) ->
 
     project = _project()
     kernel, row = _kernel_and_target(project, target, version or None)
-    argv = qemu_command(row, project.kbuild(kernel, row), project.target_dir(kernel, row) / "boot-interactive",
-                        interactive=True, mode="initramfs" if initramfs else "rootfs")
-    print(shlex.join(argv), file=sys.stderr)
-    c.run(shlex.join(argv), pty=True, warn=True)
+    with qemu_command(row, project.kbuild(kernel, row), project.target_dir(kernel, row) / "boot-interactive",
+                      interactive=True, mode="initramfs" if initramfs else "rootfs") as argv:
+        print(shlex.join(argv), file=sys.stderr)
+        c.run(shlex.join(argv), pty=True, warn=True)

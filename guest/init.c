@@ -14,6 +14,8 @@
  * The probes to run come from the environment variable ktailor_probes (comma-separated; the kernel
  * hands unknown `name=value` command-line words to init as environment).
  * ktailor_vsock_cid=<cid> says the VM has a vsock device, so the guest must see that CID.
+ * ktailor_9p_token=<t> / ktailor_virtiofs_token=<t>: the host shares a directory whose file `token` holds t.
+ *   KTAILOR-AWAIT name=<what>                         init waits for the host to act (cad: send Ctrl-Alt-Del)
  *
  * Only as PID 1 does init mount anything, create cgroups or reboot: run on a host (the unit tests do)
  * it only looks, reports side-effecting steps as skipped, and exits.
@@ -41,7 +43,25 @@
 #include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <netinet/ip.h>
+#include <netinet/ip_icmp.h>
 #include <linux/bpf.h>
+#include <linux/capability.h>
+#include <linux/if_link.h>
+#include <linux/if_vlan.h>
+#include <linux/loop.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
+#include <linux/netfilter/nf_tables_compat.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/sockios.h>
+#include <linux/veth.h>
 #include <linux/dm-ioctl.h>
 #include <linux/filter.h>
 #include <linux/if_alg.h>
@@ -506,6 +526,595 @@ static enum status probe_bpf(const char *arg)
 	return say(PASS, "bpf() loaded a socket filter program");
 }
 
+/* ---- mini's devices and network features ------------------------------------------------------ */
+
+#define SCRATCH "/tmp" /* init mounts a tmpfs there: mount points for the probes below */
+
+static int write_text(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = write(fd, text, strlen(text));
+	int saved = errno;
+	close(fd);
+	errno = saved;
+	return n < 0 ? -1 : 0;
+}
+
+static enum status probe_virtio_scsi(const char *arg)
+{
+	(void)arg;
+	char target[512];
+	ssize_t n = readlink("/sys/block/sda", target, sizeof(target) - 1);
+	if (n < 0)
+		return say(FAIL, "no /sys/block/sda: no SCSI disk appeared (the VM has a virtio-scsi controller with one disk)");
+	target[n] = '\0';
+	if (!strstr(target, "/virtio") || !strstr(target, "/host"))
+		return say(FAIL, "sda is not behind a virtio-scsi host (%s)", target);
+	return say(PASS, "sda is a SCSI disk on virtio-scsi (%s)", target);
+}
+
+/* Mount source on SCRATCH/<dir> read-only, check the filesystem's magic, read <file> if given. */
+static enum status mount_and_check(const char *source, const char *dir, const char *fstype, const char *data,
+				   long magic, const char *file, const char *want)
+{
+	if (!pid1)
+		return say(SKIP, "not PID 1: would mount %s on this host", fstype);
+	char where[128], path[192], text[256];
+	snprintf(where, sizeof(where), SCRATCH "/%s", dir);
+	mkdir(where, 0755);
+	if (mount(source, where, fstype, MS_RDONLY | MS_NOSUID | MS_NODEV, data) < 0)
+		return say(FAIL, "mount -t %s %s: %s", fstype, source, strerror(errno));
+	struct statfs st;
+	enum status result = PASS;
+	if (statfs(where, &st) < 0 || (magic && st.f_type != magic)) {
+		result = say(FAIL, "%s mounted but statfs says type 0x%lx", fstype, (long)st.f_type);
+	} else if (file) {
+		snprintf(path, sizeof(path), "%s/%s", where, file);
+		if (read_file(path, text, sizeof(text)) < 0)
+			result = say(FAIL, "%s mounted but %s cannot be read: %s", fstype, path, strerror(errno));
+		else if (strcmp(text, want ? want : "") != 0)
+			result = say(FAIL, "%s mounted; %s holds %.40s, not the host's token", fstype, path, text);
+		else
+			result = say(PASS, "mounted %s (%s) and read the host's token from it", source, fstype);
+	} else {
+		result = say(PASS, "mounted %s as %s (read-only)", source, fstype);
+	}
+	umount(where);
+	return result;
+}
+
+static enum status probe_xfs_mount(const char *arg)
+{
+	(void)arg;
+	if (!exists("/dev/sda"))
+		return say(FAIL, "no /dev/sda to mount (the host attaches an XFS image as a virtio-scsi disk)");
+	return mount_and_check("/dev/sda", "xfs", "xfs", NULL, 0x58465342 /* XFS_SUPER_MAGIC */, NULL, NULL);
+}
+
+static enum status probe_9p(const char *arg)
+{
+	(void)arg;
+	const char *token = getenv("ktailor_9p_token");
+	if (!token)
+		return say(FAIL, "the command line has no ktailor_9p_token: the host attached no 9p share");
+	return mount_and_check("ktailor9p", "9p", "9p", "trans=virtio,version=9p2000.L", 0x01021997 /* V9FS_MAGIC */,
+			       "token", token);
+}
+
+static enum status probe_virtiofs(const char *arg)
+{
+	(void)arg;
+	const char *token = getenv("ktailor_virtiofs_token");
+	if (!token)
+		return say(FAIL, "the command line has no ktailor_virtiofs_token: the host attached no virtio-fs share");
+	return mount_and_check("ktailorfs", "virtiofs", "virtiofs", NULL, 0x65735546 /* FUSE_SUPER_MAGIC */, "token", token);
+}
+
+static enum status probe_pmem(const char *arg)
+{
+	(void)arg;
+	struct stat st;
+	if (stat("/dev/pmem0", &st) < 0 || !S_ISBLK(st.st_mode))
+		return say(FAIL, "no /dev/pmem0 block device (the host attaches a virtio-pmem region)");
+	char dax[16] = "?";
+	if (read_file("/sys/block/pmem0/queue/dax", dax, sizeof(dax)) > 0)
+		dax[strcspn(dax, "\n")] = '\0';
+	return say(PASS, "/dev/pmem0 is a persistent-memory block device (queue/dax=%s)", dax);
+}
+
+static enum status probe_cpu_hotplug(const char *arg)
+{
+	(void)arg;
+	const char *knob = "/sys/devices/system/cpu/cpu1/online";
+	char online[64];
+	if (!exists(knob))
+		return say(FAIL, "%s is missing: no second vCPU, or it cannot be hot-unplugged (HOTPLUG_CPU)", knob);
+	if (!pid1)
+		return say(SKIP, "not PID 1: would take cpu1 offline on this host");
+	if (write_text(knob, "0") < 0)
+		return say(FAIL, "taking cpu1 offline: %s", strerror(errno));
+	read_file("/sys/devices/system/cpu/online", online, sizeof(online));
+	online[strcspn(online, "\n")] = '\0';
+	int offlined = strcmp(online, "0") == 0;
+	if (write_text(knob, "1") < 0)
+		return say(FAIL, "cpu1 went offline (online CPUs: %s) but bringing it back failed: %s", online, strerror(errno));
+	char back[64];
+	read_file("/sys/devices/system/cpu/online", back, sizeof(back));
+	back[strcspn(back, "\n")] = '\0';
+	if (!offlined || strcmp(back, "0-1") != 0)
+		return say(FAIL, "online CPUs were %s after offlining cpu1 and %s after onlining it", online, back);
+	return say(PASS, "cpu1 went offline (online: %s) and came back (online: %s)", online, back);
+}
+
+static enum status probe_loop(const char *arg)
+{
+	(void)arg;
+	int fd = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return say(FAIL, "/dev/loop-control: %s", strerror(errno));
+	int index = ioctl(fd, LOOP_CTL_GET_FREE);
+	int saved = errno;
+	close(fd);
+	if (index < 0)
+		return say(FAIL, "LOOP_CTL_GET_FREE: %s", strerror(saved));
+	return say(PASS, "/dev/loop-control hands out a free loop device (/dev/loop%d)", index);
+}
+
+static int set_flags(const char *ifname, int up)
+{
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof(ifr));
+	snprintf(ifr.ifr_name, IFNAMSIZ, "%s", ifname);
+	int rc = ioctl(fd, SIOCGIFFLAGS, &ifr);
+	if (rc == 0) {
+		ifr.ifr_flags = up ? (ifr.ifr_flags | IFF_UP) : (ifr.ifr_flags & ~IFF_UP);
+		rc = ioctl(fd, SIOCSIFFLAGS, &ifr);
+	}
+	int saved = errno;
+	close(fd);
+	errno = saved;
+	return rc;
+}
+
+static enum status probe_ipv6_lo(const char *arg)
+{
+	(void)arg;
+	if (!pid1)
+		return say(SKIP, "not PID 1: would change lo on this host");
+	if (set_flags("lo", 1) < 0)
+		return say(FAIL, "bringing lo up: %s", strerror(errno));
+	int server = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (server < 0)
+		return say(FAIL, "socket(AF_INET6): %s", strerror(errno));
+	struct sockaddr_in6 addr = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+	socklen_t len = sizeof(addr);
+	enum status result;
+	int client = -1, accepted = -1;
+	if (bind(server, (struct sockaddr *)&addr, sizeof(addr)) < 0 || listen(server, 1) < 0 ||
+	    getsockname(server, (struct sockaddr *)&addr, &len) < 0) {
+		result = say(FAIL, "bind/listen on [::1]: %s (no ::1 on lo)", strerror(errno));
+	} else if ((client = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0 ||
+		   connect(client, (struct sockaddr *)&addr, sizeof(addr)) < 0 || (accepted = accept(server, NULL, NULL)) < 0) {
+		result = say(FAIL, "connecting to [::1]:%d: %s", ntohs(addr.sin6_port), strerror(errno));
+	} else {
+		result = say(PASS, "lo has ::1; a TCP connection to [::1]:%d was accepted", ntohs(addr.sin6_port));
+	}
+	if (accepted >= 0)
+		close(accepted);
+	if (client >= 0)
+		close(client);
+	close(server);
+	return result;
+}
+
+static enum status probe_vlan(const char *arg)
+{
+	(void)arg;
+	if (!pid1)
+		return say(SKIP, "not PID 1: would add a VLAN link on this host");
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	struct vlan_ioctl_args req;
+	memset(&req, 0, sizeof(req));
+	req.cmd = ADD_VLAN_CMD;
+	snprintf(req.device1, sizeof(req.device1), "eth0");
+	req.u.VID = 42;
+	if (ioctl(fd, SIOCSIFVLAN, &req) < 0) {
+		int saved = errno;
+		close(fd);
+		return say(FAIL, "adding VLAN 42 on eth0: %s", strerror(saved));
+	}
+	int found = exists("/sys/class/net/eth0.42");
+	memset(&req, 0, sizeof(req));
+	req.cmd = DEL_VLAN_CMD;
+	snprintf(req.device1, sizeof(req.device1), "eth0.42");
+	ioctl(fd, SIOCSIFVLAN, &req);
+	close(fd);
+	return found ? say(PASS, "created VLAN link eth0.42 (802.1Q id 42) and removed it")
+		     : say(FAIL, "the VLAN ioctl succeeded but /sys/class/net/eth0.42 did not appear");
+}
+
+/* ---- netlink: just enough to create a veth pair and an nftables table -------------------------- */
+
+struct nlbuf {
+	char data[2048] __attribute__((aligned(NLMSG_ALIGNTO)));
+	size_t len;
+};
+
+static struct nlmsghdr *nl_begin(struct nlbuf *b, unsigned type, unsigned flags, const void *head, size_t head_len)
+{
+	struct nlmsghdr *m = (struct nlmsghdr *)(b->data + b->len);
+	memset(m, 0, NLMSG_SPACE(head_len));
+	m->nlmsg_type = (unsigned short)type;
+	m->nlmsg_flags = (unsigned short)(NLM_F_REQUEST | flags);
+	m->nlmsg_seq = (unsigned)(b->len + 1);
+	memcpy(NLMSG_DATA(m), head, head_len);
+	m->nlmsg_len = NLMSG_LENGTH(head_len);
+	return m;
+}
+
+static void nl_end(struct nlbuf *b, struct nlmsghdr *m)
+{
+	b->len += NLMSG_ALIGN(m->nlmsg_len);
+}
+
+/* Append an attribute to message m; returns its offset (for nesting). */
+static size_t nl_put(struct nlmsghdr *m, unsigned short type, const void *value, size_t len)
+{
+	size_t at = NLMSG_ALIGN(m->nlmsg_len);
+	struct nlattr *a = (struct nlattr *)((char *)m + at);
+	a->nla_type = type;
+	a->nla_len = (unsigned short)(NLA_HDRLEN + len);
+	if (len)
+		memcpy((char *)a + NLA_HDRLEN, value, len);
+	m->nlmsg_len = (unsigned)(at + NLA_ALIGN(a->nla_len));
+	return at;
+}
+
+static void nl_put_str(struct nlmsghdr *m, unsigned short type, const char *value)
+{
+	nl_put(m, type, value, strlen(value) + 1);
+}
+
+static void nl_nest_end(struct nlmsghdr *m, size_t at)
+{
+	struct nlattr *a = (struct nlattr *)((char *)m + at);
+	a->nla_len = (unsigned short)(m->nlmsg_len - at);
+}
+
+/* Send b on a new netlink socket of `protocol`; 0 when every acked message succeeded, else -errno. */
+static int nl_talk(int protocol, struct nlbuf *b, char *reply, size_t reply_size, ssize_t *reply_len)
+{
+	int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol);
+	if (fd < 0)
+		return -errno;
+	struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
+	struct timeval tv = {.tv_sec = 5};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	if (sendto(fd, b->data, b->len, 0, (struct sockaddr *)&kernel, sizeof(kernel)) < 0) {
+		int saved = errno;
+		close(fd);
+		return -saved;
+	}
+	static char scratch[8192] __attribute__((aligned(NLMSG_ALIGNTO)));
+	char *buf = reply ? reply : scratch;
+	size_t size = reply ? reply_size : sizeof(scratch);
+	ssize_t n = recv(fd, buf, size, 0);
+	int saved = errno;
+	close(fd);
+	if (n < 0)
+		return -saved;
+	if (reply_len)
+		*reply_len = n;
+	for (struct nlmsghdr *m = (struct nlmsghdr *)buf; NLMSG_OK(m, (unsigned)n); m = NLMSG_NEXT(m, n))
+		if (m->nlmsg_type == NLMSG_ERROR && ((struct nlmsgerr *)NLMSG_DATA(m))->error)
+			return ((struct nlmsgerr *)NLMSG_DATA(m))->error;
+	return 0;
+}
+
+/* A veth pair: `inside` in the caller's network namespace, `outside` in PID 1's. */
+static int make_veth(const char *inside, const char *outside)
+{
+	struct nlbuf b = {.len = 0};
+	struct ifinfomsg ifi = {.ifi_family = AF_UNSPEC};
+	struct nlmsghdr *m = nl_begin(&b, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK, &ifi, sizeof(ifi));
+	nl_put_str(m, IFLA_IFNAME, inside);
+	size_t linkinfo = nl_put(m, IFLA_LINKINFO, NULL, 0);
+	nl_put_str(m, IFLA_INFO_KIND, "veth");
+	size_t data = nl_put(m, IFLA_INFO_DATA, NULL, 0);
+	size_t peer = nl_put(m, VETH_INFO_PEER, &ifi, sizeof(ifi));
+	nl_put_str(m, IFLA_IFNAME, outside);
+	uint32_t pid = 1;
+	nl_put(m, IFLA_NET_NS_PID, &pid, sizeof(pid));
+	nl_nest_end(m, peer);
+	nl_nest_end(m, data);
+	nl_nest_end(m, linkinfo);
+	nl_end(&b, m);
+	return nl_talk(NETLINK_ROUTE, &b, NULL, 0, NULL);
+}
+
+static int set_ipv4(const char *ifname, const char *address)
+{
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof(ifr));
+	snprintf(ifr.ifr_name, IFNAMSIZ, "%s", ifname);
+	struct sockaddr_in *sin = (struct sockaddr_in *)&ifr.ifr_addr;
+	sin->sin_family = AF_INET;
+	inet_pton(AF_INET, address, &sin->sin_addr);
+	int rc = ioctl(fd, SIOCSIFADDR, &ifr);
+	if (rc == 0) {
+		inet_pton(AF_INET, "255.255.255.0", &sin->sin_addr);
+		rc = ioctl(fd, SIOCSIFNETMASK, &ifr);
+	}
+	int saved = errno;
+	close(fd);
+	errno = saved;
+	return rc;
+}
+
+static uint16_t icmp_checksum(const void *data, size_t len)
+{
+	const uint16_t *p = data;
+	uint32_t sum = 0;
+	for (; len > 1; len -= 2)
+		sum += *p++;
+	if (len)
+		sum += *(const uint8_t *)p;
+	sum = (sum >> 16) + (sum & 0xffff);
+	sum += sum >> 16;
+	return (uint16_t)~sum;
+}
+
+/* One ICMP echo to address, answered within the timeout: 0, else an errno-style code. */
+static int ping_once(const char *address, int seconds)
+{
+	int fd = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_ICMP);
+	if (fd < 0)
+		return errno;
+	struct sockaddr_in to = {.sin_family = AF_INET};
+	inet_pton(AF_INET, address, &to.sin_addr);
+	struct timeval tv = {.tv_sec = 1};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	uint16_t id = (uint16_t)getpid();
+	for (int attempt = 0; attempt < seconds; attempt++) {
+		struct icmphdr echo = {.type = ICMP_ECHO, .un.echo = {.id = htons(id), .sequence = htons((uint16_t)attempt)}};
+		echo.checksum = icmp_checksum(&echo, sizeof(echo));
+		sendto(fd, &echo, sizeof(echo), 0, (struct sockaddr *)&to, sizeof(to));
+		char packet[256];
+		ssize_t n;
+		while ((n = recv(fd, packet, sizeof(packet), 0)) > 0) {
+			struct iphdr *ip = (struct iphdr *)packet;
+			struct icmphdr *reply = (struct icmphdr *)(packet + ip->ihl * 4);
+			if (n >= ip->ihl * 4 + (ssize_t)sizeof(*reply) && reply->type == ICMP_ECHOREPLY &&
+			    reply->un.echo.id == htons(id)) {
+				close(fd);
+				return 0;
+			}
+		}
+	}
+	close(fd);
+	return ETIMEDOUT;
+}
+
+/*
+ * A child in a new network namespace: a veth pair with `outside` left in init's namespace, its own
+ * end addressed and up. It reports "ok" or the failure on `report`, then waits on `go`: for the
+ * pinging child, go carries the address to ping and the result goes back on report.
+ */
+static void veth_child(const char *outside, const char *address, int report, int go)
+{
+	char text[160] = "ok";
+	int err = 0;
+	if (unshare(CLONE_NEWNET) < 0)
+		snprintf(text, sizeof(text), "unshare(CLONE_NEWNET): %s", strerror(errno));
+	else if ((err = make_veth("veth0", outside)) < 0)
+		snprintf(text, sizeof(text), "creating a veth pair veth0/%s: %s", outside, strerror(-err));
+	else if (set_ipv4("veth0", address) < 0 || set_flags("veth0", 1) < 0)
+		snprintf(text, sizeof(text), "addressing veth0 as %s: %s", address, strerror(errno));
+	write(report, text, strlen(text) + 1);
+	char peer[32] = "";
+	ssize_t n = read(go, peer, sizeof(peer) - 1);
+	if (n > 1) {
+		peer[n] = '\0';
+		err = ping_once(peer, 8);
+		snprintf(text, sizeof(text), err ? "no echo reply from %s: %s" : "ok", peer, strerror(err));
+		write(report, text, strlen(text) + 1);
+	}
+	_exit(0);
+}
+
+static enum status probe_veth_bridge(const char *arg)
+{
+	(void)arg;
+	if (!pid1)
+		return say(SKIP, "not PID 1: would add a bridge and namespaces on this host");
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (ioctl(fd, SIOCBRADDBR, "kbr0") < 0 || set_flags("kbr0", 1) < 0) {
+		int saved = errno;
+		close(fd);
+		return say(FAIL, "creating bridge kbr0: %s", strerror(saved));
+	}
+	const char *outside[2] = {"kvp0", "kvp1"}, *address[2] = {"10.77.0.1", "10.77.0.2"};
+	int report[2][2], go[2][2];
+	pid_t child[2] = {-1, -1};
+	enum status result = PASS;
+	char text[160];
+	for (int i = 0; i < 2 && result == PASS; i++) {
+		if (pipe2(report[i], O_CLOEXEC) < 0 || pipe2(go[i], O_CLOEXEC) < 0)
+			return say(FAIL, "pipe: %s", strerror(errno));
+		if ((child[i] = fork()) == 0)
+			veth_child(outside[i], address[i], report[i][1], go[i][0]);
+		ssize_t n = read(report[i][0], text, sizeof(text) - 1);
+		text[n > 0 ? n : 0] = '\0';
+		if (strcmp(text, "ok") != 0) {
+			result = say(FAIL, "namespace %d: %s", i + 1, n > 0 ? text : "the child died");
+			break;
+		}
+		struct ifreq ifr;
+		memset(&ifr, 0, sizeof(ifr));
+		snprintf(ifr.ifr_name, IFNAMSIZ, "kbr0");
+		ifr.ifr_ifindex = (int)if_nametoindex(outside[i]);
+		if (ioctl(fd, SIOCBRADDIF, &ifr) < 0 || set_flags(outside[i], 1) < 0)
+			result = say(FAIL, "adding %s to bridge kbr0: %s", outside[i], strerror(errno));
+	}
+	if (result == PASS) {
+		write(go[1][1], address[0], strlen(address[0]));
+		ssize_t n = read(report[1][0], text, sizeof(text) - 1);
+		text[n > 0 ? n : 0] = '\0';
+		result = strcmp(text, "ok") == 0
+				 ? say(PASS, "two network namespaces on veth pairs joined by bridge kbr0: %s pinged %s", address[1], address[0])
+				 : say(FAIL, "namespace 2 (%s) over bridge kbr0: %s", address[1], n > 0 ? text : "the child died");
+	}
+	for (int i = 0; i < 2; i++)
+		if (child[i] > 0) {
+			write(go[i][1], "", 1);
+			waitpid(child[i], NULL, 0);
+		}
+	close(fd);
+	return result;
+}
+
+static int nft_message(struct nlbuf *b, unsigned subsys, unsigned type, unsigned flags, int family)
+{
+	struct nfgenmsg head = {.nfgen_family = (uint8_t)family, .version = NFNETLINK_V0};
+	struct nlmsghdr *m = nl_begin(b, (subsys << 8) | type, flags, &head, sizeof(head));
+	return (int)((char *)m - b->data);
+}
+
+static enum status probe_nft_table(const char *arg)
+{
+	(void)arg;
+	if (!pid1)
+		return say(SKIP, "not PID 1: would load an nftables table on this host");
+	struct nlbuf b = {.len = 0};
+	struct nfgenmsg batch = {.nfgen_family = AF_UNSPEC, .version = NFNETLINK_V0, .res_id = htons(NFNL_SUBSYS_NFTABLES)};
+	nl_end(&b, nl_begin(&b, NFNL_MSG_BATCH_BEGIN, 0, &batch, sizeof(batch)));
+	struct nlmsghdr *m = (struct nlmsghdr *)(b.data + nft_message(&b, NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWTABLE,
+								      NLM_F_CREATE | NLM_F_ACK, NFPROTO_INET));
+	nl_put_str(m, NFTA_TABLE_NAME, "ktailor");
+	nl_end(&b, m);
+	m = (struct nlmsghdr *)(b.data + nft_message(&b, NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK,
+						      NFPROTO_INET));
+	nl_put_str(m, NFTA_CHAIN_TABLE, "ktailor");
+	nl_put_str(m, NFTA_CHAIN_NAME, "input");
+	size_t hook = nl_put(m, NFTA_CHAIN_HOOK, NULL, 0);
+	uint32_t hooknum = htonl(NF_INET_LOCAL_IN), priority = htonl(0);
+	nl_put(m, NFTA_HOOK_HOOKNUM, &hooknum, sizeof(hooknum));
+	nl_put(m, NFTA_HOOK_PRIORITY, &priority, sizeof(priority));
+	nl_nest_end(m, hook);
+	nl_put_str(m, NFTA_CHAIN_TYPE, "filter");
+	nl_end(&b, m);
+	nl_end(&b, nl_begin(&b, NFNL_MSG_BATCH_END, 0, &batch, sizeof(batch)));
+	int err = nl_talk(NETLINK_NETFILTER, &b, NULL, 0, NULL);
+	if (err)
+		return say(FAIL, "loading table inet ktailor with a filter chain on the input hook: %s", strerror(-err));
+	return say(PASS, "loaded nftables table inet ktailor with a base chain on the input hook");
+}
+
+/* nft_compat: can nf_tables run the xtables match iptables-nft uses for Docker's port publishing? */
+static enum status probe_nft_compat(const char *arg)
+{
+	(void)arg;
+	struct nlbuf b = {.len = 0};
+	struct nlmsghdr *m = (struct nlmsghdr *)(b.data + nft_message(&b, NFNL_SUBSYS_NFT_COMPAT, NFNL_MSG_COMPAT_GET, 0,
+								      NFPROTO_IPV4));
+	uint32_t rev = htonl(1), type = htonl(0); /* revision 1 of a match (type 0) */
+	nl_put_str(m, NFTA_COMPAT_NAME, "addrtype");
+	nl_put(m, NFTA_COMPAT_REV, &rev, sizeof(rev));
+	nl_put(m, NFTA_COMPAT_TYPE, &type, sizeof(type));
+	nl_end(&b, m);
+	static char reply[4096] __attribute__((aligned(NLMSG_ALIGNTO)));
+	ssize_t n = 0;
+	int err = nl_talk(NETLINK_NETFILTER, &b, reply, sizeof(reply), &n);
+	if (err)
+		return say(FAIL, "asking nft_compat for the xtables match addrtype: %s", strerror(-err));
+	struct nlmsghdr *answer = (struct nlmsghdr *)reply;
+	if (n <= 0 || !NLMSG_OK(answer, (unsigned)n) || (answer->nlmsg_type & 0xff) != NFNL_MSG_COMPAT_GET)
+		return say(FAIL, "nft_compat gave no answer for the xtables match addrtype");
+	return say(PASS, "nft_compat offers the xtables match addrtype (iptables-nft rules run)");
+}
+
+static enum status probe_fscaps_ext4(const char *arg)
+{
+	(void)arg;
+	if (!pid1)
+		return say(SKIP, "not PID 1: would write a file capability on this host");
+	const char *root = mount_source_of("/", "ext4");
+	int remounted = root != NULL;
+	const char *dir = "/";
+	if (remounted) {
+		if (mount(NULL, "/", NULL, MS_REMOUNT, NULL) < 0)
+			return say(FAIL, "remounting the ext4 root read-write: %s", strerror(errno));
+	} else {
+		dir = SCRATCH "/ext4";
+		mkdir(dir, 0755);
+		if (mount("/dev/vda", dir, "ext4", 0, NULL) < 0)
+			return say(FAIL, "mounting /dev/vda (ext4) read-write: %s", strerror(errno));
+	}
+	char path[128];
+	snprintf(path, sizeof(path), "%s/ktailor-fscaps", strcmp(dir, "/") ? dir : "");
+	struct vfs_cap_data caps;
+	memset(&caps, 0, sizeof(caps));
+	caps.magic_etc = VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE;
+	caps.data[0].permitted = 1u << CAP_NET_BIND_SERVICE;
+	struct vfs_cap_data back;
+	enum status result;
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
+	if (fd < 0)
+		result = say(FAIL, "creating %s: %s", path, strerror(errno));
+	else if (close(fd), setxattr(path, "security.capability", &caps, XATTR_CAPS_SZ_2, 0) < 0)
+		result = say(FAIL, "setcap cap_net_bind_service+ep on ext4: %s%s", strerror(errno),
+			     errno == EOPNOTSUPP ? " (ext4 without security.* xattrs: EXT4_FS_SECURITY)" : "");
+	else if (getxattr(path, "security.capability", &back, sizeof(back)) != XATTR_CAPS_SZ_2 ||
+		 memcmp(&back, &caps, XATTR_CAPS_SZ_2) != 0)
+		result = say(FAIL, "security.capability on %s did not read back as written", path);
+	else
+		result = say(PASS, "set and read back file capability cap_net_bind_service+ep on ext4 (%s)", path);
+	unlink(path);
+	if (remounted)
+		mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL);
+	else
+		umount(dir);
+	return result;
+}
+
+static volatile sig_atomic_t got_sigint;
+
+static void on_sigint(int sig)
+{
+	(void)sig;
+	got_sigint = 1;
+}
+
+/* Ctrl-Alt-Del from the VMM, through the i8042, the AT keyboard and the VT keyboard handler to init. */
+static enum status probe_i8042_cad(const char *arg)
+{
+	(void)arg;
+	if (!exists("/sys/bus/serio/drivers/atkbd/serio0"))
+		return say(FAIL, "no AT keyboard on the i8042 (serio0 is not bound to atkbd): the VMM's Ctrl-Alt-Del cannot arrive");
+	if (!pid1)
+		return say(SKIP, "not PID 1: Ctrl-Alt-Del reaches PID 1 only");
+	struct sigaction sa = {.sa_handler = on_sigint}, old, alarm_old;
+	struct sigaction wake = {.sa_handler = on_alarm};
+	sigaction(SIGINT, &sa, &old);
+	sigaction(SIGALRM, &wake, &alarm_old);
+	reboot(RB_DISABLE_CAD); /* Ctrl-Alt-Del now signals init instead of restarting at once */
+	printf("KTAILOR-AWAIT name=cad\n");
+	fflush(stdout);
+	for (int waited = 0; !got_sigint && waited < 30; waited++) {
+		alarm(1);
+		pause();
+	}
+	alarm(0);
+	sigaction(SIGALRM, &alarm_old, NULL);
+	sigaction(SIGINT, &old, NULL);
+	return got_sigint ? say(PASS, "the VMM's Ctrl-Alt-Del reached init as SIGINT (i8042 -> atkbd -> VT keyboard)")
+			  : say(FAIL, "no Ctrl-Alt-Del reached init within 30 s of asking the host for it");
+}
+
 /*
  * The probes by name. An entry without an argument is a prefix family: the rest of the name is the
  * argument (fs-ext4 runs probe_filesystem("ext4")). Which probes a target runs is data
@@ -533,6 +1142,20 @@ static const struct {
 	{"acpi", probe_acpi, ""},
 	{"modules", probe_modules, ""},
 	{"bpf", probe_bpf, ""},
+	{"virtio-scsi", probe_virtio_scsi, ""},
+	{"xfs-mount", probe_xfs_mount, ""},
+	{"9p-mount", probe_9p, ""},
+	{"virtiofs-mount", probe_virtiofs, ""},
+	{"pmem", probe_pmem, ""},
+	{"cpu-hotplug", probe_cpu_hotplug, ""},
+	{"ipv6-lo", probe_ipv6_lo, ""},
+	{"vlan", probe_vlan, ""},
+	{"veth-bridge", probe_veth_bridge, ""},
+	{"nft-table", probe_nft_table, ""},
+	{"nft-compat", probe_nft_compat, ""},
+	{"fscaps-ext4", probe_fscaps_ext4, ""},
+	{"i8042-cad", probe_i8042_cad, ""},
+	{"loop-device", probe_loop, ""},
 	{"fs-", probe_filesystem, NULL},
 	{"ns-", probe_namespace, NULL},
 	{"cgroup-", probe_cgroup_controller, NULL},
@@ -631,6 +1254,7 @@ int main(void)
 		mount_if_missing("sysfs", "/sys", "sysfs", NULL);
 		mount_if_missing("devtmpfs", "/dev", "devtmpfs", NULL);
 		mount_if_missing("cgroup2", CGROUP_ROOT, "cgroup2", NULL);
+		mount_if_missing("tmpfs", SCRATCH, "tmpfs", "size=1m,mode=0755");
 	}
 	char text[4096];
 	if (read_file("/proc/uptime", text, sizeof(text)) > 0)

@@ -13,6 +13,7 @@ requirement and fragment:line, time-to-init, memory, image sizes) and console.lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -20,8 +21,10 @@ import shlex
 import shutil
 import stat
 import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +33,7 @@ from .dotconfig import parse_dotconfig
 from .errors import EnvironmentProblem, InputError, VerificationFailed
 from .evidence import SKIP_BOOT_ENV, fingerprint
 from .fragments import Option
+from .guest_devices import Attached, Context, attach
 from .layout import Project
 from .probes import (
     QEMU_PREFIX,
@@ -223,7 +227,8 @@ def prepare_guest(target: Target, workdir: Path, guest_dir: Path) -> GuestFiles:
 # --- the VM ----------------------------------------------------------------------------------------
 
 def kernel_cmdline(target: Target, settings: BootSettings, *, accel: str, mode: str, probe_names: list[str],
-                   vsock_cid: int | None, interactive: bool = False, tsc_khz: int | None = None) -> str:
+                   vsock_cid: int | None, interactive: bool = False, tsc_khz: int | None = None,
+                   device_words: list[str] = ()) -> str:
     words = [*target.cmdline.split(), *settings.cmdline_extra.split()]
     extra = settings.tcg_cmdline_extra if accel == "tcg" else ""
     if extra and ("{host_tsc_khz}" not in extra or tsc_khz):  # without a host value, leave the word out
@@ -235,21 +240,27 @@ def kernel_cmdline(target: Target, settings: BootSettings, *, accel: str, mode: 
     words.append("ktailor_probes=" + ",".join(probe_names))
     if vsock_cid is not None:
         words.append(f"ktailor_vsock_cid={vsock_cid}")
-    return " ".join(words)
+    return " ".join([*words, *device_words])
 
 
 def build_qemu_argv(target: Target, settings: BootSettings, kernel: Path, files: GuestFiles, *, accel: str,
-                    cmdline: str, mode: str, vsock_cid: int | None, interactive: bool = False) -> list[str]:
+                    cmdline: str, mode: str, vsock_cid: int | None, interactive: bool = False,
+                    attached: Attached | None = None) -> list[str]:
     suffix = TRANSPORTS[settings.devices]
+    attached = attached or Attached()
     argv = [target.arch.qemu, "-M", settings.machine, "-accel", accel,
             "-cpu", settings.kvm_cpu if accel == "kvm" else settings.tcg_cpu,
-            "-m", f"{settings.memory_mib}M", "-smp", str(settings.smp),
+            "-m", f"{settings.memory_mib}M{attached.memory_options}", "-smp", str(max(settings.smp, attached.smp)),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]
+    if attached.shared_memory:  # vhost-user devices (virtiofsd) map guest RAM: it must be a shareable memfd
+        argv += ["-object", f"memory-backend-memfd,id=ktailor-ram,size={settings.memory_mib}M,share=on",
+                 "-machine", "memory-backend=ktailor-ram"]
     argv += ["-serial", "mon:stdio"] if interactive else ["-serial", "stdio", "-monitor", "none"]
     argv += ["-kernel", str(kernel), "-append", cmdline]
     if mode == "initramfs":
         argv += ["-initrd", str(files.initramfs)]
-    argv += ["-drive", f"id=root,file={files.rootfs},format=raw,if=none,readonly=on",
+    # snapshot: the guest may write (the fscaps probe remounts / read-write), but into a throwaway overlay.
+    argv += ["-drive", f"id=root,file={files.rootfs},format=raw,if=none,snapshot=on",
              "-netdev", "user,id=n0,restrict=on"]  # restrict: the guest gets a NIC but no way out
     devices = [f"virtio-blk-{suffix},drive=root", f"virtio-net-{suffix},netdev=n0", f"virtio-rng-{suffix}",
                f"virtio-balloon-{suffix}", f"virtio-serial-{suffix}"]
@@ -258,7 +269,7 @@ def build_qemu_argv(target: Target, settings: BootSettings, kernel: Path, files:
     for index, device in enumerate(devices):
         pinned = settings.devices == "mmio" and index < len(settings.virtio_mmio_buses)
         argv += ["-device", device + (f",bus=virtio-mmio-bus.{settings.virtio_mmio_buses[index]}" if pinned else "")]
-    return argv + list(settings.qemu_args)
+    return argv + attached.args + list(settings.qemu_args)
 
 
 @dataclass
@@ -269,11 +280,14 @@ class Plan:
     settings: BootSettings
     files: GuestFiles
     table: ProbeTable
-    probe_names: list[str]
+    probe_names: list[str]  # the probes the guest runs
+    skipped: dict[str, str]  # probe → why the host could not attach the device it needs
+    on_await: dict[str, Any]  # KTAILOR-AWAIT name → host action
 
 
-def plan_boot(target: Target, kbuild: Path, workdir: Path, *, mode: str = "rootfs", accel: str | None = None,
-              interactive: bool = False, guest_dir: Path = GUEST_DIR) -> Plan:
+def plan_boot(target: Target, kbuild: Path, workdir: Path, stack: contextlib.ExitStack, *, mode: str = "rootfs",
+              accel: str | None = None, interactive: bool = False, guest_dir: Path = GUEST_DIR) -> Plan:
+    """Everything to start the VM; the devices the probes need stay attached until `stack` closes."""
     if mode not in MODES:
         raise InputError(f"boot mode {mode!r} is not one of {', '.join(MODES)}.")
     settings = boot_settings(target)
@@ -282,23 +296,32 @@ def plan_boot(target: Target, kbuild: Path, workdir: Path, *, mode: str = "rootf
         raise VerificationFailed(f"{target.name}: {kernel} does not exist, so there is nothing to boot; build the target "
                                  f"first (targets.toml [target.{target.name}.boot] kernel = {settings.kernel!r}).")
     table = load_probe_table(guest_dir / "probes.toml")
-    names = [p.name for p in table.for_target(target)]
+    probes = table.for_target(target)
     chosen, note = choose_accel(target, accel)
     # A vsock device only where the host has vhost-vsock; a CID per process so parallel boots do not collide.
     vsock_cid = 1000 + os.getpid() if os.access(VSOCK_DEVICE, os.R_OK | os.W_OK) else None
     files = prepare_guest(target, workdir, guest_dir)
+    sockets = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ktailor-vm-")))
+    context = Context(target.arch.qemu, TRANSPORTS[settings.devices], settings.machine, settings.memory_mib,
+                      files.init.parent, sockets)
+    attached = stack.enter_context(attach([p.device for p in probes if p.device], context))
+    skipped = {p.name: attached.unavailable[p.device] for p in probes if p.device in attached.unavailable}
+    names = [p.name for p in probes if p.name not in skipped]
     cmdline = kernel_cmdline(target, settings, accel=chosen, mode=mode, probe_names=names, vsock_cid=vsock_cid,
-                             interactive=interactive, tsc_khz=host_tsc_khz())
+                             interactive=interactive, tsc_khz=host_tsc_khz(), device_words=attached.words)
     argv = build_qemu_argv(target, settings, kernel, files, accel=chosen, cmdline=cmdline, mode=mode,
-                           vsock_cid=vsock_cid, interactive=interactive)
-    return Plan(argv, chosen, note, settings, files, table, names)
+                           vsock_cid=vsock_cid, interactive=interactive, attached=attached)
+    return Plan(argv, chosen, note, settings, files, table, names, skipped, attached.on_await)
 
 
+@contextlib.contextmanager
 def qemu_command(target: Target, kbuild: Path, workdir: Path, *, interactive: bool = False, mode: str = "rootfs",
-                 accel: str | None = None, guest_dir: Path = GUEST_DIR) -> list[str]:
-    """The QEMU argv that boots this target (guest files prepared in workdir); interactive keeps
-    the monitor on the console (Ctrl-A X quits) and drops `quiet`."""
-    return plan_boot(target, kbuild, workdir, mode=mode, accel=accel, interactive=interactive, guest_dir=guest_dir).argv
+                 accel: str | None = None, guest_dir: Path = GUEST_DIR) -> Iterator[list[str]]:
+    """The QEMU argv that boots this target (guest files prepared in workdir, its devices attached for the
+    with-block); interactive keeps the monitor on the console (Ctrl-A X quits) and drops `quiet`."""
+    with contextlib.ExitStack() as stack:
+        yield plan_boot(target, kbuild, workdir, stack, mode=mode, accel=accel, interactive=interactive,
+                        guest_dir=guest_dir).argv
 
 
 @dataclass
@@ -310,9 +333,12 @@ class VmRun:
     wall_s: float = 0.0
 
 
-def run_vm(argv: list[str], timeout_s: float, console_log: Path, label: str, probe_count: int) -> VmRun:
-    """Run QEMU with the console on a pipe, every line timestamped and saved; kill it at the timeout."""
+def run_vm(argv: list[str], timeout_s: float, console_log: Path, label: str, probe_count: int,
+           on_await: dict[str, Any] | None = None) -> VmRun:
+    """Run QEMU with the console on a pipe, every line timestamped and saved; kill it at the timeout.
+    A `KTAILOR-AWAIT name=<key>` line from init runs on_await[key] (e.g. pressing Ctrl-Alt-Del over QMP)."""
     run = VmRun()
+    on_await = on_await or {}
     lock = threading.Lock()
     started = time.monotonic()
     with console_log.open("w") as log:
@@ -327,6 +353,19 @@ def run_vm(argv: list[str], timeout_s: float, console_log: Path, label: str, pro
                         run.lines.append(line)
                         log.write(line + "\n")
                         log.flush()
+                    if (key := line.partition("KTAILOR-AWAIT name=")[2].strip()) and key in on_await:
+                        threading.Thread(target=act, args=(key,), daemon=True).start()
+
+            def act(key: str) -> None:
+                try:
+                    on_await[key]()
+                    note = f"[ktailor] host did {key} as init asked"
+                except OSError as exc:
+                    note = f"[ktailor] host could not do {key}: {exc}"
+                with lock:
+                    run.stamps.append(time.monotonic() - started)
+                    run.lines.append(note)
+                    log.write(note + "\n")
 
             readers = [threading.Thread(target=pump, args=(process.stdout, ""), daemon=True),
                        threading.Thread(target=pump, args=(process.stderr, QEMU_PREFIX), daemon=True)]
@@ -418,6 +457,25 @@ def undone_hardening(target: Target, guest: GuestReport, guest_dir: Path) -> tup
                     f"arguments); {undoes_file} lists the words checked.")
 
 
+def probe_entries(target: Target, plan: Plan, guest: GuestReport, requested: dict[str, Option],
+                  kbuild: Path) -> tuple[list[dict[str, Any]], list]:
+    """boot.json's per-probe entries, and each failed probe traced back to the fragment lines behind it."""
+    final = parse_dotconfig(kbuild / ".config") if (kbuild / ".config").is_file() else {}
+    entries, failures = [], []
+    for probe in plan.table.for_target(target):
+        if probe.name in plan.skipped:  # the host could not attach its device: recorded, never counted as passed
+            entries.append({"name": probe.name, "status": "skip", "detail": plan.skipped[probe.name]})
+            continue
+        result = guest.probes.get(probe.name, ProbeResult(probe.name, "missing", "init printed no result"))
+        entry: dict[str, Any] = {"name": probe.name, "status": result.status, "detail": result.detail}
+        if result.status != "pass" and guest.done:
+            failure = explain_failure(probe, result, requested, final, plan.table.transport.get(plan.settings.devices, ()))
+            failures.append(failure)
+            entry |= failure.as_json()
+        entries.append(entry)
+    return entries, failures
+
+
 def boot_target(target: Target, kbuild: Path, workdir: Path, requested: dict[str, Option], log: Log, *,
                 mode: str = "rootfs", accel: str | None = None, guest_dir: Path = GUEST_DIR) -> BootResult:
     """Boot the kernel in kbuild, run the probes, write boot.json; raise VerificationFailed on failure."""
@@ -429,11 +487,12 @@ def boot_target(target: Target, kbuild: Path, workdir: Path, requested: dict[str
         return _skip(target, workdir, f"{SKIP_ENV} is set: boot verification was skipped on purpose", log, evidence)
     if reason := missing_tool(target, mode):
         return _skip(target, workdir, reason, log, evidence)
-    plan = plan_boot(target, kbuild, workdir, mode=mode, accel=accel, guest_dir=guest_dir)
-    if plan.accel == "tcg" and accel is None:
-        log.info(f"{target.name}: {plan.accel_note}.")
     console_log = workdir / "console.log"
-    run = run_vm(plan.argv, plan.settings.timeout_s, console_log, target.name, len(plan.probe_names))
+    with contextlib.ExitStack() as stack:
+        plan = plan_boot(target, kbuild, workdir, stack, mode=mode, accel=accel, guest_dir=guest_dir)
+        if plan.accel == "tcg" and accel is None:
+            log.info(f"{target.name}: {plan.accel_note}.")
+        run = run_vm(plan.argv, plan.settings.timeout_s, console_log, target.name, len(plan.probe_names), plan.on_await)
     guest = parse_console(run.lines)
 
     sizes = {Path(relative).name: (kbuild / relative).stat().st_size
@@ -461,16 +520,7 @@ def boot_target(target: Target, kbuild: Path, workdir: Path, requested: dict[str
         problem = (f"{target.name} ran every probe but the VM did not exit within {plan.settings.timeout_s:g}s: "
                    "the guest's reboot did not end it (reboot=t with QEMU -no-reboot).")
 
-    final = parse_dotconfig(kbuild / ".config") if (kbuild / ".config").is_file() else {}
-    failures = []
-    for probe in plan.table.for_target(target):
-        result = guest.probes.get(probe.name, ProbeResult(probe.name, "missing", "init printed no result"))
-        entry: dict[str, Any] = {"name": probe.name, "status": result.status, "detail": result.detail}
-        if result.status != "pass" and guest.done:
-            failure = explain_failure(probe, result, requested, final, plan.table.transport.get(plan.settings.devices, ()))
-            failures.append(failure)
-            entry |= failure.as_json()
-        report["probes"].append(entry)
+    report["probes"], failures = probe_entries(target, plan, guest, requested, kbuild)
     if failures and not problem:
         problem = (f"{target.name}: {len(failures)} of {len(plan.probe_names)} boot probes failed: "
                    + "; ".join(f.sentence(target) for f in failures) + ".")
@@ -485,7 +535,10 @@ def boot_target(target: Target, kbuild: Path, workdir: Path, requested: dict[str
             message += f"\nlast {LAST_LINES} console lines:\n" + "\n".join(report["last_lines"])
         raise VerificationFailed(message)
     metrics = report["metrics"]
-    log.info(f"{target.name} booted under {plan.accel}: {len(plan.probe_names)} probes passed; init at "
+    for name, reason in plan.skipped.items():
+        log.warning(f"{target.name}: probe {name} skipped, not passed: {reason}.")
+    skipped = f", {len(plan.skipped)} skipped" if plan.skipped else ""
+    log.info(f"{target.name} booted under {plan.accel}: {len(plan.probe_names)} probes passed{skipped}; init at "
              f"{metrics['time_to_init_ms']} ms, VM done in {metrics['host_wall_to_exit_ms']} ms, "
              f"{guest.mem_used_kb} KiB used at init")
     return BootResult(target.name, "pass", "", report, _write(workdir, report))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .errors import InputError, line_of
 from .fragments import Option
+from .guest_devices import DEVICES
 from .targets import Target
 
 QEMU_PREFIX = "[qemu] "  # marks QEMU's own stderr among the console lines
@@ -41,6 +42,7 @@ class Probe:
     arches: frozenset[str]  # empty: every arch
     transport: bool
     line: int | None  # in probes.toml, for messages
+    device: str = ""  # the host-side device it needs (guest_devices.py), "" for none
 
     def applies_to(self, target: Target) -> bool:
         return target.type.name in self.types and (not self.arches or target.arch.name in self.arches)
@@ -80,12 +82,16 @@ def load_probe_table(path: Path) -> ProbeTable:
         if missing:
             raise InputError(f"[[probe]] #{index} has no {', '.join(missing)}; every probe needs name, "
                              "requirement, symbols and types.", path=path, line=line)
+        if row.get("device") and row["device"] not in DEVICES:
+            raise InputError(f"probe {row['name']!r} needs device {row['device']!r}, which the boot stage cannot attach; "
+                             f"use one of {', '.join(sorted(DEVICES))} (src/ktailor/guest_devices.py).",
+                             path=path, line=line_of(text, f'device = "{row["device"]}"'))
         if any(p.name == row["name"] for p in probes):
             raise InputError(f"probe {row['name']!r} is declared twice; keep one.", path=path, line=line)
         probes.append(Probe(
             name=row["name"], requirement=row["requirement"], symbols=tuple(row["symbols"]),
             types=frozenset(row["types"]), arches=frozenset(row.get("arches", ())),
-            transport=bool(row.get("transport", False)), line=line,
+            transport=bool(row.get("transport", False)), line=line, device=row.get("device", ""),
         ))
     hints = []
     for index, row in enumerate(data.get("hint", []), start=1):
