@@ -9,6 +9,7 @@ Markdown table with every figure also as a ratio to the floor's.
 
     .venv/bin/python bench/reference.py --version 6.1.192 [--boots 10] [--anchors DIR]
     .venv/bin/python bench/reference.py --version 5.10.262
+    .venv/bin/python bench/reference.py --hardening-only   # configure only: the three hardening scores
 
 Firecracker's and Kuasar's files come from bench/anchors.toml: pinned upstream commits, fetched into
 <cache>/anchors/ and checked by sha256 (KTAILOR_ANCHORS_URL serves them from a mirror); `--anchors DIR` uses
@@ -50,38 +51,44 @@ def make(srctree: Path, kbuild: Path, *goals: str, jobs: int = 2, env: dict | No
         subprocess.run(argv, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def build_firecracker(srctree: Path, kbuild: Path, anchors: Path) -> Path:
-    if not (kbuild / IMAGES[0]).is_file():
-        kbuild.mkdir(parents=True, exist_ok=True)
-        shutil.copy(anchors / "firecracker" / "microvm-kernel-ci-x86_64-6.1.config", kbuild / ".config")
-        make(srctree, kbuild, "olddefconfig")
-        make(srctree, kbuild, "bzImage", "vmlinux")
-    return kbuild
+def configure_firecracker(srctree: Path, kbuild: Path, anchors: Path) -> None:
+    shutil.copy(anchors / "firecracker" / "microvm-kernel-ci-x86_64-6.1.config", kbuild / ".config")
+    make(srctree, kbuild, "olddefconfig")
 
 
-def build_kuasar(srctree: Path, kbuild: Path, anchors: Path) -> Path:
-    if not (kbuild / IMAGES[0]).is_file():
-        kbuild.mkdir(parents=True, exist_ok=True)
-        base = anchors / "kuasar"
-        fragments = [str(base / line.strip()) for line in (base / "micro-kernel-x86_64.list").read_text().splitlines()
-                     if line.strip() and not line.startswith("#")]
-        env = dict(os.environ, ARCH="x86")
-        with (kbuild / "bench-build.log").open("a") as log:
-            subprocess.run([str(srctree / "scripts/kconfig/merge_config.sh"), "-r", "-n", "-O", str(kbuild),
-                            *fragments], check=True, cwd=srctree, env=env, stdout=log, stderr=subprocess.STDOUT)
-        make(srctree, kbuild, "bzImage", "vmlinux")
-    return kbuild
+def configure_kuasar(srctree: Path, kbuild: Path, anchors: Path) -> None:
+    base = anchors / "kuasar"
+    fragments = [str(base / line.strip()) for line in (base / "micro-kernel-x86_64.list").read_text().splitlines()
+                 if line.strip() and not line.startswith("#")]
+    with (kbuild / "bench-build.log").open("a") as log:
+        subprocess.run([str(srctree / "scripts/kconfig/merge_config.sh"), "-r", "-n", "-O", str(kbuild),
+                        *fragments], check=True, cwd=srctree, env=dict(os.environ, ARCH="x86"),
+                       stdout=log, stderr=subprocess.STDOUT)
 
 
-def build_floor(srctree: Path, kbuild: Path) -> Path:
-    if not (kbuild / IMAGES[0]).is_file():
-        kbuild.mkdir(parents=True, exist_ok=True)
-        make(srctree, kbuild, "tinyconfig")
-        with (kbuild / "bench-build.log").open("a") as log:
-            subprocess.run([str(srctree / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(kbuild),
-                            str(kbuild / ".config"), str(FLOOR)], check=True, cwd=srctree,
-                           env=dict(os.environ, ARCH="x86"), stdout=log, stderr=subprocess.STDOUT)
-        make(srctree, kbuild, "olddefconfig")
+def configure_floor(srctree: Path, kbuild: Path, anchors: Path) -> None:
+    make(srctree, kbuild, "tinyconfig")
+    with (kbuild / "bench-build.log").open("a") as log:
+        subprocess.run([str(srctree / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(kbuild),
+                        str(kbuild / ".config"), str(FLOOR)], check=True, cwd=srctree,
+                       env=dict(os.environ, ARCH="x86"), stdout=log, stderr=subprocess.STDOUT)
+    make(srctree, kbuild, "olddefconfig")
+
+
+REFERENCES = {  # name → how its .config is made from the same source tree
+    "Firecracker CI config": ("firecracker", configure_firecracker),
+    "Kuasar micro fragments": ("kuasar", configure_kuasar),
+    "floor (tinyconfig + boot minimum)": ("floor", configure_floor),
+}
+
+
+def prepare(srctree: Path, kbuild: Path, anchors: Path, configure, *, build: bool) -> Path:
+    """A reference kernel's build dir: configured (once), and built too unless only its .config is wanted."""
+    kbuild.mkdir(parents=True, exist_ok=True)
+    if not (kbuild / ".config").is_file() or not (kbuild / ".config.configured").is_file():
+        configure(srctree, kbuild, anchors)
+        (kbuild / ".config.configured").touch()
+    if build and not (kbuild / IMAGES[0]).is_file():
         make(srctree, kbuild, "bzImage", "vmlinux")
     return kbuild
 
@@ -91,7 +98,7 @@ def anchors_dir(args, project: Project) -> Path:
         return fetch_anchors(project.cache_dir, project.env)
     for problem in check_local(args.anchors):
         print(f"W: {problem}: the figures are not those of the pinned reference", file=sys.stderr)
-    return args.anchors
+    return args.anchors.resolve()  # the references are configured with the source tree as cwd
 
 
 def boot_once(target, kbuild: Path, workdir: Path) -> dict:
@@ -126,11 +133,25 @@ def times_floor(value: float | None, floor: float | None) -> str:
     return f" ({value / floor:.2f}×)" if value and floor else ""
 
 
+def print_hardening_only(kernel, kernels: dict[str, Path], bench_dir: Path) -> None:
+    """The hardening audit alone: every kernel's .config scored by the same checks, no builds or boots."""
+    rows = {name: hardening_score(kbuild, kernel.version_tuple) for name, kbuild in kernels.items()}
+    print(f"Linux {kernel.version}, x86_64: ktailor's hardening checks (fragments/{CHECKS_FILE}) over each "
+          "kernel's .config, no waivers\n")
+    print("| kernel | checks passed | failing |")
+    print("|---|---|---|")
+    for name, row in rows.items():
+        print(f"| {name} | {row['score']} | {', '.join(row['failing']) or '—'} |")
+    (bench_dir / "hardening.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", help="kernel version in versions.toml (default: the default kernel)")
     parser.add_argument("--boots", type=int, default=10)
     parser.add_argument("--anchors", type=Path, help="a local copy of the reference files (default: fetch the pinned ones)")
+    parser.add_argument("--hardening-only", action="store_true",
+                        help="only configure the references and print the hardening scores (needs `doit config:x86_64-micro`)")
     args = parser.parse_args()
 
     project = Project.from_env(ROOT)
@@ -141,12 +162,16 @@ def main() -> None:
     srctree = project.source_tree(kernel)
     bench_dir = project.build_dir / "bench" / kernel.version
     anchors = anchors_dir(args, project)
-    kernels = {
-        "ktailor x86_64-micro": project.kbuild(kernel, target),
-        "Firecracker CI config": build_firecracker(srctree, bench_dir / "firecracker", anchors),
-        "Kuasar micro fragments": build_kuasar(srctree, bench_dir / "kuasar", anchors),
-        "floor (tinyconfig + boot minimum)": build_floor(srctree, bench_dir / "floor"),
-    }
+    ours = project.kbuild(kernel, target)
+    if not (ours / ".config").is_file():
+        raise SystemExit(f"E: {ours / '.config'} does not exist: run `doit config:x86_64-micro` (same KTAILOR_* "
+                         "environment) first.")
+    kernels = {"ktailor x86_64-micro": ours} | {
+        name: prepare(srctree, bench_dir / directory, anchors, configure, build=not args.hardening_only)
+        for name, (directory, configure) in REFERENCES.items()}
+    if args.hardening_only:
+        print_hardening_only(kernel, kernels, bench_dir)
+        return
     # One difference in QEMU flags, forced by the kernels: Firecracker's 6.1 config discovers virtio-mmio
     # devices through ACPI (VIRTIO_MMIO_CMDLINE_DEVICES is off), so its microvm keeps QEMU's ACPI tables on.
     machines = {"Firecracker CI config": target.boot["machine"].replace(",acpi=off", "")}

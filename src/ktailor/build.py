@@ -9,10 +9,13 @@ from __future__ import annotations
 import os
 import platform
 import re
+import selectors
 import subprocess
 import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from .compile_farm import engine_record, redacted
 from .compile_farm import make_env as farm_env
@@ -29,6 +32,30 @@ STEP_RE = re.compile(r"^\s{2}([A-Z][A-Z0-9_]*)\s+(\S+)")
 COUNT_FILE = "build.steps"
 
 
+def output_lines(pipe: IO[bytes], poll_s: float = 0.5) -> Iterator[str]:
+    """The lines a child writes to `pipe`, as they come, until it closes.
+
+    Waits in select() with a timeout rather than in a blocking read: a Ctrl-C that the kernel hands to
+    another thread of this process (tqdm's monitor) is then acted on within `poll_s`, not when make next
+    prints a line — which, in a long link step, can be minutes away.
+    """
+    fd = pipe.fileno()
+    pending = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while True:
+            if not selector.select(timeout=poll_s):
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                yield line.decode(errors="replace") + "\n"
+    if pending:
+        yield pending.decode(errors="replace")
+
+
 def run_make(srctree: Path, kbuild: Path, variables: dict[str, str], goals: list[str], jobs: int, log: Path,
              label: str, env: dict[str, str] | None = None) -> float:
     """Run make, stream its output to `log`, show progress; return the wall time in seconds."""
@@ -41,10 +68,10 @@ def run_make(srctree: Path, kbuild: Path, variables: dict[str, str], goals: list
     info(f"build {label}: make -j{jobs} {' '.join(goals)} (log: {log})")
     with log.open("w") as handle, bar(total=expected, unit="step", desc=f"build {label}") as progress:
         handle.write("$ " + " ".join(argv) + "\n")
-        with reaped(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+        with reaped(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                     env=None if env is None else os.environ | env) as process:
             assert process.stdout is not None
-            for line in process.stdout:
+            for line in output_lines(process.stdout):
                 handle.write(line)
                 tail.append(line.rstrip())
                 if match := STEP_RE.match(line):
