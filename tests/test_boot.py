@@ -210,6 +210,29 @@ def test_boot_settings_reject_bad_tables(changes, message):
         boot.boot_settings(with_boot(target_named("x86_64-micro"), **changes))
 
 
+def test_x86_64_mini_is_also_booted_the_way_cloud_hypervisor_boots_it():
+    target = target_named("x86_64-mini")
+    assert boot.boot_settings(target).kernel == "arch/x86/boot/bzImage"  # the main boot: firmware loads the bzImage
+    [(name, alternate, why)] = boot.alternate_boots(target)
+    assert name == "pvh-vmlinux" and "Cloud Hypervisor" in why and "PVH" in why
+    settings = boot.boot_settings(alternate)
+    assert settings.kernel == "vmlinux" and settings.machine == "q35" and settings.devices == "pci"
+    assert boot.alternate_boots(alternate) == []  # no boot of a boot
+    assert all(boot.alternate_boots(target_named(n)) == [] for n in ("x86_64-micro", "aarch64-micro", "aarch64-mini"))
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"kernel": "vmlinux"}, "needs a `why"),
+    ({"kernal": "vmlinux", "why": "a VMM"}, "unknown key"),
+    ({"devices": "isa", "why": "a VMM"}, "use one of mmio, pci"),
+], ids=["no-why", "typo-key", "bad-transport"])
+def test_a_bad_alternate_boot_table_is_refused_with_its_name(table, message):
+    target = with_boot(target_named("x86_64-micro"), also={"other": table})
+    with pytest.raises(InputError, match=message) as caught:
+        boot.alternate_boots(target)
+    assert "targets.toml [target.x86_64-micro.boot" in str(caught.value)
+
+
 @pytest.mark.parametrize("case", [
     {"host": "x86_64", "flags": "fpu vmx sse", "kvm_ok": True, "expected": "kvm", "why": "KVM"},
     {"host": "x86_64", "flags": "fpu sse hypervisor", "kvm_ok": True, "expected": "tcg", "why": "no vmx/svm flag"},
@@ -398,6 +421,26 @@ def test_an_unbootable_kernel_fails_with_console_log_and_hint(tmp_path):
     assert "QEMU printed an error" in saved["hint"]
 
 
+@pytest.mark.skipif(not shutil.which("qemu-system-x86_64") or not shutil.which("gcc") or not shutil.which("mke2fs"),
+                    reason="needs qemu-system-x86_64, gcc and mke2fs")
+def test_a_failing_alternate_boot_fails_the_target_and_leaves_no_pass_standing(tmp_path):
+    kbuild = tmp_path / "kbuild"
+    (kbuild / "arch/x86/boot").mkdir(parents=True)
+    (kbuild / "vmlinux").write_bytes(b"\x7fELF" + b"\0" * 4096)  # an ELF with no PVH entry
+    (kbuild / "arch/x86/boot/bzImage").write_bytes(b"\0" * 4096)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "boot.json").write_text('{"status": "pass"}')  # an earlier run's verdict
+    target = with_boot(target_named("x86_64-micro"), kernel="arch/x86/boot/bzImage",
+                       also={"pvh": {"kernel": "vmlinux", "why": "a VMM that loads vmlinux"}})
+    with pytest.raises(VerificationFailed, match="did not finish booting"):
+        boot.boot_target(target, kbuild, work, {}, logging.getLogger("t"), accel="tcg")
+    assert not (work / "boot.json").exists()
+    alternate = json.loads((work / "also-pvh" / "boot.json").read_text())
+    assert alternate["status"] == "fail" and alternate["kernel"] == str(kbuild / "vmlinux")
+    assert not (work / "console.log").exists()  # the main boot never started
+
+
 def real_kbuild() -> Path:
     value = os.environ.get(KBUILD_ENV)
     if not value:
@@ -435,6 +478,23 @@ def test_real_x86_64_micro_kernel_boots_and_passes_every_probe(tmp_path, mode):
     assert saved["guest"]["vulnerabilities"] and saved["guest"]["undone_hardening"] == {}
     assert metrics["guest_used_kib"] > 0 and metrics["kernel_memory_kib"]["kernel code"] > 0
     assert saved["sizes"]["vmlinux"] > 0
+
+
+@pytest.mark.slow
+def test_real_kernel_alternate_boot_runs_every_probe_too(tmp_path):
+    """The main boot and an alternate (here: the bzImage beside micro's PVH vmlinux) both boot for real,
+    and boot.json records the alternate's verdict."""
+    kbuild = real_kbuild()
+    target = with_boot(target_named("x86_64-micro"),
+                       also={"bzimage": {"kernel": "arch/x86/boot/bzImage", "why": "a VMM that loads a bzImage"}})
+    result = boot.boot_target(target, kbuild, tmp_path, requested_for(target, kbuild), logging.getLogger("t"))
+    assert result.status == "pass"
+    saved = json.loads((tmp_path / "boot.json").read_text())
+    count = len(TABLE.for_target(target))
+    assert saved["also"]["bzimage"]["status"] == "pass" and saved["also"]["bzimage"]["probes"] == count
+    alternate = json.loads((tmp_path / "also-bzimage" / "boot.json").read_text())
+    assert alternate["kernel"].endswith("arch/x86/boot/bzImage") and saved["kernel"].endswith("vmlinux")
+    assert "also" not in alternate
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -96,16 +96,39 @@ class BootSettings:
     qemu_args: tuple[str, ...] = ()
 
 
+ALSO_KEY = "also"  # [target.X.boot.also.<name>]: the same kernel booted a second way (another image, machine…)
+
+
+def alternate_boots(target: Target) -> list[tuple[str, Target, str]]:
+    """(name, target as booted that way, why) for each [target.X.boot.also.<name>] table.
+
+    An alternate boot is the main boot table with some keys replaced — e.g. `kernel = "vmlinux"` for the
+    PVH entry Cloud Hypervisor uses, where the main boot loads the bzImage through firmware — and a `why`.
+    """
+    base = {key: value for key, value in target.boot.items() if key != ALSO_KEY}
+    alternates = []
+    for name, table in (target.boot.get(ALSO_KEY) or {}).items():
+        where = f"targets.toml [target.{target.name}.boot.{ALSO_KEY}.{name}]"
+        if not isinstance(table, dict) or not str(table.get("why", "")).strip():
+            raise InputError(f"{where} needs a `why = \"…\"` saying which VMM boots the kernel this way, and the "
+                             "keys that differ from the main boot table (e.g. kernel = \"vmlinux\").")
+        changes = {key: value for key, value in table.items() if key != "why"}
+        alternate = replace(target, boot=base | changes)
+        boot_settings(alternate)  # its keys are checked like the main table's
+        alternates.append((name, alternate, table["why"]))
+    return alternates
+
+
 def boot_settings(target: Target) -> BootSettings:
     where = f"targets.toml [target.{target.name}.boot]"
     known = {f.name for f in fields(BootSettings)}
-    if unknown := sorted(set(target.boot) - known):
+    if unknown := sorted(set(target.boot) - known - {ALSO_KEY}):
         raise InputError(f"{where} has unknown key(s) {', '.join(unknown)}; the known keys are {', '.join(sorted(known))}.")
     if missing := [key for key in ("machine", "devices", "kernel") if key not in target.boot]:
         raise InputError(f"{where} has no {', '.join(missing)}; add `{missing[0]} = …` (see the other targets).")
     if target.boot["devices"] not in TRANSPORTS:
         raise InputError(f"{where} devices = {target.boot['devices']!r}; use one of {', '.join(TRANSPORTS)}.")
-    values = dict(target.boot)
+    values = {key: value for key, value in target.boot.items() if key != ALSO_KEY}
     for key in ("virtio_mmio_buses", "qemu_args"):
         values[key] = tuple(values.get(key, ()))
     return BootSettings(**values)
@@ -476,6 +499,20 @@ def probe_entries(target: Target, plan: Plan, guest: GuestReport, requested: dic
     return entries, failures
 
 
+def boot_alternates(target: Target, kbuild: Path, workdir: Path, requested: dict[str, Option], log: Log, *,
+                    mode: str, accel: str | None, guest_dir: Path) -> dict[str, dict[str, Any]]:
+    """Boot each [target.X.boot.also.<name>] way into workdir/also-<name>/; raise on the first failure."""
+    also = {}
+    for name, alternate, why in alternate_boots(target):
+        log.info(f"{target.name}: also booting it as {name} ({why}).")
+        result = boot_target(alternate, kbuild, workdir / f"{ALSO_KEY}-{name}", requested, log, mode=mode,
+                             accel=accel, guest_dir=guest_dir)
+        also[name] = {"why": why, "status": result.status, "kernel": str(kbuild / alternate.boot["kernel"]),
+                      "probes": sum(p["status"] == "pass" for p in result.report.get("probes", [])),
+                      "boot_json": str(result.boot_json)}
+    return also
+
+
 def boot_target(target: Target, kbuild: Path, workdir: Path, requested: dict[str, Option], log: Log, *,
                 mode: str = "rootfs", accel: str | None = None, guest_dir: Path = GUEST_DIR) -> BootResult:
     """Boot the kernel in kbuild, run the probes, write boot.json; raise VerificationFailed on failure."""
@@ -487,6 +524,8 @@ def boot_target(target: Target, kbuild: Path, workdir: Path, requested: dict[str
         return _skip(target, workdir, f"{SKIP_ENV} is set: boot verification was skipped on purpose", log, evidence)
     if reason := missing_tool(target, mode):
         return _skip(target, workdir, reason, log, evidence)
+    # first: a failing alternate raises before any boot.json of this target says pass
+    also = boot_alternates(target, kbuild, workdir, requested, log, mode=mode, accel=accel, guest_dir=guest_dir)
     console_log = workdir / "console.log"
     with contextlib.ExitStack() as stack:
         plan = plan_boot(target, kbuild, workdir, stack, mode=mode, accel=accel, guest_dir=guest_dir)
@@ -504,6 +543,8 @@ def boot_target(target: Target, kbuild: Path, workdir: Path, requested: dict[str
         "metrics": metrics_of(guest, run), "sizes": sizes, "probes": [], "guest_warnings": guest.warnings,
         "guest": {"cmdline": guest.cmdline, "vulnerabilities": guest.vulnerabilities}, "evidence": evidence,
     }
+    if also:
+        report[ALSO_KEY] = also
 
     problem = None
     if not guest.done:
