@@ -56,22 +56,23 @@ def configure_firecracker(srctree: Path, kbuild: Path, anchors: Path) -> None:
     make(srctree, kbuild, "olddefconfig")
 
 
+def merge_config(srctree: Path, kbuild: Path, *arguments: str) -> None:
+    """The kernel's scripts/kconfig/merge_config.sh with output in kbuild, logged like make."""
+    with (kbuild / "bench-build.log").open("a") as log:
+        subprocess.run([str(srctree / "scripts/kconfig/merge_config.sh"), *arguments], check=True, cwd=srctree,
+                       env=dict(os.environ, ARCH="x86"), stdout=log, stderr=subprocess.STDOUT)
+
+
 def configure_kuasar(srctree: Path, kbuild: Path, anchors: Path) -> None:
     base = anchors / "kuasar"
     fragments = [str(base / line.strip()) for line in (base / "micro-kernel-x86_64.list").read_text().splitlines()
                  if line.strip() and not line.startswith("#")]
-    with (kbuild / "bench-build.log").open("a") as log:
-        subprocess.run([str(srctree / "scripts/kconfig/merge_config.sh"), "-r", "-n", "-O", str(kbuild),
-                        *fragments], check=True, cwd=srctree, env=dict(os.environ, ARCH="x86"),
-                       stdout=log, stderr=subprocess.STDOUT)
+    merge_config(srctree, kbuild, "-r", "-n", "-O", str(kbuild), *fragments)
 
 
 def configure_floor(srctree: Path, kbuild: Path, anchors: Path) -> None:
     make(srctree, kbuild, "tinyconfig")
-    with (kbuild / "bench-build.log").open("a") as log:
-        subprocess.run([str(srctree / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(kbuild),
-                        str(kbuild / ".config"), str(FLOOR)], check=True, cwd=srctree,
-                       env=dict(os.environ, ARCH="x86"), stdout=log, stderr=subprocess.STDOUT)
+    merge_config(srctree, kbuild, "-m", "-O", str(kbuild), str(kbuild / ".config"), str(FLOOR))
     make(srctree, kbuild, "olddefconfig")
 
 

@@ -122,13 +122,13 @@ def alternate_boots(target: Target) -> list[tuple[str, Target, str]]:
 def boot_settings(target: Target) -> BootSettings:
     where = f"targets.toml [target.{target.name}.boot]"
     known = {f.name for f in fields(BootSettings)}
-    if unknown := sorted(set(target.boot) - known - {ALSO_KEY}):
+    values = {key: value for key, value in target.boot.items() if key != ALSO_KEY}  # the alternates: alternate_boots
+    if unknown := sorted(set(values) - known):
         raise InputError(f"{where} has unknown key(s) {', '.join(unknown)}; the known keys are {', '.join(sorted(known))}.")
     if missing := [key for key in ("machine", "devices", "kernel") if key not in target.boot]:
         raise InputError(f"{where} has no {', '.join(missing)}; add `{missing[0]} = …` (see the other targets).")
     if target.boot["devices"] not in TRANSPORTS:
         raise InputError(f"{where} devices = {target.boot['devices']!r}; use one of {', '.join(TRANSPORTS)}.")
-    values = {key: value for key, value in target.boot.items() if key != ALSO_KEY}
     for key in ("virtio_mmio_buses", "qemu_args"):
         values[key] = tuple(values.get(key, ()))
     return BootSettings(**values)

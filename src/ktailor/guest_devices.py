@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import processes
+
 XFS_IMAGE_SIZE = 300 * 1024 * 1024  # mkfs.xfs's minimum since xfsprogs 5.19
 PMEM_SIZE_MIB = 32
 VIRTIOFSD_PATHS = ("virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd")
@@ -131,8 +133,8 @@ def virtiofs(context: Context, stack: contextlib.ExitStack) -> Attachment:
             [daemon, "--socket-path", str(sock), "--shared-dir", str(share), "--cache", "never", "--sandbox", "none"])
     log = (context.files / "virtiofsd.log").open("w")
     stack.callback(log.close)
-    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    stack.callback(_stop, process)
+    process = processes.start(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    stack.callback(processes.stop, process)
     deadline = time.monotonic() + 10
     while not sock.exists():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -141,16 +143,6 @@ def virtiofs(context: Context, stack: contextlib.ExitStack) -> Attachment:
     return Attachment(args=["-chardev", f"socket,id=ktailor-vfs,path={sock}",
                             "-device", f"vhost-user-fs-{context.suffix},chardev=ktailor-vfs,tag=ktailorfs"],
                       words=[f"ktailor_virtiofs_token={token}"], shared_memory=True)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def pmem(context: Context, stack: contextlib.ExitStack) -> Attachment:
