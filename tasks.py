@@ -3,9 +3,9 @@ calls one ktailor function; the logic lives in src/ktailor/."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
-import shutil
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -53,12 +53,12 @@ def _kernel_and_target(project: Project, target: str, version: str | None):
 @edge
 def clean(c: Context, target: str = "", version: str = "", sources: bool = False, downloads: bool = False,
           all: bool = False, dry_run: bool = False) -> None:
-    """Remove build dirs (and, when asked, sources and downloads). Never touches installed kernels."""
-    from ktailor.clean import plan_clean, run_clean
+    """Remove build dirs (and, when asked, sources and downloads). Never touches installed kernels.
+    Waits for a running doit (KTAILOR_NO_WAIT=1: fails at once instead)."""
+    from ktailor.clean import clean_outputs
 
-    plan = plan_clean(_project(), target=target or None, version=version or None, sources=sources,
-                      downloads=downloads, everything=all)
-    removed = run_clean(plan, dry_run=dry_run)
+    removed = clean_outputs(_project(), target=target or None, version=version or None, sources=sources,
+                            downloads=downloads, everything=all, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for path in removed:
         print(f"{verb} {path}")
@@ -69,11 +69,17 @@ def clean(c: Context, target: str = "", version: str = "", sources: bool = False
 @task(help={"dry_run": "only print what would be removed"})
 @edge
 def prune(c: Context, dry_run: bool = False) -> None:
-    """Remove installed kernel directories that no link in the prefix points to any more (old rebuilds)."""
+    """Remove installed kernel directories that no link in the prefix points to any more (old rebuilds).
+    Waits for a running install (KTAILOR_NO_WAIT=1: fails at once instead)."""
     from ktailor.install import prune as run_prune
+    from ktailor.locks import prefix_lock
 
     project = _project()
-    plan = run_prune(project.prefix, dry_run=dry_run)
+    if dry_run or not project.prefix.is_dir():  # changes nothing: no lock to wait for, no prefix to create
+        plan = run_prune(project.prefix, dry_run=dry_run)
+    else:
+        with prefix_lock(project.prefix, project.env):
+            plan = run_prune(project.prefix)
     verb = "would remove" if dry_run else "removed"
     print(f"{verb} {len(plan.remove)} unlinked install dir(s) from {project.prefix}; {plan.kept} in use kept")
 
@@ -86,24 +92,14 @@ def prune(c: Context, dry_run: bool = False) -> None:
 })
 @edge
 def menuconfig(c: Context, target: str, version: str = "", save_as: str = "", add_to_list: bool = False) -> None:
-    """Run the kernel's menuconfig on a target's config and turn your edits into a fragment."""
-    from ktailor.menuconfig import run_menuconfig, save_changes
-    from ktailor.runner import run_doit, task_name
-    from ktailor.toolchain import make_vars
+    """Run the kernel's menuconfig on a target's config and turn your edits into a fragment.
+    Holds the build dir for the session: a doit or security-update run waits until you are done."""
+    from ktailor.menuconfig import edit_target_config
 
     project = _project()
     kernel, row = _kernel_and_target(project, target, version or None)
-    name = task_name("config", row.name, kernel.version, project.versions.default.version)
-    if run_doit(ROOT, name).returncode != 0:
-        raise Exit(f"E: `doit {name}` failed; fix that first.", code=2)
-    kbuild, target_dir = project.kbuild(kernel, row), project.target_dir(kernel, row)
-    before = target_dir / "menuconfig.before"
-    shutil.copy2(kbuild / ".config", before)
-    run_menuconfig(project.source_tree(kernel), kbuild, make_vars(row, project.env))
-    text, saved = save_changes(before=before, after=kbuild / ".config", target=row.name, target_dir=target_dir,
-                               save_as=Path(save_as) if save_as else None,
-                               list_file=project.fragments_dir / row.list_name if add_to_list and save_as else None,
-                               fragments_dir=project.fragments_dir)
+    text, saved = edit_target_config(project, kernel, row, save_as=Path(save_as) if save_as else None,
+                                     add_to_list=add_to_list)
     if not text:
         print("no changes")
         return
@@ -142,17 +138,20 @@ def explain(c: Context, option: str, target: str, version: str = "") -> None:
 def upgrade(c: Context, version: str = "", latest: bool = False, replace: str = "", dry_run: bool = False,
             allow_downgrade: bool = False, allow_series_change: bool = False, insecure_skip_signature: bool = False,
             keyring: str = "") -> None:
-    """Move a kernel in versions.toml to another point release: signed checksum, rewrite, pre-flight audit."""
+    """Move a kernel in versions.toml to another point release: signed checksum, rewrite, pre-flight audit.
+    Holds the build dir (a running doit makes it wait; KTAILOR_NO_WAIT=1: fail at once), except a dry run."""
+    from ktailor.locks import holding_build_dir
+    from ktailor.signature import pinned_fingerprint
     from ktailor.upgrade import upgrade as run_upgrade
 
     if not version and not latest:
         raise Exit("E: say which release: --version X.Y.Z, or --latest for the newest of the tracked series.", code=2)
-    from ktailor.signature import pinned_fingerprint
-
-    result = run_upgrade(ROOT, version or None, latest=latest, replace=replace or None, dry_run=dry_run,
-                         allow_downgrade=allow_downgrade, allow_series_change=allow_series_change,
-                         insecure_skip_signature=insecure_skip_signature, keyring=Path(keyring) if keyring else None,
-                         expected_fingerprint=pinned_fingerprint())
+    project = _project()
+    with contextlib.nullcontext() if dry_run else holding_build_dir(project.build_dir, project.env):
+        result = run_upgrade(ROOT, version or None, latest=latest, replace=replace or None, dry_run=dry_run,
+                             allow_downgrade=allow_downgrade, allow_series_change=allow_series_change,
+                             insecure_skip_signature=insecure_skip_signature, keyring=Path(keyring) if keyring else None,
+                             expected_fingerprint=pinned_fingerprint())
     if not result.ok:
         raise Exit(code=1)
 
@@ -227,11 +226,18 @@ def cves(c: Context, target: str, version: str = "", json: bool = False, vulns: 
 @edge
 def boot(c: Context, target: str, version: str = "", initramfs: bool = False) -> None:
     """Boot a built kernel in QEMU with the console attached (Ctrl-A X quits), for debugging."""
-    from ktailor.boot import qemu_command
+    from ktailor.boot import missing_tool, qemu_command
+    from ktailor.errors import EnvironmentProblem
 
     project = _project()
     kernel, row = _kernel_and_target(project, target, version or None)
+    mode = "initramfs" if initramfs else "rootfs"
+    missing = missing_tool(row, mode)  # QEMU first; else the shell's "command not found" would be the only word
+    if missing:
+        raise EnvironmentProblem(f"{missing}, or run scripts/setup (it installs QEMU and the build tools).")
     with qemu_command(row, project.kbuild(kernel, row), project.target_dir(kernel, row) / "boot-interactive",
-                      interactive=True, mode="initramfs" if initramfs else "rootfs") as argv:
+                      interactive=True, mode=mode) as argv:
         print(shlex.join(argv), file=sys.stderr)
-        c.run(shlex.join(argv), pty=True, warn=True)
+        result = c.run(shlex.join(argv), pty=True, warn=True)
+    if result is not None and result.failed:
+        raise Exit(f"E: {argv[0]} exited with status {result.exited}.", code=result.exited or 1)

@@ -77,6 +77,12 @@ class ProjectFactory:
         path.write_text(FRAGMENT.format(group=group, symbol=symbol))
         return path
 
+    def must_stay(self, symbol: str = "FUTEX", why: str = "Every pthread mutex is built on futex(2).") -> Path:
+        """fragments/must-stay.toml keeping one option."""
+        path = self.root / "fragments" / "must-stay.toml"
+        path.write_text(f'[[keep]]\noption = "CONFIG_{symbol}"\nwhy = "{why}"\n')
+        return path
+
     def list(self, name: str, *entries: str) -> Path:
         path = self.root / "fragments" / name
         path.write_text("# test list\n" + "".join(f"{e}\n" for e in entries))

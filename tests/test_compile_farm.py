@@ -229,3 +229,18 @@ def test_switching_distcc_on_behind_ccache_reruns_nothing(two_kernels, monkeypat
     monkeypatch.setenv(DISTCC_HOSTS_ENV, "127.0.0.1:1/2")  # never contacted: nothing is stale
     code, ran, err = run_doit(root, "build:x86_64-micro")
     assert code == 0 and ran == [], (ran, err)
+
+
+def test_a_required_reproduce_verdict_is_part_of_the_graph_and_the_gate(two_kernels, monkeypatch):
+    root = two_kernels.root
+    monkeypatch.setenv("KTAILOR_ALLOW_UNBOOTED", "1")  # the fake kernel cannot boot
+    monkeypatch.setenv("KTAILOR_REQUIRE_REPRODUCIBLE", "1")
+    monkeypatch.setenv("FAKE_REPRODUCIBLE", "leak")  # a build that differs in a second build dir
+    code, ran, err = run_doit(root, "install:x86_64-micro")
+    assert code != 0 and "reproduce:x86_64-micro" in ran  # install asked for the verdict, doit ran it
+    assert not (root.parent / "prefix").exists()
+    monkeypatch.setenv("FAKE_REPRODUCIBLE", "1")
+    (root.parent / "build" / "6.1.1" / "x86_64-micro" / "kbuild" / "vmlinux").unlink()  # build again, reproducibly
+    code, ran, err = run_doit(root, "install:x86_64-micro")
+    assert code == 0, err
+    assert (root.parent / "prefix" / "x86_64-micro" / "manifest.json").is_file()

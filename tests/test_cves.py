@@ -8,6 +8,7 @@ leaves kbuild-style .cmd files for dm-crypt.c, ext4/inode.c and arch/<ARCH>/kern
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -22,11 +23,24 @@ from _signedmirror import (  # noqa: F401 - the fixture_* are pytest fixtures, u
 from _vulnsrepo import make_vulns_repo, record
 from ktailor.compiled import Compiled, compiled_files
 from ktailor.cvereport import cves_command
-from ktailor.cves import load_database, parse_record, split, vulns_checkout
+from ktailor.cves import (
+    Cve,
+    Database,
+    Exposure,
+    exposure,
+    exposure_json,
+    load_database,
+    parse_record,
+    render_exposure,
+    split,
+    unknown_of,
+    vulns_checkout,
+)
 from ktailor.errors import EnvironmentProblem, InputError
 from ktailor.layout import Project
 from ktailor.runner import run_doit
 from ktailor.security_update import EXIT_EXPOSED, EXIT_UP_TO_DATE, EXIT_UPDATED, security_update
+from ktailor.vex import openvex
 
 TARGETS = ["x86_64-micro", "aarch64-micro"]
 
@@ -94,6 +108,186 @@ def test_a_fix_in_code_not_compiled_is_not_applicable_even_if_its_header_is() ->
     compiled = Compiled(frozenset({"net/ipv4/tcp.c"}), frozenset({"include/net/tls.h"}))
     applicable, not_applicable = split(cves, compiled)  # type: ignore[arg-type]
     assert [c.id for c in applicable] == ["CVE-2026-0201"] and [c.id for c in not_applicable] == ["CVE-2026-0200"]
+
+
+# --- CVE JSON 5 version items (cve-schema docs/versions.md and the kernel CNA's shapes) ---
+
+
+def cna_record(*entries: dict, cve_id: str = "CVE-2026-1000") -> dict:
+    return {"cveMetadata": {"cveId": cve_id, "state": "PUBLISHED"},
+            "containers": {"cna": {"title": f"test record {cve_id}", "affected": list(entries)}}}
+
+
+def entry(*versions: dict, default: str | None, files: tuple[str, ...] = ("fs/ext4/inode.c",)) -> dict:
+    """One `affected[]` entry; `default=None` leaves defaultStatus out, as the schema allows."""
+    product = {"product": "Linux", "vendor": "Linux", "programFiles": list(files), "versions": list(versions)}
+    return product | ({"defaultStatus": default} if default else {})
+
+
+def item(version: str, status: str, **bound: str) -> dict:
+    """A version item: `lessThan=` / `lessThanOrEqual=` for a range, neither for a single version."""
+    return {"version": version, "status": status, **bound} | ({"versionType": "semver"} if bound else {})
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    entries: tuple[dict, ...]
+    status: dict[str, str]  # version -> affected | unaffected | unknown
+    fixed: dict[tuple[int, int], str | None] = field(default_factory=dict)  # series -> fixed_in
+
+
+CASES = [
+    # cve-schema docs/versions.md, "Versions and Version Ranges" and "Version Status Changes"
+    Case("schema: lessThanOrEqual 2.5.1 is inclusive",
+         (entry(item("2.0.0", "affected", lessThanOrEqual="2.5.1"), default="unaffected"),),
+         {"1.9": "unaffected", "2.0.0": "affected", "2.5.1": "affected", "2.5.2": "unaffected"}),
+    Case("schema: lessThan 2.* is the whole 2.x series",
+         (entry(item("1.0", "affected", lessThan="2.*"), default="unaffected"),),
+         {"0.9": "unaffected", "1.0": "affected", "2.99.1": "affected", "3.0": "unaffected"}),
+    Case("schema: single versions 2.4 and 2.5 are exactly those",
+         (entry(item("2.4", "affected"), item("2.5", "affected"), default="unaffected"),),
+         {"2.4": "affected", "2.4.1": "unaffected", "2.5": "affected", "2.6": "unaffected"}),
+    Case("schema: no defaultStatus, only the listed versions count",
+         (entry(item("2.4", "affected"), item("2.5", "affected"), item("2.6", "unaffected"), default=None),),
+         {"2.4": "affected", "2.5": "affected", "2.5.1": "unaffected", "2.6": "unaffected"}),
+    Case("schema: status changes, listed out of order",
+         (entry({"version": "2.0.0", "versionType": "semver", "lessThan": "2.*", "status": "affected",
+                 "changes": [{"at": "2.6.3", "status": "unaffected"}, {"at": "2.5.2", "status": "unaffected"},
+                             {"at": "2.6.0", "status": "affected"}]}, default=None),),
+         {"2.5.1": "affected", "2.5.2": "unaffected", "2.6.2": "affected", "2.6.3": "unaffected", "3.0": "unaffected"},
+         {(2, 6): "2.6.3", (2, 5): "2.5.2"}),
+    # the kernel CNA's affected entry (defaultStatus unaffected)
+    Case("affected lessThanOrEqual 6.1.20 is inclusive",
+         (entry(item("6.1.10", "affected", lessThanOrEqual="6.1.20"), default="unaffected"),),
+         {"6.1.9": "unaffected", "6.1.10": "affected", "6.1.20": "affected", "6.1.21": "unaffected"}),
+    Case("affected lessThanOrEqual 6.1.* is the rest of the series",
+         (entry(item("6.1.10", "affected", lessThanOrEqual="6.1.*"), default="unaffected"),),
+         {"6.1.9": "unaffected", "6.1.10": "affected", "6.1.192": "affected", "6.2": "unaffected"},
+         {(6, 1): None}),
+    Case("a single affected stable version, beside a git range that is skipped",
+         (entry({"version": "0", "lessThan": "*", "status": "affected", "versionType": "git"},
+                item("5.10.100", "affected"), default="unaffected"),),
+         {"5.10.99": "unaffected", "5.10.100": "affected", "5.10.101": "unaffected", "6.1.1": "unaffected"}),
+    # the kernel CNA's unaffected entry (defaultStatus affected)
+    Case("unaffected lessThanOrEqual 6.1.20 is inclusive, affected again after",
+         (entry(item("6.1.10", "unaffected", lessThanOrEqual="6.1.20"), default="affected"),),
+         {"6.1.9": "affected", "6.1.10": "unaffected", "6.1.20": "unaffected", "6.1.21": "affected"},
+         {(6, 1): None}),
+    Case("unaffected lessThanOrEqual 5.* is the rest of the 5.x line",
+         (entry(item("0", "unaffected", lessThan="5.4"), item("5.15.100", "unaffected", lessThanOrEqual="5.*"),
+                default="affected"),),
+         {"5.3.18": "unaffected", "5.15.99": "affected", "5.15.100": "unaffected", "5.19.17": "unaffected",
+          "6.0": "affected"},
+         {(5, 15): "5.15.100"}),
+    Case("a single unaffected version (original_commit_for_fix) is exactly that one",
+         (entry(item("6.8", "affected"), {"version": "6.9", "status": "unaffected", "versionType": "original_commit_for_fix"},
+                default="affected"),),
+         {"6.8.12": "affected", "6.9": "unaffected", "6.9.1": "affected"},
+         {(6, 9): None}),
+    # status unknown: never read as unaffected
+    Case("an unknown range wins over an overlapping unaffected one",
+         (entry(item("0", "unaffected", lessThan="6.1"), item("6.1", "unknown", lessThan="6.2"),
+                item("6.1.50", "unaffected", lessThanOrEqual="6.1.*"), default="affected"),),
+         {"6.0.19": "unaffected", "6.1.49": "unknown", "6.1.50": "unknown", "6.2": "affected"},
+         {(6, 1): None}),
+    Case("an unknown range in a default-unaffected entry",
+         (entry(item("5.10", "unknown", lessThan="5.11"), default="unaffected"),),
+         {"5.4.1": "unaffected", "5.10.5": "unknown", "5.11": "unaffected"}),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_version_items_of_a_record(case: Case) -> None:
+    cve = parse_record(cna_record(*case.entries))
+    assert cve is not None
+    assert {v: cve.affects(v) for v in case.status} == {v: s == "affected" for v, s in case.status.items()}
+    assert {v: cve.status(v) for v in case.status} == case.status
+    assert {series: cve.fixed_in(series) for series in case.fixed} == case.fixed
+
+
+def files_cve(cve_id: str, files: tuple[str, ...], *versions: dict, default: str = "affected") -> Cve:
+    cve = parse_record(cna_record(entry(*versions, default=default, files=files), cve_id=cve_id))
+    assert cve is not None
+    return cve
+
+
+COMPILED = Compiled(frozenset({"fs/ext4/inode.c", "net/ipv4/udp_offload.c"}), frozenset({"include/linux/fs.h"}))
+IN_61 = item("6.1", "affected", lessThan="6.2")  # affects every 6.1.y
+
+
+def records_of_61() -> list[Cve]:
+    return [
+        files_cve("CVE-2026-1001", ("fs/ext4/inode.c",), IN_61, default="unaffected"),  # applicable
+        files_cve("CVE-2026-1002", ("drivers/usb/core/hub.c",), IN_61, default="unaffected"),  # not applicable
+        files_cve("CVE-2026-1003", (), IN_61, default="unaffected"),  # names no files
+        files_cve("CVE-2026-1004", ("fs/ext4/inode.c",), item("6.1", "unknown", lessThan="6.2"), default="unaffected"),
+    ]
+
+
+def test_split_leaves_out_records_without_files_and_exposure_reports_them_unknown() -> None:
+    records = records_of_61()
+    affecting = records[:3]
+    applicable, not_applicable = split(affecting, COMPILED)
+    assert ([c.id for c in applicable], [c.id for c in not_applicable]) == (["CVE-2026-1001"], ["CVE-2026-1002"])
+    assert [c.id for c in unknown_of(affecting)] == ["CVE-2026-1003"]
+    found = exposure(Database(records, 0, "test"), "x86_64-micro", "6.1.4", COMPILED)
+    assert [c.id for c in found.unknown] == ["CVE-2026-1003", "CVE-2026-1004"]  # no files; 6.1.4 unknown
+    assert (len(found.applicable), len(found.not_applicable), found.affecting) == (1, 1, 4)
+    data = exposure_json(found, COMPILED, "test")
+    assert (data["affecting"], data["not_applicable"], data["unknown"]) == (4, 1, 2)
+    assert "1 do not (their files are not compiled in), 2 cannot be told" in render_exposure(found, COMPILED, "test")
+
+
+def test_an_upgrade_to_a_version_of_unknown_status_fixes_nothing() -> None:
+    cve = files_cve("CVE-2026-1005", ("fs/ext4/inode.c",), item("6.1.4", "affected", lessThan="6.1.5"),
+                    item("6.1.5", "unknown", lessThan="6.1.6"), default="unaffected")
+    database = Database([cve], 0, "test")
+    assert [c.id for c in database.fixed_between("6.1.4", "6.1.6")] == ["CVE-2026-1005"]
+    assert database.fixed_between("6.1.4", "6.1.5") == []
+
+
+def test_a_real_record_without_program_files_is_unknown_not_unaffected() -> None:
+    """CVE-2021-46905 in an early version of the record (bippy-7f0d2821bfb2): it names no programFiles."""
+    database = load_database(REAL)
+    hso = next(c for c in database.cves if c.id == "CVE-2021-46905")
+    assert hso.files == frozenset() and hso.affects("5.12") and not hso.affects("5.12.1")
+    found = exposure(database, "x86_64-micro", "5.12", COMPILED)
+    assert [c.id for c in found.unknown] == ["CVE-2021-46905"]
+    assert [c.id for c in found.applicable] == ["CVE-2021-47036"] and found.not_applicable == []
+    statements = {s["vulnerability"]["name"]: s for s in openvex(found, COMPILED, config_sha256="0" * 64,
+                                                                  source="test")["statements"]}
+    assert statements["CVE-2021-46905"]["status"] == "under_investigation"
+    assert "names no files" in statements["CVE-2021-46905"]["status_notes"]
+
+
+@pytest.mark.parametrize(("cve_id", "note"), [
+    ("CVE-2026-1003", "the CVE record names no files (programFiles)"),
+    ("CVE-2026-1004", "the CVE record leaves the status of Linux 6.1.4 unknown"),
+], ids=["record names no files", "record leaves the version unknown"])
+def test_openvex_says_under_investigation_when_it_cannot_be_told(cve_id: str, note: str) -> None:
+    found = exposure(Database(records_of_61(), 0, "test"), "x86_64-micro", "6.1.4", COMPILED)
+    document = openvex(found, COMPILED, config_sha256="0" * 64, source="test")
+    (statement,) = [s for s in document["statements"] if s["vulnerability"]["name"] == cve_id]
+    assert statement["status"] == "under_investigation" and "justification" not in statement
+    assert statement["status_notes"].startswith(note)
+
+
+def test_openvex_is_the_same_document_for_the_same_inputs() -> None:
+    more = [files_cve(f"CVE-2026-10{n}", (path,), IN_61, default="unaffected")
+            for n, path in (("09", "fs/ext4/inode.c"), ("08", "drivers/usb/core/hub.c"), ("07", "net/ipv4/udp_offload.c"))]
+    found = exposure(Database(records_of_61() + more, 0, "test"), "x86_64-micro", "6.1.4", COMPILED)
+    shuffled = Exposure(found.target, found.version, found.applicable[::-1], found.not_applicable[::-1], found.unknown[::-1])
+    stamp = "2026-03-01T12:00:00Z"
+    first = openvex(found, COMPILED, config_sha256="0" * 64, source="test", timestamp=stamp)
+    assert openvex(shuffled, COMPILED, config_sha256="0" * 64, source="test", timestamp=stamp) == first
+    assert first["timestamp"] == stamp
+    order = [(s["status"], s["vulnerability"]["name"]) for s in first["statements"]]
+    assert order == [("affected", "CVE-2026-1001"), ("affected", "CVE-2026-1007"), ("affected", "CVE-2026-1009"),
+                     ("under_investigation", "CVE-2026-1003"), ("under_investigation", "CVE-2026-1004"),
+                     ("not_affected", "CVE-2026-1002"), ("not_affected", "CVE-2026-1008")]
+    later = openvex(found, COMPILED, config_sha256="0" * 64, source="test", timestamp="2026-03-02T12:00:00Z")
+    assert later["@id"] == first["@id"]  # the id names the content, not the time it was written
 
 
 def test_vulns_from_a_git_url_is_cloned_once_and_a_path_is_used_as_is(vulns: Path, tmp_path: Path) -> None:
@@ -227,8 +421,9 @@ def test_cves_command_and_the_fail_on_policy_after_an_applied_upgrade(farm, caps
     assert farm.run(apply=True, fail_on="applicable-high") == EXIT_UP_TO_DATE
     assert farm.run(apply=True, fail_on="applicable-medium") == EXIT_EXPOSED
     (kernel,) = farm.summary()["kernels"]
-    assert kernel["exposed"] == {"x86_64-micro": ["CVE-2026-0006"], "aarch64-micro": ["CVE-2026-0006"]}
-    assert "EXPOSED: x86_64-micro 6.1.5 has 1 applicable CVE(s) of medium severity or worse" in capsys.readouterr().out
+    assert kernel["exposed"] == {t: {"version": "6.1.5", "cves": ["CVE-2026-0006"]} for t in ("x86_64-micro", "aarch64-micro")}
+    out = capsys.readouterr().out
+    assert "EXPOSED: x86_64-micro 6.1.5 (installed) has 1 applicable CVE(s) of medium severity or worse" in out
 
 
 def test_without_cve_records_the_update_still_runs(farm, monkeypatch, capsys) -> None:

@@ -367,3 +367,48 @@ def test_builds_go_through_ccache_by_default_with_hits_recorded(two_kernels, mon
     assert code == 0 and ran == ["config:x86_64-micro", "build:x86_64-micro"], err
     off = json.loads((target_dir / "build.json").read_text())
     assert "CC" not in off["make_vars"] and off["ccache"] is None
+
+
+def test_shared_tables_rerun_only_the_tasks_whose_entries_changed(two_kernels):
+    """probes.toml and must-stay.toml are read entry by entry: a comment reruns nothing, a mini-only probe
+    reruns no micro boot, a micro probe reruns every micro boot, a must-stay entry every verify."""
+    root = two_kernels.root
+    assert run_doit(root, "boot")[0] == 0
+    probes = root / "guest" / "probes.toml"
+    probes.write_text("# a comment moves every line number\n" + probes.read_text())
+    assert run_doit(root, "boot")[1] == []
+    probes.write_text(probes.read_text().replace('name = "pci"\nrequirement = "pci"', 'name = "pci"\nrequirement = "pci-bus"'))
+    assert run_doit(root, "boot")[1] == []
+    probes.write_text(probes.read_text().replace('requirement = "devices"\nsymbols = ["BLK_DEV", "VIRTIO_BLK"]',
+                                                 'requirement = "devices"\nsymbols = ["VIRTIO_BLK", "BLK_DEV"]'))
+    code, ran, err = run_doit(root, "boot")
+    assert code == 0 and sorted(ran) == sorted(f"boot:{t}{s}" for t in ("x86_64-micro", "aarch64-micro")
+                                               for s in ("", "@6.1.2")), err
+    must_stay = root / "fragments" / "must-stay.toml"
+    must_stay.write_text('# kept\n[[keep]]\noption = "CONFIG_PRINTK"\nwhy = "The console."\n')
+    code, ran, err = run_doit(root, "verify")
+    assert code == 0 and len(ran) == 4 and all(name.startswith("verify:") for name in ran), err
+    must_stay.write_text("# kept, said again\n" + must_stay.read_text())
+    assert run_doit(root, "verify")[1] == []
+
+
+def test_a_must_stay_feature_the_config_leaves_off_fails_verify(project_factory):
+    """The must-stay set is a verdict of the graph itself, not only of the upgrade pre-flight's comparison."""
+    project = project_factory()
+    sha = project.kernel("6.1.1", defaults="# CONFIG_FUTEX is not set\n")
+    project.versions([("6.1.1", sha)], targets=["x86_64-micro"], default="6.1.1")
+    project.must_stay()
+    code, _, err = run_doit(project.root, "install:x86_64-micro")
+    assert code != 0 and "CONFIG_FUTEX is off but must stay on (fragments/must-stay.toml:2" in err
+    verify = json.loads((project.root.parent / "build" / "6.1.1" / "x86_64-micro" / "verify.json").read_text())
+    assert verify["status"] == "failed" and verify["must_stay"] == {"checked": 1, "missing": ["FUTEX"]}
+    assert not (project.root.parent / "prefix").exists()
+
+
+def test_an_os_error_inside_an_action_is_one_paragraph_not_a_traceback(two_kernels):
+    root = two_kernels.root
+    assert run_doit(root, "build:x86_64-micro")[0] == 0
+    (root.parent / "build" / "6.1.1" / "x86_64-micro" / "verify.json").mkdir()  # where a file is written
+    code, _, err = run_doit(root, "verify:x86_64-micro")
+    assert code != 0 and "E: verify failed: Is a directory" in err
+    assert "Traceback" not in err

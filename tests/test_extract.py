@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -234,22 +235,115 @@ def test_the_data_filter_still_refuses_what_the_header_check_misses(tmp_path, mo
 @pytest.mark.parametrize(
     ("entries", "message"),
     [
-        ([Entry("linux", "dir", mode=0o755), Entry("linux/Kconfig")], "no top-level Makefile and Kconfig"),
-        ([Entry("linux", "dir", mode=0o755), Entry("linux/Makefile")], "no top-level Makefile and Kconfig"),
+        ([Entry("linux", "dir", mode=0o755), Entry("linux/Kconfig")], "its top level: linux/ without Makefile)"),
+        ([Entry("linux", "dir", mode=0o755), Entry("linux/Makefile")], "its top level: linux/ without Kconfig)"),
+        ([Entry("linux/Makefile", "dir", mode=0o755), Entry("linux/Kconfig")], "its top level: linux/ without Makefile)"),
         ([*kernel_tree("linux"), Entry("README")], "one top-level folder, found: README, linux"),
-        ([Entry("Makefile"), Entry("Kconfig")], "one top-level folder, found: Kconfig, Makefile"),
+        ([Entry("Makefile"), Entry("Kconfig")], "its top level: Kconfig, Makefile)"),
+        ([Entry("linux/Makefile"), Entry("linux/Kconfig"), Entry("linux/Makefile", "symlink", link="nowhere")],
+         "linux/ has no Makefile and Kconfig once extracted"),
     ],
-    ids=["no-makefile", "no-kconfig", "stray-top-level-file", "no-top-level-folder"],
+    ids=["no-makefile", "no-kconfig", "makefile-is-a-folder", "stray-top-level-file", "no-top-level-folder",
+         "makefile-replaced-later"],
 )
 def test_not_a_kernel_tree_is_an_input_error(tmp_path, mode, entries, message):
     tarball = build_tarball(tmp_path / "tarballs" / "odd.tar.xz", entries)
     destination = tmp_path / "src" / "linux"
 
-    with pytest.raises(InputError, match=message) as raised:
+    with pytest.raises(InputError, match=re.escape(message)) as raised:
         extract_tarball(tarball, destination)
 
     assert str(tarball) in str(raised.value)
     assert list(destination.parent.iterdir()) == []
+
+
+# --- not a kernel at all, or far too big (issue 20) -----------------------------------------------------
+@pytest.fixture(name="writes")
+def fixture_writes(monkeypatch) -> list[str]:
+    """What started writing the tree: tar and xz (the piped path) or tarfile's extractall (the fallback)."""
+    started: list[str] = []
+    real_start, real_extractall = extract.start, tarfile.TarFile.extractall
+
+    def start(argv, **kwargs):
+        started.append(argv[0])
+        return real_start(argv, **kwargs)
+
+    def extractall(self, *args, **kwargs):
+        started.append("extractall")
+        return real_extractall(self, *args, **kwargs)
+
+    monkeypatch.setattr(extract, "start", start)
+    monkeypatch.setattr(tarfile.TarFile, "extractall", extractall)
+    return started
+
+
+def some_project(top: str = "project-2.1") -> list[Entry]:
+    """A source tarball of something else: a Makefile, but no Kconfig."""
+    return [Entry(top, "dir", mode=0o755), Entry(f"{top}/Makefile", data=b"all:\n\tcc -o hello hello.c\n"),
+            Entry(f"{top}/README", data=b"Hello\n"), Entry(f"{top}/src", "dir", mode=0o755),
+            *(Entry(f"{top}/src/part{n}.c", data=b"int x;\n") for n in range(20))]
+
+
+def assert_refused_as_not_linux(raised: pytest.ExceptionInfo, tarball: Path, destination: Path) -> str:
+    message = str(raised.value)
+    assert message.startswith(f"{tarball}: is not a Linux source tree: ")
+    assert "versions.toml" in message and "sha256" in message and "\n" not in message
+    assert not destination.exists() and list(destination.parent.iterdir()) == [], "something was left behind"
+    return message
+
+
+def test_a_tarball_holding_no_kernel_is_refused_before_anything_is_written(tmp_path, mode, writes):
+    tarball = build_tarball(tmp_path / "tarballs" / "linux-6.1.5.tar.xz", some_project())
+    destination = tmp_path / "src" / "linux-6.1.5"
+
+    with pytest.raises(InputError) as raised:
+        extract_tarball(tarball, destination)
+
+    message = assert_refused_as_not_linux(raised, tarball, destination)
+    assert "no top-level folder in it holds both a Makefile and a Kconfig (its top level: project-2.1/ without " \
+           "Kconfig)" in message
+    assert writes == [], "extraction started before the tarball was seen not to be a kernel"
+
+
+@pytest.mark.parametrize("kernel_first", [False, True], ids=["no-kernel", "kernel-then-more"])
+@pytest.mark.parametrize(("limits", "words"), [
+    pytest.param(extract.Limits(members=15, size=1 << 30), "it holds over 15 members", id="members"),
+    pytest.param(extract.Limits(members=1000, size=200_000), "its members add up to over 200,000 bytes", id="size"),
+])
+def test_a_tarball_past_the_limits_is_refused_and_leaves_nothing(tmp_path, mode, writes, limits, words, kernel_first):
+    """A 100,000-file or 100 GB tarball, scaled down: the limits are lowered instead."""
+    bulk = [Entry(f"linux/bulk/zeros-{n}.bin", data=b"\0" * 50_000) for n in range(20)]
+    entries = [*kernel_tree("linux"), *bulk] if kernel_first else [*some_project("linux"), *bulk]
+    tarball = build_tarball(tmp_path / "tarballs" / "linux-6.1.5.tar.xz", entries)
+    destination = tmp_path / "src" / "linux-6.1.5"
+
+    with pytest.raises(InputError) as raised:
+        extract_tarball(tarball, destination, limits=limits)
+
+    assert words in assert_refused_as_not_linux(raised, tarball, destination)
+    if kernel_first and mode == "piped":  # the tree had shown, so tar was writing: stopped at the limit, all removed
+        assert writes == ["xz", "tar"]
+    else:  # the listing pass stopped it before anything was written
+        assert writes == []
+    if kernel_first:
+        assert extract_tarball(tarball, destination) == destination  # within the real limits it is a kernel
+
+
+def test_the_kernel_limits_hold_a_real_tree_with_room_to_grow():
+    """A Linux 6.12 tarball: 92,452 members and 1.49 GB."""
+    assert extract.KERNEL_LIMITS.members >= 200_000
+    assert extract.KERNEL_LIMITS.size >= 4 << 30
+
+
+def test_a_kernel_whose_makefile_and_kconfig_come_last_is_extracted(tmp_path, mode):
+    """The listing pass reads on until the top files show, wherever the archive puts them."""
+    tree = kernel_tree("linux")
+    entries = [tree[0], *tree[3:], *(Entry(f"linux/drivers/f{n}.c", data=b"int x;\n") for n in range(30)), *tree[1:3]]
+    tarball = build_tarball(tmp_path / "linux.tar.xz", entries)
+
+    destination = extract_tarball(tarball, tmp_path / "src" / "linux", limits=extract.Limits(members=50, size=1 << 20))
+
+    assert (destination / "Kconfig").is_file() and (destination / "drivers" / "f29.c").is_file()
 
 
 @pytest.mark.parametrize("spoil", [lambda path: path.write_text("<html>mirror error page</html>\n"),

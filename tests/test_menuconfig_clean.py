@@ -1,6 +1,13 @@
-"""menuconfig's save-back (a plain function fed a scripted edit) and invoke clean's plan."""
+"""menuconfig's save-back (a plain function fed a scripted edit), invoke clean's plan, and invoke boot on a host
+without QEMU. (The locks these commands take: test_locks.py.)"""
 
 from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +105,61 @@ def test_clean_removes_a_killed_extractions_leftover_and_reports_what_it_cannot_
     monkeypatch.setattr("ktailor.clean.shutil.rmtree", refuse)
     with pytest.raises(EnvironmentProblem, match=r"Permission denied.*run clean as the user"):
         run_clean(plan_clean(project))
+
+
+def test_clean_all_empties_the_build_dir_but_keeps_lock_files_and_installs(project_factory, monkeypatch, tmp_path):
+    monkeypatch.setenv("KTAILOR_PREFIX", str(tmp_path / "build" / "installed"))  # a prefix moved inside it
+    factory = project_factory()
+    factory.versions([("6.1.1", factory.kernel("6.1.1"))], targets=["x86_64-micro"])
+    project = Project.from_env(factory.root)
+    build = project.build_dir
+    (build / "6.1.1" / "linux").mkdir(parents=True)
+    (build / "forecast" / "6.1").mkdir(parents=True)
+    (build / "installed" / "6.1.1").mkdir(parents=True)
+    for name in (".lock", "farm.lock", ".doit-state.json"):
+        (build / name).write_text("")
+
+    plan = plan_clean(project, everything=True)
+    assert sorted(p.name for p in plan.paths) == [".doit-state.json", "6.1.1", "forecast"]
+    run_clean(plan)
+    assert sorted(p.name for p in build.iterdir()) == [".lock", "farm.lock", "installed"]
+    assert (build / "installed" / "6.1.1").is_dir()
+
+
+def test_plain_clean_includes_the_forecast_scratch_a_narrower_one_does_not(project_factory):
+    factory = project_factory()
+    factory.versions([("6.1.1", factory.kernel("6.1.1"))], targets=["x86_64-micro"])
+    project = Project.from_env(factory.root)
+    forecast = project.build_dir / "forecast" / "6.1"
+    forecast.mkdir(parents=True)
+    (forecast / "versions.toml").write_text("")
+
+    assert project.build_dir / "forecast" not in plan_clean(project, target="x86_64-micro").paths
+    assert project.build_dir / "forecast" not in plan_clean(project, version="6.1.1").paths
+    run_clean(plan_clean(project))
+    assert not (project.build_dir / "forecast").exists()
+
+
+def test_boot_without_qemu_names_the_binary_and_the_fix_and_fails(project_factory, tmp_path):
+    factory = project_factory()
+    factory.versions([("6.1.1", factory.kernel("6.1.1"))], targets=["x86_64-micro"])
+    project = Project.from_env(factory.root)
+    kernel, row = project.versions.default, project.catalog.target("x86_64-micro")
+    project.kbuild(kernel, row).mkdir(parents=True)
+    (project.kbuild(kernel, row) / "vmlinux").write_bytes(b"\x7fELF")  # a built kernel, as far as boot can tell
+    shutil.copy(Path(__file__).resolve().parents[1] / "tasks.py", factory.root / "tasks.py")
+    # This host's tools, less QEMU.
+    tools = tmp_path / "bin-without-qemu"
+    tools.mkdir()
+    for directory in ("/usr/local/bin", "/usr/bin", "/usr/sbin", "/bin", "/sbin"):
+        for tool in Path(directory).iterdir() if Path(directory).is_dir() else []:
+            if not tool.name.startswith("qemu-") and not (tools / tool.name).exists():
+                (tools / tool.name).symlink_to(tool)
+
+    result = subprocess.run([sys.executable, "-m", "invoke", "-r", str(factory.root), "boot", "--target", "x86_64-micro"],
+                            cwd=factory.root, env=os.environ | {"PATH": str(tools)}, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1, result.stderr
+    message = result.stderr.strip()
+    assert message.startswith("E: qemu-system-x86_64 is not installed") and "\n" not in message
+    assert "apt-get install qemu-system-x86" in message and "scripts/setup" in message

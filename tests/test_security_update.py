@@ -31,6 +31,7 @@ from _signedmirror import (  # noqa: F401 - the fixture_* are pytest fixtures, u
     use_mirror,
     write_versions,
 )
+from _vulnsrepo import make_vulns_repo
 from conftest import fake_tarball
 from ktailor.errors import (
     ChecksumMismatch,
@@ -40,6 +41,8 @@ from ktailor.errors import (
     VerificationFailed,
     exit_code_for,
 )
+from ktailor.install import fragments_digest
+from ktailor.layout import Project
 from ktailor.locks import LockBusy
 from ktailor.releases import StaleSource, next_longterm, parse_releases, series_status
 from ktailor.runner import run_doit
@@ -47,6 +50,7 @@ from ktailor.security_update import (
     EXIT_BAD_INPUT,
     EXIT_CHECK_FAILED,
     EXIT_END_OF_LIFE,
+    EXIT_EXPOSED,
     EXIT_UNREACHABLE,
     EXIT_UP_TO_DATE,
     EXIT_UPDATED,
@@ -401,3 +405,133 @@ def test_one_exit_code_per_kind_of_failure_for_every_command(error, code):
     with pytest.raises(Exit) as caught:
         edge(lambda: (_ for _ in ()).throw(error))()
     assert caught.value.code == code and str(error) in str(caught.value.message)
+
+
+# --- issue #20: every verdict in the graph, one "installed", the VEX and exposure of what is installed ------
+def test_a_kernel_that_failed_the_pre_flight_is_not_installed_the_next_night_either(project_factory, served_mirror,
+                                                                                   monkeypatch):
+    """Night 1: the pre-flight finds a must-stay loss (FUTEX off on 6.1.5) and nothing is built. Night 2:
+    versions.toml names 6.1.5, current but not installed; the graph's own verify refuses it."""
+    project = project_factory()
+    project.must_stay()
+    old_sha = project.kernel("6.1.4", defaults="CONFIG_FUTEX=y\n")
+    project.kernel("6.1.5", defaults="# CONFIG_FUTEX is not set\n")
+    served_mirror.sign_sums()
+    served_mirror.releases(("longterm", "6.1.5", False))
+    write_versions(project.root, served_mirror.url, "6.1.4", old_sha, TARGETS[:1])
+    install_dodo(project.root)
+    use_mirror(monkeypatch, served_mirror)
+    monkeypatch.setenv("KTAILOR_ALLOW_UNBOOTED", "1")
+    farm = Farm(project.root, served_mirror, old_sha)
+    assert run_doit(farm.root, "config:x86_64-micro").returncode == 0  # what an earlier night left
+
+    assert farm.run(apply=True) == EXIT_CHECK_FAILED
+    assert farm.summary()["kernels"][0]["upgrade"]["preflight"]["ok"] is False
+    for _night in (2, 3):
+        assert farm.run(apply=True) == EXIT_CHECK_FAILED
+        (kernel,) = farm.summary()["kernels"]
+        assert kernel["action"] == "failed" and kernel["targets"]["x86_64-micro"]["verify"] == "failed"
+        assert not (farm.prefix / "6.1.5").exists() and not (farm.prefix / "x86_64-micro").exists()
+    verify = json.loads((farm.root.parent / "build" / "6.1.5" / "x86_64-micro" / "verify.json").read_text())
+    assert any("CONFIG_FUTEX is off but must stay on" in problem for problem in verify["problems"])
+
+
+def test_a_reason_only_fragment_edit_is_rolled_out_once_then_rests(farm):
+    write_versions(farm.root, farm.mirror.url, "6.1.5", farm.tarball_sha("6.1.5"), TARGETS[:1])
+    assert farm.run(apply=True) == EXIT_UPDATED
+    store = (farm.prefix / "x86_64-micro").resolve()
+    fragment = farm.root / "fragments" / "common.conf"
+    fragment.write_text(fragment.read_text().replace("# The guest needs a serial console to say anything at all.",
+                                                     "# Without a serial console the guest says nothing at all."))
+
+    assert farm.run(apply=True) == EXIT_UPDATED  # night 2: the manifest is rewritten (same files, same dir)
+    assert farm.summary()["kernels"][0]["action"] == "installed"
+    assert (farm.prefix / "x86_64-micro").resolve() == store
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert manifest["fragments_sha256"] == fragments_digest(Project.from_env(farm.root),
+                                                            Project.from_env(farm.root).catalog.target("x86_64-micro"))
+    assert farm.run(apply=True) == EXIT_UP_TO_DATE  # night 3: installed means installed
+    assert farm.summary()["kernels"][0]["action"] == "none"
+    assert [p.name for p in (farm.prefix / "6.1.5").iterdir() if p.name.startswith("x86_64-micro.")] == [store.name]
+
+
+def _vex_status(install: Path, cve: str) -> str:
+    document = json.loads((install / "vex.openvex.json").read_text())
+    return next(s["status"] for s in document["statements"] if s["vulnerability"]["name"] == cve)
+
+
+def test_the_vex_of_a_rebuild_describes_the_rebuild_not_the_previous_install(farm, tmp_path, monkeypatch):
+    monkeypatch.setenv("KTAILOR_VULNS", str(make_vulns_repo(tmp_path / "vulns", "6.1.5")))
+    write_versions(farm.root, farm.mirror.url, "6.1.5", farm.tarball_sha("6.1.5"), TARGETS[:1])
+    assert run_doit(farm.root, "install:x86_64-micro").returncode == 0
+    assert _vex_status(farm.prefix / "x86_64-micro", "CVE-2026-0002") == "not_affected"  # hub.c not compiled in
+    # the next build compiles drivers/usb/core/hub.c (as a fragment turning USB on would)
+    tree = farm.root.parent / "build" / "6.1.5" / "linux"
+    (tree / "compiled").write_text("drivers/md/dm-crypt.c fs/ext4/inode.c drivers/usb/core/hub.c\n")
+    assert run_doit(farm.root, "forget", "build:x86_64-micro").returncode == 0
+    assert run_doit(farm.root, "install:x86_64-micro").returncode == 0
+
+    installed = farm.prefix / "x86_64-micro"
+    assert "drivers/usb/core/hub.c" in (installed / "sources.json").read_text()
+    assert _vex_status(installed, "CVE-2026-0002") == "affected"
+
+
+def test_vex_and_install_dir_are_the_same_for_the_same_inputs(farm, tmp_path, monkeypatch):
+    monkeypatch.setenv("KTAILOR_VULNS", str(make_vulns_repo(tmp_path / "vulns", "6.1.5")))
+    write_versions(farm.root, farm.mirror.url, "6.1.5", farm.tarball_sha("6.1.5"), TARGETS[:1])
+    assert run_doit(farm.root, "install:x86_64-micro").returncode == 0
+    first = (farm.prefix / "x86_64-micro").resolve()
+    assert run_doit(farm.root, "forget", "install:x86_64-micro").returncode == 0
+    assert run_doit(farm.root, "install:x86_64-micro").returncode == 0  # a forced reinstall, a second later
+    assert (farm.prefix / "x86_64-micro").resolve() == first
+    assert len([p for p in (farm.prefix / "6.1.5").iterdir() if p.name.startswith("x86_64-micro.")]) == 1
+
+
+def test_fail_on_judges_the_installed_kernel_even_when_an_update_is_available(farm, tmp_path, monkeypatch):
+    monkeypatch.setenv("KTAILOR_VULNS", str(make_vulns_repo(tmp_path / "vulns", "6.1.4")))
+    assert run_doit(farm.root, "install:x86_64-micro").returncode == 0  # 6.1.4 installed: CVE-2026-0001 (HIGH)
+
+    assert farm.run(fail_on="applicable-high") == EXIT_EXPOSED  # report only, 6.1.5 is available
+    (kernel,) = farm.summary()["kernels"]
+    assert kernel["exposed"]["x86_64-micro"]["version"] == "6.1.4"
+    assert "CVE-2026-0001" in kernel["exposed"]["x86_64-micro"]["cves"]
+
+    monkeypatch.setenv("KTAILOR_MAKE_VARS", "FAIL=vmlinux")  # the upgrade fails: 6.1.5 is never installed
+    assert farm.run(apply=True, fail_on="applicable-high") == EXIT_EXPOSED
+    (kernel,) = farm.summary()["kernels"]
+    assert kernel["action"] == "failed" and kernel["exposed"]["x86_64-micro"]["version"] == "6.1.4"
+
+
+def test_fail_on_with_a_corrupt_installed_sources_json_is_bad_input_not_a_traceback(farm, tmp_path, monkeypatch,
+                                                                                   capsys):
+    monkeypatch.setenv("KTAILOR_VULNS", str(make_vulns_repo(tmp_path / "vulns", "6.1.4")))
+    assert run_doit(farm.root, "install:x86_64-micro").returncode == 0
+    sources = (farm.prefix / "x86_64-micro").resolve() / "sources.json"
+    sources.write_text('{"files": [')
+    assert farm.run(fail_on="applicable-high") == EXIT_BAD_INPUT
+    assert "could not be judged" in farm.summary()["kernels"][0]["problems"][-1]
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_forecast_says_not_compared_and_leaves_no_source_tree_in_the_build_dir(farm, capsys):
+    fake_tarball(farm.mirror.directory, "6.6.70")
+    farm.mirror.sign_sums()
+    farm.mirror.releases(("longterm", "6.1.4", True), ("longterm", "6.6.70", False))
+    assert farm.run() == EXIT_END_OF_LIFE  # report only, and no config of 6.1.4 here to compare with
+    out = capsys.readouterr().out
+    assert "forecast 6.1 → 6.6.70: every requested option lands" in out
+    assert "whole .config not compared" in out and "0 unrequested" not in out
+    build = farm.root.parent / "build"
+    assert not (build / "6.6.70").exists()
+    assert not list(build.glob("forecast/*/build/6.6.70/linux"))
+
+
+def test_the_forecast_compares_with_the_next_series_when_it_is_already_tracked(farm, capsys):
+    sha = fake_tarball(farm.mirror.directory, "6.6.70")[1]
+    farm.mirror.sign_sums()
+    farm.mirror.releases(("longterm", "6.1.4", True), ("longterm", "6.6.70", False))
+    farm.versions.write_text(farm.versions.read_text() + f'\n[[kernel]]\nversion = "6.6.70"\nsha256 = "{sha}"\n'
+                             'targets = ["x86_64-micro"]\n')
+    assert farm.run() == EXIT_END_OF_LIFE
+    forecast = farm.summary()["kernels"][0]["forecast"]
+    assert (forecast["to"], forecast["ok"], forecast.get("tracked")) == ("6.6.70", True, True)

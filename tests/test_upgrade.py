@@ -167,6 +167,18 @@ def test_latest_falls_back_to_mirror_listing_when_series_not_in_releases_json(fa
     assert "no longer lists series 6.1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("releases", ["stale", "unreachable"])
+def test_latest_never_falls_back_to_the_unsigned_listing_when_releases_json_cannot_be_trusted(farm, releases):
+    if releases == "stale":
+        farm.mirror.releases(("longterm", "6.1.5", False), age_days=60)
+    else:
+        (farm.mirror.directory / "releases.json").unlink()
+    before = farm.versions.read_bytes()
+    with pytest.raises(DownloadError, match="listing is not used instead"):
+        farm.upgrade(None, latest=True, dry_run=True)
+    assert farm.versions.read_bytes() == before
+
+
 def test_latest_when_already_newest_does_nothing(farm):
     farm.mirror.releases(("longterm", "6.1.4", False))
     result = farm.upgrade(None, latest=True)
@@ -207,8 +219,7 @@ def test_preflight_reports_options_that_no_longer_land_before_building(project_f
 def test_preflight_flags_a_lost_must_stay_default_that_no_audit_sees(project_factory, served_mirror, monkeypatch,
                                                                     capsys):
     project = project_factory()
-    (project.root / "fragments" / "must-stay.toml").write_text(
-        '[[keep]]\noption = "CONFIG_FUTEX"\nwhy = "Every pthread mutex is built on futex(2)."\n')
+    project.must_stay()
     # nobody requests FUTEX or STACKTRACE: the old kernel's defaults give both, the new one's only STACKTRACE
     old_sha = project.kernel("6.1.4", defaults="CONFIG_FUTEX=y\nCONFIG_STACKTRACE=y\nCONFIG_GONE=y\n")
     project.kernel("6.1.5", defaults="# CONFIG_FUTEX is not set\nCONFIG_STACKTRACE=y\nCONFIG_NEW_DEFAULT=y\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import threading
 from pathlib import Path
@@ -246,3 +247,33 @@ def test_unwritable_prefix_is_one_paragraph(tmp_path):
     with pytest.raises(EnvironmentProblem, match="cannot install into") as caught:
         Built(tmp_path, "a").install(blocker / "prefix")
     assert "KTAILOR_PREFIX" in str(caught.value)
+
+
+def test_a_current_link_that_cannot_be_swapped_leaves_every_link_as_it_was(tmp_path, monkeypatch):
+    """An immutable prefix dir (chattr +i) lets the version dir's link change but not <prefix>/<target>: the
+    install fails saying nothing changed, and that is true, because the first swap is undone."""
+    prefix = tmp_path / "prefix"
+    old = Built(tmp_path, "old").install(prefix)
+    real_replace = os.replace
+
+    def immutable_prefix(source, destination):
+        if Path(destination) == prefix / "x86_64-micro":
+            raise PermissionError(1, "Operation not permitted", str(destination))
+        return real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", immutable_prefix)
+    with pytest.raises(EnvironmentProblem, match="Nothing that was installed before was changed"):
+        Built(tmp_path, "new").install(prefix)
+    assert (prefix / "6.1.1" / "x86_64-micro").resolve() == old.resolve()
+    assert (prefix / "x86_64-micro").resolve() == old.resolve()
+
+
+def test_files_that_differ_from_what_the_gate_judged_are_refused(tmp_path):
+    build = Built(tmp_path, "a")
+    gate = build.gate()
+    (build.kbuild / "vmlinux").write_bytes(elf(62) + b"rebuilt between the gate and the copy")
+    with pytest.raises(VerificationFailed, match="vmlinux changed after the checks judged them"):
+        install_target(name="x86_64-micro", version="6.1.1", prefix=tmp_path / "prefix",
+                       files=build.images | {"config": build.kbuild / ".config"}, manifest={}, make_current=True,
+                       checked=gate["evidence"])
+    assert not (tmp_path / "prefix" / "6.1.1" / "x86_64-micro").exists()

@@ -18,14 +18,13 @@ from pathlib import Path
 
 from .build import build_target
 from .config import configure_target, lint_target
-from .configdiff import error_count, render_changes, target_drift
-from .cvereport import write_vex
+from .configdiff import MUST_STAY_FILE, error_count, render_changes, target_drift
 from .download import MIN_RATE, RATE_WINDOW, check_cached, fetch, is_verified, sha256_of
 from .errors import KtailorError, number_setting
-from .evidence import SKIP_BOOT_ENV, allow_unbooted, check_install
+from .evidence import SKIP_BOOT_ENV
 from .extract import extract_tarball
-from .fragments import load_expected_drops, load_fragments, requested_options
-from .install import install_files, install_target, manifest_for, provenance_for
+from .fragments import EXPECTED_DROPS, load_expected_drops, load_fragments, requested_options
+from .install import install_kernel, is_current
 from .layout import Project
 from .progress import info, warn
 from .toolchain import compiler_version, jobs_from_env, make_vars, require_tools
@@ -41,6 +40,13 @@ def reports_errors(action: Callable[..., object]) -> Callable[..., bool]:
             if os.environ.get("KTAILOR_DEBUG"):
                 raise
             print(f"E: {exc}", file=sys.stderr, flush=True)
+            return False
+        except OSError as exc:  # a full disk, a permission: the environment, said in one paragraph
+            if os.environ.get("KTAILOR_DEBUG"):
+                raise
+            print(f"E: {action.__name__} failed: {exc.strerror or exc} ({exc.filename or 'no file named'}); free space "
+                  "or fix the permissions there and run `doit` again (KTAILOR_DEBUG=1 shows the traceback).",
+                  file=sys.stderr, flush=True)
             return False
         return result is not False
 
@@ -124,7 +130,7 @@ def configure(root: str, version: str, target: str) -> None:
         kernel_arch=row.arch.kernel_arch, cross_compile=variables["CROSS_COMPILE"],
         srctree=project.source_tree(kernel), files=project.artifacts(kernel, row),
         requested=requested_for(project, kernel, row),
-        expected_drops=load_expected_drops(project.fragments_dir / "expected-drops.toml"), variables=variables,
+        expected_drops=load_expected_drops(project.fragments_dir / EXPECTED_DROPS), variables=variables,
         providers=providers_of(project, kernel), other_trees=other_trees(project, kernel),
     )
 
@@ -174,7 +180,8 @@ def verify(root: str, version: str, target: str) -> None:
     files = project.artifacts(kernel, row)
     report = verify_target(name=row.name, version=kernel.version, kernel_arch=row.arch.kernel_arch,
                            kbuild=files.kbuild, images=row.arch.images, budget=row.size_budget,
-                           audit_file=files.audit, out=files.verify, hardening=hardening_of(project, kernel, row))
+                           audit_file=files.audit, out=files.verify, hardening=hardening_of(project, kernel, row),
+                           must_stay=must_stay_of(project, kernel, row))
     sizes = ", ".join(f"{name} {entry['size'] / 1e6:.2f} MB (budget {entry['budget'] / 1e6:.1f})"
                       for name, entry in report["artifacts"].items())
     score = f"; hardening {report['hardening']['score']}" if report.get("hardening") else ""
@@ -189,6 +196,24 @@ def boot(root: str, version: str, target: str) -> None:
     files = project.artifacts(kernel, row)
     boot_target(row, files.kbuild, files.boot_dir, requested_for(project, kernel, row), StderrLog(),
                 guest_dir=project.guest_dir)
+
+
+def must_stay_of(project: Project, kernel, row) -> dict | None:
+    """The must-stay entries for this arch that the final .config leaves off although the kernel has them,
+    or None without a must-stay file. Symbols come from the source tree (from .config once it is cleaned)."""
+    from .configdiff import load_must_stay, must_stay_missing
+    from .dotconfig import parse_dotconfig
+    from .explain import tree_symbols
+
+    path = project.fragments_dir / MUST_STAY_FILE
+    if not path.is_file():
+        return None
+    entries = [entry for entry in load_must_stay(path) if entry.arch in (None, row.arch.name)]
+    config = parse_dotconfig(project.artifacts(kernel, row).config)
+    tree = project.source_tree(kernel)
+    symbols = tree_symbols(tree) if (tree / "Kconfig").is_file() else frozenset(config)
+    return {"file": str(project.display(path)), "checked": len(entries),
+            "missing": must_stay_missing(config, entries, row.arch.name, symbols)}
 
 
 def hardening_of(project: Project, kernel, row) -> dict | None:
@@ -236,29 +261,19 @@ def report(root: str, version: str, target: str) -> None:
                  f"{render_changes(other, kernel.version, changes, missing)}")
 
 
-def current_version(project: Project, target_name: str) -> str | None:
-    """Which kernel <prefix>/<target> follows: the default kernel's when it has this target, else the
-    newest kernel in versions.toml that has it."""
-    default = project.versions.default
-    if target_name in default.targets:
-        return default.version
-    having = [k for k in project.versions.kernels if target_name in k.targets]
-    return max(having, key=lambda k: k.version_tuple).version if having else None
-
-
 @reports_errors
 def install(root: str, version: str, target: str) -> None:
     project, kernel, row = _load(root, version, target)
-    files = project.artifacts(kernel, row)
-    rerun = f"doit boot:{row.name}" + ("" if kernel.is_default else f"@{kernel.version}")
-    gate = check_install(images=files.images, config=files.config, audit=files.audit, verify=files.verify,
-                         boot=files.boot, unbooted_ok=allow_unbooted(project.env), rerun=rerun)
-    vex_note = write_vex(project, kernel, row)
-    install_target(name=row.name, version=kernel.version, prefix=project.prefix,
-                   files=install_files(project, kernel, row, with_vex=vex_note is None),
-                   manifest=manifest_for(project, kernel, row, gate, vex_note),
-                   make_current=current_version(project, row.name) == kernel.version,
-                   provenance=provenance_for(project, kernel, row))
+    install_kernel(project, kernel, row)
+
+
+def install_current(task, values, root: str, version: str, target: str) -> bool:  # doit uptodate callable
+    """install.is_current: the one definition of "installed", shared with security-update."""
+    try:
+        project, kernel, row = _load(root, version, target)
+        return is_current(project, kernel, row)
+    except (KtailorError, OSError):
+        return False
 
 
 def config_matches_audit(task, values, config: str, audit: str) -> bool:  # doit uptodate callable

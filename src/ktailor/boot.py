@@ -49,6 +49,7 @@ from .probes import (
 )
 from .processes import reaped
 from .progress import bar, info, warn
+from .tables import CMDLINE_UNDOES, PROBES
 from .targets import Target
 from .toolchain import TOOL_PACKAGES
 
@@ -318,7 +319,7 @@ def plan_boot(target: Target, kbuild: Path, workdir: Path, stack: contextlib.Exi
     if not kernel.is_file():
         raise VerificationFailed(f"{target.name}: {kernel} does not exist, so there is nothing to boot; build the target "
                                  f"first (targets.toml [target.{target.name}.boot] kernel = {settings.kernel!r}).")
-    table = load_probe_table(guest_dir / "probes.toml")
+    table = load_probe_table(guest_dir / PROBES)
     probes = table.for_target(target)
     chosen, note = choose_accel(target, accel)
     # A vsock device only where the host has vhost-vsock; a CID per process so parallel boots do not collide.
@@ -465,7 +466,6 @@ def metrics_of(guest: GuestReport, run: VmRun) -> dict[str, Any]:
     }
 
 
-CMDLINE_UNDOES = "cmdline-undoes.toml"  # in the guest dir: command-line words that switch a hardening off
 
 
 def undone_hardening(target: Target, guest: GuestReport, guest_dir: Path) -> tuple[dict[str, str], str | None]:

@@ -1,6 +1,9 @@
 """Remove build outputs: build dirs by default; extracted sources and downloads only when asked.
 
-Installed kernels are never touched: running VMs may be using them.
+Installed kernels are never touched: running VMs may be using them. A clean holds the build dir's
+lock (locks.py) from plan to last removal, so it waits for a running doit (or fails at once with
+KTAILOR_NO_WAIT=1) instead of removing files under it; and it never removes a lock file, even with
+--all, so a run waiting on one is never left holding a lock nobody else opens.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from pathlib import Path
 from .errors import EnvironmentProblem
 from .extract import leftovers
 from .layout import Project
+from .locks import holding_build_dir, is_lock_file
 
 
 @dataclass
@@ -49,11 +53,32 @@ def plan_clean(project: Project, *, target: str | None = None, version: str | No
             tarball = project.tarball(kernel)
             for path in (tarball, tarball.with_name(tarball.name + ".sha256"), tarball.with_name(tarball.name + ".part")):
                 plan.add(path)
-    if everything:
-        plan.add(project.build_dir)
+    if target is None and version is None:
+        plan.add(project.forecast_dir)
+    if everything and project.build_dir.is_dir():  # its contents: the build dir itself holds the lock file
+        # A prefix or download cache moved inside the build dir stays: installs are never touched, and the
+        # cache's tarballs went above (its .locks/ with them would orphan a waiting download).
+        kept = (project.prefix, project.cache_dir)
+        for entry in sorted(project.build_dir.iterdir()):
+            if not is_lock_file(entry) and not any(path.is_relative_to(entry) for path in kept):
+                plan.add(entry)
     # a parent already listed covers its children
     plan.paths = [p for p in plan.paths if not any(p != q and p.is_relative_to(q) for q in plan.paths)]
     return plan
+
+
+def clean_outputs(project: Project, *, target: str | None = None, version: str | None = None, sources: bool = False,
+                  downloads: bool = False, everything: bool = False, dry_run: bool = False) -> list[Path]:
+    """`invoke clean`: plan and remove under the build dir's lock; returns what was (or would be) removed.
+    A dry run removes nothing, so it neither waits for a running doit nor takes the lock."""
+    def plan() -> CleanPlan:
+        return plan_clean(project, target=target, version=version, sources=sources, downloads=downloads,
+                          everything=everything)
+
+    if dry_run:
+        return plan().paths
+    with holding_build_dir(project.build_dir, project.env):
+        return run_clean(plan())
 
 
 def run_clean(plan: CleanPlan, *, dry_run: bool = False) -> list[Path]:

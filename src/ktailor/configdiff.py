@@ -19,6 +19,7 @@ from .errors import InputError, line_of
 from .fragments import toml_entries
 
 TRISTATES = ("y", "m", "n")
+MUST_STAY_FILE = "must-stay.toml"  # in the fragments dir
 
 
 @dataclass(frozen=True)
@@ -194,4 +195,4 @@ def target_drift(project, target, old_version: str, kernel) -> tuple[list[Change
     return drift(old_config=old_config, new_config=new_config, requested=set(requested), arch=target.arch.name,
                  old_tree=project.source_tree_of(old_version), new_tree=project.source_tree(kernel),
                  kernel_arch=target.arch.kernel_arch, cross_compile=make_vars(target, project.env)["CROSS_COMPILE"],
-                 must_stay=load_must_stay(project.fragments_dir / "must-stay.toml"))
+                 must_stay=load_must_stay(project.fragments_dir / MUST_STAY_FILE))

@@ -8,12 +8,12 @@ built one by the one beside its build.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from .compiled import Compiled, read_sources
-from .cves import SEVERITIES, Database, exposure, exposure_json, open_database, render_exposure, split
+from .cves import SEVERITIES, Database, exposure, exposure_json, open_database, render_exposure, split, unknown_of
 from .download import sha256_of
 from .errors import InputError, KtailorError
+from .evidence import read_optional, write_json_atomically
 from .layout import Project
 from .progress import warn
 from .targets import Target
@@ -45,21 +45,22 @@ def cves_command(project: Project, *, target: str, version: str | None, vulns: s
 
 
 def write_vex(project: Project, kernel: Kernel, target: Target) -> str | None:
-    """Write the target's OpenVEX document beside its build; None on success, else why it was not written
-    (the install goes on: a kernel is not less safe for lacking the document)."""
+    """Write the OpenVEX document of the build about to be installed, from *its* sources.json (never an
+    earlier install's), dated by the build so the same inputs give the same document; None on success,
+    else why it was not written (the install goes on: a kernel is not less safe for lacking the document)."""
+    files = project.artifacts(kernel, target)
     try:
-        compiled, _ = compiled_of(project, kernel, target)
+        compiled = read_sources(files.sources)
         database = open_database(None, project.env, project.cache_dir)
     except KtailorError as exc:
         warn(f"{target.name} {kernel.version}: no VEX document: {exc}")
+        files.vex.unlink(missing_ok=True)  # an older build's document must not be installed with this one
         return str(exc)
     found = exposure(database, target.name, kernel.version, compiled)
-    config = project.kbuild(kernel, target) / ".config"
-    document = openvex(found, compiled, config_sha256=sha256_of(config), source=database.source)
-    path = project.vex_file(kernel, target)
-    temp = path.with_suffix(".tmp")
-    temp.write_text(json.dumps(document, indent=1) + "\n")
-    temp.replace(path)
+    built_at = (read_optional(files.build_json) or {}).get("finished_at")
+    document = openvex(found, compiled, config_sha256=sha256_of(files.config), source=database.source,
+                       timestamp=built_at)
+    write_json_atomically(files.vex, document)
     return None
 
 
@@ -76,6 +77,7 @@ def upgrade_fixes(database: Database, project: Project, kernel: Kernel, new_vers
             continue
         applicable, not_applicable = split(fixed, compiled)
         targets[name] = {"applicable": [c.id for c in applicable], "not_applicable": len(not_applicable),
+                         "unknown": len(unknown_of(fixed)),
                          "applicable_high": sum(c.rank >= 3 for c in applicable),
                          "highest": applicable[0].severity or "unscored" if applicable else None}
     return {"from": kernel.version, "to": new_version, "fixed": len(fixed), "records": database.source,
@@ -94,15 +96,19 @@ def describe_fixes(cves: dict) -> str:
     return f"{cves['from']} → {cves['to']} fixes {cves['fixed']} CVEs; " + "; ".join(parts)
 
 
-def installed_exposure(database: Database, project: Project, kernel: Kernel, severity: str) -> dict[str, list[str]]:
-    """Per installed target: the applicable CVEs of at least `severity` that affect the installed version."""
-    found: dict[str, list[str]] = {}
-    for name in kernel.targets:
-        row = project.catalog.targets[name]
-        path = project.install_dir(kernel, row) / project.SOURCES
-        if not path.is_file():
-            continue
-        result = exposure(database, name, kernel.version, read_sources(Path(path)))
-        floor = SEVERITIES.index(severity)
-        found[name] = [c.id for c in result.applicable if c.rank >= floor]
+def installed_exposure(database: Database, project: Project, versions: list[str], targets: list[str],
+                       severity: str) -> dict[str, dict]:
+    """Per target of a tracked kernel: the version installed in the prefix (the first of `versions` that has
+    a manifest there) and its applicable CVEs of at least `severity`, judged by the sources.json installed
+    with it. Targets with nothing installed are left out."""
+    floor = SEVERITIES.index(severity)
+    found: dict[str, dict] = {}
+    for name in targets:
+        for version in versions:
+            files = project.artifacts_of(version, name)
+            if read_optional(files.manifest) is None:
+                continue
+            result = exposure(database, name, version, read_sources(files.install / project.SOURCES))
+            found[name] = {"version": version, "cves": [c.id for c in result.applicable if c.rank >= floor]}
+            break
     return found

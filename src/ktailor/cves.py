@@ -11,8 +11,19 @@ https://git.kernel.org/pub/scm/linux/security/vulns.git, a local clone of it, or
   a stable series (`{"version": "6.6.17", "lessThanOrEqual": "6.6.*"}`), and from the mainline fix on
   (`{"version": "6.8", "lessThanOrEqual": "*", "versionType": "original_commit_for_fix"}`).
 Both carry `programFiles`, the files the fix touches: a CVE applies to a target when one of them was
-compiled into it (compiled.py). CVSS comes from `metrics[].cvssV3_1` where the CNA scored it.
-Parsing is tolerant: a record without usable version data is counted as unparsed, never guessed.
+compiled into it (compiled.py). Older records name no files: whether those apply cannot be told, so they
+are reported as unknown, never as not applicable. CVSS comes from `metrics[].cvssV3_1` where the CNA
+scored it.
+
+A version's status follows the CVE JSON 5 rules (cve-schema `docs/versions.md`): a version item is one
+version (`version` alone) or a range up to `lessThan` (exclusive) or `lessThanOrEqual` (inclusive), where a
+`*` in a bound is infinity ("6.1.*": the whole 6.1 series, "*": no bound), optionally with `changes`; a
+version no item of an entry matches takes that entry's `defaultStatus`. Where items overlap, or entries
+disagree, the worse status wins: affected, then unknown, then unaffected — so an `unknown` range is never
+read as unaffected. A missing `defaultStatus` means unknown in the schema; such an entry speaks only through
+its listed versions (an unlisted version is not reported), else every kernel would list every such CVE.
+Git ranges (`versionType: git`) name commits, not releases, and are skipped. Parsing is tolerant: a
+record without usable version data is counted as unparsed, never guessed.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import hashlib
 import json
 import re
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +45,10 @@ DEFAULT_VULNS = "https://git.kernel.org/pub/scm/linux/security/vulns.git"
 # a stalled server (under 1 kB/s for a minute) fails the fetch instead of hanging the nightly job
 GIT = ("git", "-c", "http.lowSpeedLimit=1000", "-c", "http.lowSpeedTime=60")
 SEVERITIES = ("NONE", "LOW", "MEDIUM", "HIGH", "CRITICAL")
+STATUSES = ("affected", "unknown", "unaffected")  # worst first: where statuses meet, the first one wins
 Version = tuple[int, int, int, int]  # major, minor, patch, 0 for an -rc (before the release) else 1
+INFINITY = 1 << 30  # a `*` in an upper bound: above every version number
+NO_LOWER_BOUND: Version = (0, 0, 0, 0)  # `"version": "0"`
 
 
 def version_key(text: str) -> Version | None:
@@ -43,51 +58,96 @@ def version_key(text: str) -> Version | None:
     return int(match[1]), int(match[2]), int(match[3] or 0), 0 if match[4] else 1
 
 
+def _lower(text: str) -> Version | None:
+    return NO_LOWER_BOUND if text.strip() == "0" else version_key(text)
+
+
+def _upper(text: str) -> Version | None:
+    """An upper bound: a version, or one ending in `*` ("6.1.*", "6.*", "*")."""
+    match = re.fullmatch(r"(\d+\.)?(\d+\.)?\*", text.strip())
+    if not match:
+        return version_key(text)
+    numbers = [int(group[:-1]) for group in match.groups() if group] + [INFINITY] * 4
+    return numbers[0], numbers[1], numbers[2], numbers[3]
+
+
+def _key(version: str | Version) -> Version:
+    key = version_key(version) if isinstance(version, str) else version
+    if key is None:
+        raise InputError(f"{version!r} is not a kernel version (like 6.1.192).")
+    return key
+
+
+def _worst(statuses: Iterable[str | None]) -> str | None:
+    found = set(statuses)
+    return next((status for status in STATUSES if status in found), None)
+
+
 @dataclass(frozen=True)
-class Rule:
-    """Where the default-affected entry says the kernel is unaffected."""
+class Span:
+    """One item of an entry's `versions`: one version, or a range with its status changes."""
 
+    status: str
     low: Version
-    below: Version | None = None  # lessThan (exclusive)
-    series: tuple[int, int] | None = None  # lessThanOrEqual "6.6.*": the rest of that series
-    # neither: lessThanOrEqual "*": every version from `low` on
+    high: Version
+    inclusive: bool  # lessThanOrEqual (or a single version) rather than lessThan
+    changes: tuple[tuple[Version, str], ...] = ()  # (at, status), sorted
 
-    def covers(self, version: Version) -> bool:
-        if self.below is not None:
-            return self.low <= version < self.below
-        if self.series is not None:
-            return version[:2] == self.series and version >= self.low
-        return version >= self.low
+    def status_of(self, version: Version) -> str | None:
+        """The status this item gives `version`, None when it does not match it."""
+        if version < self.low or version > self.high or (version == self.high and not self.inclusive):
+            return None
+        status = self.status
+        for at, changed in self.changes:
+            if at <= version:
+                status = changed
+        return status
+
+    def fixes(self, series: tuple[int, int]) -> list[Version]:
+        """Releases of `series` from which this item says the bug is gone."""
+        found = [at for at, status in self.changes if status == "unaffected" and at[:2] == series]
+        if self.status == "unaffected" and self.low[:2] == series and self.high >= (*series, INFINITY, INFINITY):
+            found.append(self.low)  # from here to the end of the series
+        if self.status == "affected" and not self.inclusive and self.low[:2] == series == self.high[:2] \
+                and INFINITY not in self.high:
+            found.append(self.high)  # a stable backport's range, fixed at its end
+        return found
+
+
+@dataclass(frozen=True)
+class Product:
+    """One entry of `affected[]`: its version items and its `defaultStatus`."""
+
+    spans: tuple[Span, ...]
+    default: str | None  # None: defaultStatus missing or "unknown", so unlisted versions are not reported
+
+    def status(self, version: Version) -> str | None:
+        return _worst(span.status_of(version) for span in self.spans) or self.default
 
 
 @dataclass(frozen=True)
 class Cve:
     id: str
     title: str
-    files: frozenset[str]
+    files: frozenset[str]  # programFiles; empty when the record names none
     score: float | None
     severity: str  # one of SEVERITIES, or "" when not scored
-    backports: tuple[tuple[Version, Version], ...] = ()  # affected [from, to) ranges on stable branches
-    default_affected: bool = False  # there is a defaultStatus "affected" entry, with these exceptions:
-    unaffected: tuple[Rule, ...] = ()
+    products: tuple[Product, ...] = ()
+
+    def status(self, version: str | Version) -> str:
+        """affected, unaffected or unknown, as the record says of `version`."""
+        key = _key(version)
+        return _worst(product.status(key) for product in self.products) or "unaffected"
 
     def affects(self, version: str | Version) -> bool:
-        key = version_key(version) if isinstance(version, str) else version
-        if key is None:
-            raise InputError(f"{version!r} is not a kernel version (like 6.1.192).")
-        if any(low <= key < high for low, high in self.backports):
-            return True
-        return self.default_affected and not any(rule.covers(key) for rule in self.unaffected)
+        return self.status(version) == "affected"
 
     def fixed_in(self, series: tuple[int, int]) -> str | None:
-        """The first release of `series` without the bug, when the CNA records one."""
-        for rule in self.unaffected:
-            if rule.series == series or (rule.series is None and rule.below is None and rule.low[:2] == series):
-                return _text(rule.low)
-        for low, high in self.backports:
-            if low[:2] == series and high[:2] == series:
-                return _text(high)
-        return None
+        """The release of `series` from which the record says it is unaffected, when it records one (the
+        latest such release, and only one the record itself calls unaffected)."""
+        candidates = [at for product in self.products for span in product.spans for at in span.fixes(series)]
+        fixed = [at for at in candidates if self.status(at) == "unaffected"]
+        return _text(max(fixed)) if fixed else None
 
     @property
     def rank(self) -> int:
@@ -109,52 +169,52 @@ def parse_record(data: dict) -> Cve | None:
     cna = (data.get("containers") or {}).get("cna") or {}
     if not cve_id:
         return None
-    files: set[str] = set()
-    backports: list[tuple[Version, Version]] = []
-    rules: list[Rule] = []
-    default_affected = False
-    for entry in cna.get("affected") or []:
-        files.update(entry.get("programFiles") or [])
-        affected_default = entry.get("defaultStatus") == "affected"
-        default_affected |= affected_default
-        for item in entry.get("versions") or []:
-            if item.get("versionType") == "git":
-                continue
-            low = version_key(str(item.get("version", "")))
-            if low is None and str(item.get("version")) == "0":
-                low = (0, 0, 0, 1)
-            if low is None:
-                continue
-            status = item.get("status")
-            if status == "affected" and not affected_default and "lessThan" in item:
-                high = version_key(str(item["lessThan"]))
-                if high is not None:
-                    backports.append((low, high))
-            elif status == "unaffected" and affected_default:
-                rule = _rule(low, item)
-                if rule is not None:
-                    rules.append(rule)
-    if not backports and not default_affected:
+    entries = cna.get("affected") or []
+    products = tuple(_product(entry) for entry in entries)
+    if not any(product.spans or product.default == "affected" for product in products):
         return None
+    files = frozenset(name for entry in entries for name in entry.get("programFiles") or [])
     score, severity = None, ""
     for metric in cna.get("metrics") or []:
         cvss = metric.get("cvssV3_1") or metric.get("cvssV3_0") or metric.get("cvssV4_0")
         if cvss and cvss.get("baseSeverity"):
             score, severity = cvss.get("baseScore"), str(cvss["baseSeverity"]).upper()
             break
-    return Cve(str(cve_id), str(cna.get("title", "")), frozenset(files), score, severity, tuple(backports),
-               default_affected, tuple(rules))
+    return Cve(str(cve_id), str(cna.get("title", "")), files, score, severity, products)
 
 
-def _rule(low: Version, item: dict) -> Rule | None:
+def _product(entry: dict) -> Product:
+    spans = (_span(item) for item in entry.get("versions") or [])
+    default = entry.get("defaultStatus")
+    return Product(tuple(span for span in spans if span), default if default in ("affected", "unaffected") else None)
+
+
+def _span(item: dict) -> Span | None:
+    """One version item; None for a git range (commit ids) or one that cannot be read."""
+    status, low = item.get("status"), _lower(str(item.get("version", "")))
+    if item.get("versionType") == "git" or status not in STATUSES or low is None:
+        return None
     if "lessThan" in item:
-        below = version_key(str(item["lessThan"]))
-        return Rule(low, below=below) if below else None
-    bound = str(item.get("lessThanOrEqual", ""))
-    if bound == "*":
-        return Rule(low)
-    match = re.fullmatch(r"(\d+)\.(\d+)\.\*", bound)
-    return Rule(low, series=(int(match[1]), int(match[2]))) if match else None
+        high, inclusive = _upper(str(item["lessThan"])), False
+    elif "lessThanOrEqual" in item:
+        high, inclusive = _upper(str(item["lessThanOrEqual"])), True
+    else:
+        high, inclusive = low, True  # a single version: exactly that one
+    changes = _changes(item)
+    if high is None or changes is None:
+        return None
+    return Span(str(status), low, high, inclusive, changes)
+
+
+def _changes(item: dict) -> tuple[tuple[Version, str], ...] | None:
+    """A range's status changes, sorted (the schema asks readers to sort them); None if one cannot be read."""
+    changes = []
+    for change in item.get("changes") or []:
+        at, status = _lower(str(change.get("at", ""))), change.get("status")
+        if at is None or status not in STATUSES:
+            return None
+        changes.append((at, str(status)))
+    return tuple(sorted(changes))
 
 
 @dataclass
@@ -166,8 +226,12 @@ class Database:
     def affecting(self, version: str) -> list[Cve]:
         return [c for c in self.cves if c.affects(version)]
 
+    def unknown_at(self, version: str) -> list[Cve]:
+        """The CVEs whose record leaves the status of `version` unknown."""
+        return [c for c in self.cves if c.status(version) == "unknown"]
+
     def fixed_between(self, old: str, new: str) -> list[Cve]:
-        return [c for c in self.cves if c.affects(old) and not c.affects(new)]
+        return [c for c in self.cves if c.affects(old) and c.status(new) == "unaffected"]
 
 
 def load_database(root: Path, source: str = "") -> Database:
@@ -248,27 +312,43 @@ def _load_cached(path: Path, source: str) -> Database:
 
 @dataclass
 class Exposure:
+    """The CVEs a kernel's version is exposed to, split by what that kernel compiled."""
+
     target: str
     version: str
-    applicable: list[Cve] = field(default_factory=list)
-    not_applicable: list[Cve] = field(default_factory=list)
+    applicable: list[Cve] = field(default_factory=list)  # affected, the fix touches code compiled in
+    not_applicable: list[Cve] = field(default_factory=list)  # affected, none of the files it names compiled in
+    # cannot be told: affected but the record names no files, or the record leaves this version's status unknown
+    unknown: list[Cve] = field(default_factory=list)
 
     def count_at_least(self, severity: str) -> int:
         floor = SEVERITIES.index(severity)
         return sum(c.rank >= floor for c in self.applicable)
 
+    @property
+    def affecting(self) -> int:
+        return len(self.applicable) + len(self.not_applicable) + len(self.unknown)
+
 
 def split(cves: list[Cve], compiled: Compiled) -> tuple[list[Cve], list[Cve]]:
-    """(applicable: the fix touches code compiled in, not applicable), applicable ones worst first."""
+    """(applicable: the fix touches code compiled in, not applicable: none of its files is), applicable ones
+    worst first. A CVE whose record names no files is in neither (see unknown_of)."""
     applicable = [c for c in cves if compiled.touched(c.files)]
-    not_applicable = [c for c in cves if not compiled.touched(c.files)]
+    not_applicable = [c for c in cves if c.files and not compiled.touched(c.files)]
     applicable.sort(key=lambda c: (-c.rank, -(c.score or 0), c.id))
     return applicable, not_applicable
 
 
+def unknown_of(cves: list[Cve]) -> list[Cve]:
+    """The CVEs whose record names no files, so whether a kernel compiles their code cannot be told."""
+    return [c for c in cves if not c.files]
+
+
 def exposure(database: Database, target: str, version: str, compiled: Compiled) -> Exposure:
-    applicable, not_applicable = split(database.affecting(version), compiled)
-    return Exposure(target, version, applicable, not_applicable)
+    affecting = database.affecting(version)
+    applicable, not_applicable = split(affecting, compiled)
+    unknown = sorted(unknown_of(affecting) + database.unknown_at(version), key=lambda c: c.id)
+    return Exposure(target, version, applicable, not_applicable, unknown)
 
 
 def series_of(version: str) -> tuple[int, int]:
@@ -286,20 +366,14 @@ def cve_json(cve: Cve, compiled: Compiled, series: tuple[int, int]) -> dict:
 def exposure_json(found: Exposure, compiled: Compiled, source: str) -> dict:
     series = series_of(found.version)
     return {"target": found.target, "version": found.version, "records": source,
-            "affecting": len(found.applicable) + len(found.not_applicable),
+            "affecting": found.affecting,
             "applicable": [cve_json(c, compiled, series) for c in found.applicable],
-            "not_applicable": len(found.not_applicable)}
+            "not_applicable": len(found.not_applicable), "unknown": len(found.unknown)}
 
 
 def render_exposure(found: Exposure, compiled: Compiled, source: str, limit: int = 40) -> str:
     series = series_of(found.version)
-    counts = {s: sum(c.severity == s for c in found.applicable) for s in reversed(SEVERITIES)}
-    unscored = sum(not c.severity for c in found.applicable)
-    lines = [f"{found.target} on Linux {found.version}: {len(found.applicable) + len(found.not_applicable)} CVEs "
-             f"affect this version; {len(found.applicable)} touch code compiled into this kernel ("
-             + ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n) + (", " if any(counts.values()) else "")
-             + f"{unscored} unscored), {len(found.not_applicable)} do not (their files are not compiled in).",
-             f"  records: {source}"]
+    lines = [_summary(found), f"  records: {source}"]
     for cve in found.applicable[:limit]:
         entry = cve_json(cve, compiled, series)
         fixed = f"fixed in {entry['fixed_in']}" if entry["fixed_in"] else "no fix in this series yet"
@@ -308,3 +382,13 @@ def render_exposure(found: Exposure, compiled: Compiled, source: str, limit: int
     if len(found.applicable) > limit:
         lines.append(f"  … and {len(found.applicable) - limit} more (--json lists all)")
     return "\n".join(lines)
+
+
+def _summary(found: Exposure) -> str:
+    counts = [f"{n} {s.lower()}" for s in reversed(SEVERITIES) if (n := sum(c.severity == s for c in found.applicable))]
+    counts.append(f"{sum(not c.severity for c in found.applicable)} unscored")
+    unknown = (f", {len(found.unknown)} cannot be told (their record names no files, or leaves this version's "
+               "status unknown)") if found.unknown else ""
+    return (f"{found.target} on Linux {found.version}: {found.affecting} CVEs affect this version; "
+            f"{len(found.applicable)} touch code compiled into this kernel ({', '.join(counts)}), "
+            f"{len(found.not_applicable)} do not (their files are not compiled in){unknown}.")

@@ -18,13 +18,13 @@ from pathlib import Path
 from doit.exceptions import InvalidTask
 from doit.tools import config_changed
 
-from . import actions
+from . import actions, tables
 from .errors import KtailorError, exit_code_for
 from .evidence import SKIP_BOOT_ENV, allow_unbooted
 from .extract import STAMP
-from .hardening import CHECKS_FILE
+from .install import current_version, reproduce_required
 from .layout import Artifacts, Project
-from .locks import BUILD_LOCK_ENV, acquire, no_wait
+from .locks import BUILD_LOCK_ENV, acquire, build_lock_path, no_wait
 from .targets import Target
 from .toolchain import compiler_fingerprint, make_vars
 from .versions import Kernel
@@ -76,8 +76,8 @@ def doit_command(argv: list[str]) -> str:
 def lock_build_dir(project: Project) -> None:
     """One doit run at a time per build dir (held until the process exits; the kernel drops it if killed).
     A security-update run holds it for its doit children, which it says through BUILD_LOCK_ENV."""
-    lock = project.build_dir / ".lock"
-    if project.env.get(BUILD_LOCK_ENV) == str(lock.resolve()):
+    lock = build_lock_path(project.build_dir)
+    if project.env.get(BUILD_LOCK_ENV) == str(lock):
         return
     acquire(lock, f"the build dir {project.build_dir}", wait=not no_wait(project.env))
 
@@ -188,28 +188,29 @@ def _toolchain_state(project: Project, kernel: Kernel, target: Target, files: Ar
 
 
 def _config_deps(project: Project, kernel: Kernel, target: Target, files: Artifacts) -> list[Path]:
-    drops = project.fragments_dir / "expected-drops.toml"
-    return [project.source_tree(kernel) / STAMP, *project.fragment_paths(target), *project.list_paths(target),
-            *([drops] if drops.is_file() else [])]
+    return [project.source_tree(kernel) / STAMP, *project.fragment_paths(target), *project.list_paths(target)]
 
 
 def _other_configs(project: Project, kernel: Kernel, target: Target) -> list[Path]:
-    """The same target's final .config on the other kernels (the report compares the whole config with
-    them) and the must-stay set it checks the comparison against."""
-    must_stay = project.fragments_dir / "must-stay.toml"
+    """The same target's final .config on the other kernels: the report compares the whole config with them."""
     return [project.artifacts(other, target).config for other in project.versions.kernels
-            if other.version != kernel.version and target.name in other.targets] + \
-        ([must_stay] if must_stay.is_file() else [])
+            if other.version != kernel.version and target.name in other.targets]
 
 
-def _checks(project: Project) -> list[Path]:
-    checks = project.fragments_dir / CHECKS_FILE
-    return [checks] if checks.is_file() else []
+def _config_state(project: Project, kernel: Kernel, target: Target, files: Artifacts) -> dict:
+    return {"version": kernel.version, "arch": target.arch.name,
+            "expected_drops": tables.expected_drops_state(project.fragments_dir, target, kernel.version_tuple)} | \
+        _toolchain_state(project, kernel, target, files)
+
+
+def _verdict_state(project: Project, kernel: Kernel, target: Target) -> dict:
+    """The entries of the shared tables a target's verdicts (report, verify) are judged by."""
+    return {"must_stay": tables.must_stay_state(project.fragments_dir, target),
+            "hardening": tables.hardening_state(project.fragments_dir, target, kernel.version_tuple)}
 
 
 def _guest(project: Project) -> list[Path]:
-    undoes = project.guest_dir / "cmdline-undoes.toml"  # optional: without it no command-line check runs
-    return [project.guest_dir / "init.c", project.guest_dir / "probes.toml", *([undoes] if undoes.is_file() else [])]
+    return [project.guest_dir / "init.c"]  # the probe table and cmdline-undoes are entries of the boot's state
 
 
 STAGES = (
@@ -217,14 +218,15 @@ STAGES = (
           lambda k, t: f"allnoconfig + {t.list_name} for {t.name} on {k.version}; audit requested vs final",
           actions.configure, _config_deps,
           lambda p, k, t, f: [f.config, f.audit],
-          state=lambda p, k, t, f: {"version": k.version, "arch": t.arch.name} | _toolchain_state(p, k, t, f),
+          state=_config_state,
           check=lambda p, k, t, f: (actions.config_matches_audit, [str(f.config), str(f.audit)]),
           clean=lambda p, k, t, f: [(actions.remove_tree, [str(f.dir)])]),
     Stage("report", "write each target's requirement → option → final value table (report.md, report.json)",
           lambda k, t: f"requirement → option → final value table for {t.name} on {k.version}",
           actions.report,
-          lambda p, k, t, f: [f.config, f.audit, *p.fragment_paths(t), *_other_configs(p, k, t), *_checks(p)],
-          lambda p, k, t, f: [f.report_md, f.report_json]),
+          lambda p, k, t, f: [f.config, f.audit, *p.fragment_paths(t), *_other_configs(p, k, t)],
+          lambda p, k, t, f: [f.report_md, f.report_json],
+          state=lambda p, k, t, f: _verdict_state(p, k, t)),
     Stage("build", "compile each target's images out of tree (make O=…)",
           lambda k, t: f"make {' '.join(t.arch.make_targets)} for {t.name} on {k.version}",
           actions.build,
@@ -234,16 +236,17 @@ STAGES = (
     Stage("verify", "check each target's audit, image formats and size budget; writes verify.json",
           lambda k, t: f"check {t.name} {k.version}: audit passed, image formats, size budget",
           actions.verify,
-          lambda p, k, t, f: [*f.images.values(), f.audit, *_checks(p)],
+          lambda p, k, t, f: [*f.images.values(), f.audit],
           lambda p, k, t, f: [f.verify],
-          state=lambda p, k, t, f: {"budget": t.size_budget, "images": t.arch.images},
+          state=lambda p, k, t, f: {"budget": t.size_budget, "images": t.arch.images} | _verdict_state(p, k, t),
           check=lambda p, k, t, f: (actions.has_evidence, [str(f.verify)])),
     Stage("boot", "boot each target in QEMU (its VMM's device model) and run the capability probes",
           lambda k, t: f"boot {t.name} {k.version} in QEMU and run the capability probes",
           actions.boot,
           lambda p, k, t, f: [*f.images.values(), f.verify, *_guest(p)],
           lambda p, k, t, f: [f.boot],
-          state=lambda p, k, t, f: {"boot": t.boot, "cmdline": t.cmdline, "skip": bool(p.env.get(SKIP_BOOT_ENV))},
+          state=lambda p, k, t, f: {"boot": t.boot, "cmdline": t.cmdline, "skip": bool(p.env.get(SKIP_BOOT_ENV)),
+                                    "guest": tables.guest_state(p.guest_dir, t)},
           check=lambda p, k, t, f: (actions.boot_settled, [str(f.boot)]),
           clean=lambda p, k, t, f: [(actions.remove_tree, [str(f.boot_dir)])]),
     Stage("reproduce", "build each target again in a second build dir, without the compile cache, and compare images",
@@ -256,10 +259,12 @@ STAGES = (
     Stage("install", "install verified kernels into the prefix (KTAILOR_PREFIX, default /usr/share/ktailor)",
           lambda k, t: f"install {t.name} {k.version} into the prefix and switch its links",
           actions.install,
-          lambda p, k, t, f: [*f.images.values(), f.config, f.audit, f.verify, f.boot, f.sources],
+          lambda p, k, t, f: [*f.images.values(), f.config, f.audit, f.verify, f.boot, f.sources,
+                              *([f.reproduce] if reproduce_required(p.env) else [])],
           lambda p, k, t, f: [f.manifest],
           state=lambda p, k, t, f: {"prefix": str(p.prefix), "unbooted_ok": allow_unbooted(p.env),
-                                    "current": actions.current_version(p, t.name)},
+                                    "current": current_version(p, t.name)},
+          check=lambda p, k, t, f: (actions.install_current, [], _args(p, k, t)),
           clean=lambda p, k, t, f: []),  # never remove installed kernels: running VMs may use them
 )
 

@@ -42,6 +42,22 @@ def read_report(path: Path, stage: str) -> dict:
     return data
 
 
+def read_optional(path: Path) -> dict | None:
+    """A stage's JSON result where its absence or damage is an answer, not an error (up-to-date checks,
+    "is it installed?"): the object, or None when it is missing, unreadable or not a JSON object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def status_of(path: Path, missing: str = "not reached") -> str:
+    """The `status` a stage's result records, or `missing` when there is no readable result."""
+    data = read_optional(path)
+    return missing if data is None else str(data.get("status", "unknown"))
+
+
 def hash_or_missing(path: Path) -> str:
     return sha256_of(path) if path.is_file() else "missing"
 

@@ -331,6 +331,9 @@ def toml_entries(path: Path, table: str) -> tuple[str, list[dict]]:
     return text, list(data.get(table, []))
 
 
+EXPECTED_DROPS = "expected-drops.toml"  # in the fragments dir: requested options known not to land, with why
+
+
 def load_expected_drops(path: Path) -> list[ExpectedDrop]:
     text, entries = toml_entries(path, "drop")
     drops = []

@@ -9,7 +9,12 @@ Layout (every change is a rename or a symlink swap, both atomic):
 A rebuild of the same version (a fragment edit) goes into a new <target>.<key>/ and the link is
 swapped; the old directory stays, so a VM started from it keeps its files, until `invoke prune`
 removes the directories no link points to. Nothing is installed unless evidence.check_install
-passed: the files copied are the files the audit, verify and boot judged.
+passed: the files copied are the files the audit, verify and boot judged, and the sha256 the gate
+checked are the ones the manifest records.
+
+This module owns what "installed" means (`is_current`): doit's install task and security-update
+both ask it. It also owns everything an install writes: the VEX (from this build's sources.json),
+the manifest and its provenance. Install and prune share the prefix lock.
 """
 
 from __future__ import annotations
@@ -26,10 +31,78 @@ from pathlib import Path
 
 from . import __version__
 from .download import sha256_of
-from .errors import EnvironmentProblem
-from .evidence import ALLOW_UNBOOTED_ENV, read_report
+from .errors import EnvironmentProblem, VerificationFailed
+from .evidence import (
+    ALLOW_UNBOOTED_ENV,
+    allow_unbooted,
+    check_install,
+    fingerprint,
+    hash_or_missing,
+    read_optional,
+    write_json_atomically,
+)
 from .layout import Project
+from .locks import prefix_lock
 from .progress import info, warn
+
+REQUIRE_REPRODUCIBLE_ENV = "KTAILOR_REQUIRE_REPRODUCIBLE"  # =1: install only images `doit reproduce` rebuilt bit for bit
+
+
+def reproduce_required(env: dict[str, str]) -> bool:
+    return env.get(REQUIRE_REPRODUCIBLE_ENV, "") not in ("", "0", "no", "false")
+
+
+def install_kernel(project: Project, kernel, row) -> Path:
+    """The install stage: the gate, this build's VEX, then the files, manifest and provenance into the prefix."""
+    from .cvereport import write_vex
+
+    files = project.artifacts(kernel, row)
+    rerun = f"doit boot:{row.name}" + ("" if kernel.is_default else f"@{kernel.version}")
+    gate = check_install(images=files.images, config=files.config, audit=files.audit, verify=files.verify,
+                         boot=files.boot, unbooted_ok=allow_unbooted(project.env), rerun=rerun)
+    if reproduce_required(project.env) and (verdict := reproduce_result(files))["status"] != "identical":
+        raise VerificationFailed(f"refusing to install: {REQUIRE_REPRODUCIBLE_ENV} is set and the reproduce stage's "
+                                 f"verdict on these images is {verdict['status']!r} (see {files.reproduce}); run "
+                                 f"`doit reproduce:{row.name}` or unset {REQUIRE_REPRODUCIBLE_ENV}.")
+    vex_note = write_vex(project, kernel, row)
+    chosen = install_files(project, kernel, row, with_vex=vex_note is None)
+    with prefix_lock(project.prefix, project.env):
+        return install_target(name=row.name, version=kernel.version, prefix=project.prefix, files=chosen,
+                              manifest=manifest_for(project, kernel, row, gate, vex_note),
+                              make_current=current_version(project, row.name) == kernel.version,
+                              provenance=provenance_for(project, kernel, row, gate), checked=gate["evidence"])
+
+
+def current_version(project: Project, target_name: str) -> str | None:
+    """Which kernel <prefix>/<target> follows: the default kernel's when it has this target, else the
+    newest kernel in versions.toml that has it."""
+    default = project.versions.default
+    if target_name in default.targets:
+        return default.version
+    having = [k for k in project.versions.kernels if target_name in k.targets]
+    return max(having, key=lambda k: k.version_tuple).version if having else None
+
+
+def is_current(project: Project, kernel, row) -> bool:
+    """The one definition of "installed": <prefix>/<version>/<target> holds exactly the files this build
+    would install (images, config, System.map, sources.json), made from the fragments as they are now, on
+    the evidence as it is now, and <prefix>/<target> points at it when this kernel is the current one.
+    (The VEX is left out: it is recomputed from the CVE records at every install.)"""
+    files = project.artifacts(kernel, row)
+    manifest = read_optional(files.manifest)
+    if manifest is None or manifest.get("version") != kernel.version:
+        return False
+    recorded = manifest.get("sha256") or {}
+    for name, path in install_files(project, kernel, row, with_vex=False).items():
+        if recorded.get(name) != hash_or_missing(path):
+            return False
+    if manifest.get("fragments_sha256") != fragments_digest(project, row):
+        return False
+    if manifest.get("evidence") != fingerprint(files.images, files.config, files.audit):
+        return False
+    if current_version(project, row.name) == kernel.version:
+        return files.current.resolve() == files.install.resolve()
+    return True
 
 
 def install_files(project: Project, kernel, row, *, with_vex: bool) -> dict[str, Path]:
@@ -54,7 +127,7 @@ def fragments_digest(project: Project, row) -> str:
 def manifest_for(project: Project, kernel, row, gate: dict, vex_note: str | None) -> dict:
     """What an install says about itself: how it was made and the evidence it was installed on."""
     files = project.artifacts(kernel, row)
-    build_info = read_report(files.build_json, "build") if files.build_json.is_file() else {}
+    build_info = read_optional(files.build_json) or {}
     if gate["boot"].get("status") != "pass":
         warn(f"installing {row.name} {kernel.version} without a boot test ({gate['boot'].get('reason')}), "
              f"because {ALLOW_UNBOOTED_ENV} is set.")
@@ -70,18 +143,17 @@ def manifest_for(project: Project, kernel, row, gate: dict, vex_note: str | None
     }
 
 
-def provenance_for(project: Project, kernel, row) -> Callable[[dict[str, str]], dict]:
+def provenance_for(project: Project, kernel, row, gate: dict) -> Callable[[dict[str, str]], dict]:
     """The in-toto statement of this install, once its files' sha256 are known (provenance.py)."""
     from .provenance import checkout_commit, statement
 
     files = project.artifacts(kernel, row)
-    build_info = read_report(files.build_json, "build") if files.build_json.is_file() else {}
+    build_info = read_optional(files.build_json) or {}
     fragments = {str(project.display(p)): p for p in [*project.list_paths(row), *project.fragment_paths(row)]}
-    checks = {"verify": read_report(files.verify, "verify").get("status"),
-              "boot": read_report(files.boot, "boot").get("status")}
-    checks["reproduce"] = reproduce_result(files)
+    checks = {"verify": gate["verify"].get("status"), "boot": gate["boot"].get("status"),
+              "reproduce": reproduce_result(files)}
     commit = checkout_commit(project.root)
-    signed = _json_or_none(project.checksum_record(kernel))
+    signed = read_optional(project.checksum_record(kernel))
     if signed is not None and signed.get("sha256") != kernel.sha256:
         signed = None  # it vouched for another tarball than the one versions.toml pins now
     return lambda checksums: statement(
@@ -92,7 +164,7 @@ def provenance_for(project: Project, kernel, row) -> Callable[[dict[str, str]], 
 
 def reproduce_result(files) -> dict:
     """The reproduce stage's verdict on exactly these images, or why there is none."""
-    record = _json_or_none(files.reproduce)
+    record = read_optional(files.reproduce)
     if record is None:
         return {"status": "not run", "how": "doit reproduce:<target> builds it again elsewhere and compares"}
     current = {name: sha256_of(path) for name, path in files.images.items() if path.is_file()}
@@ -101,14 +173,6 @@ def reproduce_result(files) -> dict:
         return {"status": "stale", "why": "the images were rebuilt after the reproduce run"}
     return {"status": "identical" if record.get("identical") else "differs", "images": record.get("images"),
             "finished_at": record.get("finished_at")}
-
-
-def _json_or_none(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def content_key(checksums: dict[str, str]) -> str:
@@ -124,48 +188,86 @@ def _prefix_problem(prefix: Path, exc: OSError) -> EnvironmentProblem:
 
 
 def install_target(*, name: str, version: str, prefix: Path, files: dict[str, Path], manifest: dict,
-                   make_current: bool, provenance: Callable[[dict[str, str]], dict] | None = None) -> Path:
+                   make_current: bool, provenance: Callable[[dict[str, str]], dict] | None = None,
+                   checked: dict | None = None) -> Path:
     """Install `files` (name in the install dir -> source path) plus manifest.json; return the content dir.
     `make_current`: also point <prefix>/<name> at this version (it is the default kernel's). `provenance`:
-    makes the manifest's provenance statement from the installed files' sha256."""
+    makes the manifest's provenance statement from the installed files' sha256. `checked`: the gate's
+    evidence (evidence.fingerprint); a file whose sha256 differs from it is refused."""
+    checksums = {installed: sha256_of(source) for installed, source in files.items()}
+    if checked is not None:
+        _refuse_unchecked(checksums, checked)
     try:
-        return _install(name, version, prefix, files, manifest, make_current, provenance)
+        store = _store(name, version, prefix, files, checksums, manifest, provenance)
+        _switch_links(name, version, prefix, store, make_current)
     except OSError as exc:
         raise _prefix_problem(prefix, exc) from None
+    current = f" (current: {prefix / name})" if make_current else ""
+    info(f"installed {name} {version} into {store}{current}")
+    return store
 
 
-def _install(name: str, version: str, prefix: Path, files: dict[str, Path], manifest: dict, make_current: bool,
-             provenance: Callable[[dict[str, str]], dict] | None) -> Path:
-    checksums = {installed: sha256_of(source) for installed, source in files.items()}
+def _refuse_unchecked(checksums: dict[str, str], checked: dict) -> None:
+    judged = dict(checked.get("images", {})) | {"config": checked.get("config")}
+    changed = [name for name, digest in judged.items() if name in checksums and checksums[name] != digest]
+    if changed:
+        raise VerificationFailed(f"refusing to install: {', '.join(changed)} changed after the checks judged them "
+                                 "(rebuilt while installing?); run `doit` again.")
+
+
+def _store(name: str, version: str, prefix: Path, files: dict[str, Path], checksums: dict[str, str], manifest: dict,
+           provenance: Callable[[dict[str, str]], dict] | None) -> Path:
+    """The content dir of these files, with a manifest saying what is true now: the same files installed
+    again from other fragments or on other evidence keep their dir and get their manifest rewritten."""
     key = content_key(checksums)
     version_dir = prefix / version
     store = version_dir / f"{name}.{key}"
     version_dir.mkdir(parents=True, exist_ok=True)
-    if not (store / Project.MANIFEST).is_file():
-        temp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=version_dir))
-        try:
-            for installed_name, source in files.items():
-                shutil.copy2(source, temp / installed_name)
-                if sha256_of(temp / installed_name) != checksums[installed_name]:
-                    raise EnvironmentProblem(f"{source} changed while it was being installed; run `doit` again.")
-            manifest = manifest | {"version": version, "target": name, "content_key": key, "sha256": checksums,
-                                   "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            if provenance is not None:
-                manifest["provenance"] = provenance(checksums)
-            (temp / Project.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-            os.chmod(temp, 0o755)
-            if store.exists():  # left by an install killed before its manifest was written
-                shutil.rmtree(store)
-            temp.rename(store)
-        finally:
-            shutil.rmtree(temp, ignore_errors=True)
-    _adopt_legacy_dir(version_dir / name)
-    swap_symlink(version_dir / name, Path(store.name))
-    if make_current:
-        swap_symlink(prefix / name, Path(version) / name)
-    current = f" (current: {prefix / name})" if make_current else ""
-    info(f"installed {name} {version} into {store}{current}")
+    manifest = manifest | {"version": version, "target": name, "content_key": key, "sha256": checksums,
+                           "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if provenance is not None:
+        manifest["provenance"] = provenance(checksums)
+    if (store / Project.MANIFEST).is_file():
+        if _without_time(read_optional(store / Project.MANIFEST)) != _without_time(manifest):
+            write_json_atomically(store / Project.MANIFEST, manifest)
+        return store
+    temp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=version_dir))
+    try:
+        for installed_name, source in files.items():
+            shutil.copy2(source, temp / installed_name)
+            if sha256_of(temp / installed_name) != checksums[installed_name]:
+                raise EnvironmentProblem(f"{source} changed while it was being installed; run `doit` again.")
+        (temp / Project.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        os.chmod(temp, 0o755)
+        if store.exists():  # left by an install killed before its manifest was written
+            shutil.rmtree(store)
+        temp.rename(store)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
     return store
+
+
+def _without_time(manifest: dict | None) -> dict | None:
+    return None if manifest is None else {k: v for k, v in manifest.items() if k != "installed_at"}
+
+
+def _switch_links(name: str, version: str, prefix: Path, store: Path, make_current: bool) -> None:
+    """<version>/<name> -> the store, then (make_current) <name> -> <version>/<name>. When the second swap
+    fails, the first is undone, so a failed install leaves every link as it was."""
+    version_link = prefix / version / name
+    _adopt_legacy_dir(version_link)
+    before = os.readlink(version_link) if version_link.is_symlink() else None
+    swap_symlink(version_link, Path(store.name))
+    if not make_current:
+        return
+    try:
+        swap_symlink(prefix / name, Path(version) / name)
+    except OSError:
+        if before is None:
+            version_link.unlink(missing_ok=True)
+        else:
+            swap_symlink(version_link, Path(before))
+        raise
 
 
 def _adopt_legacy_dir(path: Path) -> None:

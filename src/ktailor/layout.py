@@ -88,6 +88,11 @@ class Project:
         the same preprocessor line markers for a file a point release did not change, and hits."""
         return self.version_dir_of(version) / "linux"
 
+    @property
+    def forecast_dir(self) -> Path:
+        """build/forecast: security-update's scratch pre-flights of the next longterm move, one dir per series."""
+        return self.build_dir / "forecast"
+
     def version_dir_of(self, version: str) -> Path:
         """build/<version>: the source tree and every target's dir of one release."""
         return self.build_dir / version

@@ -1,8 +1,9 @@
 """Locks so that two runs (the nightly unit and a person) never work on the same files at once.
 
 fcntl.flock on a lock file beside what it protects: the build dir (doit's state, the source trees
-and every kbuild) for the whole of a doit run, each download-cache entry while it is fetched, and
-the security-update run itself. The second run waits, saying for whom; with KTAILOR_NO_WAIT=1
+and every kbuild) for the whole of a doit, security-update, clean, upgrade or menuconfig run; each
+download-cache entry while it is fetched; the install prefix while install swaps links and prune
+removes what no link points to. The second run waits, saying for whom; with KTAILOR_NO_WAIT=1
 (`invoke security-update --no-wait`) it fails at once with one paragraph instead. The kernel drops
 a flock when its holder dies, so a killed run never leaves a stale lock behind. Lock files are never
 deleted: a run waiting on one would be left holding a lock on a file nobody else opens.
@@ -23,7 +24,9 @@ from .errors import EnvironmentProblem
 from .progress import warn
 
 NO_WAIT_ENV = "KTAILOR_NO_WAIT"
-BUILD_LOCK_ENV = "KTAILOR_BUILD_LOCK_HELD"  # set by security-update for its own doit children (they must not wait for it)
+BUILD_LOCK_ENV = "KTAILOR_BUILD_LOCK_HELD"  # holding_build_dir sets it for its doit children (they must not wait for it)
+BUILD_LOCK_NAME = ".lock"  # <build dir>/.lock
+PREFIX_LOCK_NAME = ".ktailor.lock"  # <prefix>/.ktailor.lock
 
 _held: dict[Path, tuple[IO[str], int]] = {}  # lock file -> (open file, nesting depth), this process's own
 
@@ -90,3 +93,60 @@ def locked(path: Path, what: str, *, wait: bool = True) -> Iterator[None]:
         yield
     finally:
         release(path)
+
+
+def is_lock_file(path: Path) -> bool:
+    """A lock file by its name (`.lock`, `*.lock`): clean never removes one, see the module docstring."""
+    return path.name.endswith(".lock") and not path.is_dir()
+
+
+def build_lock_path(build_dir: Path) -> Path:
+    """The build dir's lock file, resolved: BUILD_LOCK_ENV holds exactly this string."""
+    return (build_dir / BUILD_LOCK_NAME).resolve()
+
+
+@contextlib.contextmanager
+def holding_build_dir(build_dir: Path, env: Mapping[str, str]) -> Iterator[Path]:
+    """Hold `<build_dir>/.lock` for the with-block (waiting for the holder, or LockBusy at once with
+    KTAILOR_NO_WAIT=1 in `env`), and meanwhile set BUILD_LOCK_ENV in os.environ so that the doit runs this
+    process starts go ahead (dag.lock_build_dir) instead of waiting for their own parent; its previous value
+    is put back after. When `env` says a parent process holds this very lock for us, nothing is taken:
+    waiting for it would wait forever."""
+    lock = build_lock_path(build_dir)
+    if env.get(BUILD_LOCK_ENV) == str(lock) and lock not in _held:
+        yield lock
+        return
+    try:
+        acquire(lock, f"the build dir {build_dir}", wait=not no_wait(env))
+    except OSError as exc:
+        raise EnvironmentProblem(f"cannot use the build dir {build_dir} ({exc.strerror or exc}: {exc.filename or lock}); "
+                                 "check KTAILOR_BUILD_DIR and its permissions.") from None
+    previous = os.environ.get(BUILD_LOCK_ENV)
+    os.environ[BUILD_LOCK_ENV] = str(lock)
+    try:
+        yield lock
+    finally:
+        if previous is None:
+            os.environ.pop(BUILD_LOCK_ENV, None)
+        else:
+            os.environ[BUILD_LOCK_ENV] = previous
+        release(lock)
+
+
+@contextlib.contextmanager
+def prefix_lock(prefix: Path, env: Mapping[str, str]) -> Iterator[Path]:
+    """Hold `<prefix>/.ktailor.lock` for the with-block, so that install's rename + link swap and prune's
+    removals never interleave (prune would see a new store dir no link points to yet). Creates the prefix
+    when missing; one that cannot be written is an EnvironmentProblem naming it and the fix."""
+    lock = prefix / PREFIX_LOCK_NAME
+    try:
+        acquire(lock, f"the install prefix {prefix}", wait=not no_wait(env))
+    except OSError as exc:
+        raise EnvironmentProblem(f"cannot lock the install prefix {prefix} ({exc.strerror or exc}: "
+                                 f"{exc.filename or lock}); run as a user who can write to it (or fix its permissions), "
+                                 "or choose another prefix with KTAILOR_PREFIX=/some/dir. Nothing was installed or "
+                                 "removed.") from None
+    try:
+        yield lock
+    finally:
+        release(lock)

@@ -3,6 +3,10 @@
 The diff between the merged config and the edited one becomes fragment lines, each with a reason
 placeholder that lint rejects until a human explains the option. Nothing is lost: when the user
 does not save a fragment, the edited config and the diff are kept beside the build.
+
+The whole session (configuring the target through doit, `make menuconfig`, writing the fragment)
+holds the build dir's lock: a doit or security-update run waits rather than building from, or
+regenerating, a .config that is being edited.
 """
 
 from __future__ import annotations
@@ -15,7 +19,12 @@ from pathlib import Path
 from .dotconfig import final_value, parse_dotconfig
 from .errors import EnvironmentProblem, InputError
 from .fragments import REASON_PLACEHOLDER
-from .toolchain import make_argv
+from .layout import Project
+from .locks import holding_build_dir
+from .runner import run_doit, task_name
+from .targets import Target
+from .toolchain import make_argv, make_vars
+from .versions import Kernel
 
 
 def config_changes(before: dict[str, str], after: dict[str, str]) -> list[tuple[str, str, str]]:
@@ -69,3 +78,20 @@ def save_changes(*, before: Path, after: Path, target: str, target_dir: Path, sa
         with list_file.open("a") as handle:
             handle.write(f"# added by invoke menuconfig on {time.strftime('%Y-%m-%d')}\n{relative}\n")
     return text, save_as
+
+
+def edit_target_config(project: Project, kernel: Kernel, row: Target, *, save_as: Path | None,
+                       add_to_list: bool) -> tuple[str, Path | None]:
+    """`invoke menuconfig`: configure the target, let the user edit its .config, save the edits back (see
+    save_changes); all of it under the build dir's lock, which the doit child is told it may use."""
+    name = task_name("config", row.name, kernel.version, project.versions.default.version)
+    files = project.artifacts(kernel, row)
+    with holding_build_dir(project.build_dir, project.env):
+        if run_doit(project.root, name).returncode != 0:
+            raise InputError(f"`doit {name}` failed; fix that first.")
+        before = files.dir / "menuconfig.before"
+        shutil.copy2(files.config, before)
+        run_menuconfig(project.source_tree(kernel), files.kbuild, make_vars(row, project.env))
+        return save_changes(before=before, after=files.config, target=row.name, target_dir=files.dir, save_as=save_as,
+                            list_file=project.fragments_dir / row.list_name if add_to_list and save_as else None,
+                            fragments_dir=project.fragments_dir)

@@ -111,10 +111,16 @@ def check_fresh(releases: list[Release], url: str, max_days: float, now: float) 
 
 def check_signed_recently(signed_at: int | None, source: str, env: dict[str, str] | None = None,
                           now: float | None = None) -> None:
-    """kernel.org re-signs sha256sums.asc with every release: an old signature is a stale or replayed file."""
+    """kernel.org re-signs sha256sums.asc with every release: an old signature is a stale or replayed file, and
+    one without a time cannot be shown fresh, so it is refused as well."""
     days = max_age_days(env)
-    if not days or signed_at is None:
+    if not days:
         return
+    if signed_at is None or signed_at <= 0:
+        raise StaleSource(f"{source}: its signature carries no signing time, so ktailor cannot tell a current checksum "
+                          "file from a stale or replayed one; nothing was decided from it. Fetch sha256sums.asc from "
+                          f"kernel.org (or an unchanged copy) and check that `gpgv` is GnuPG's own, or set "
+                          f"{MAX_AGE_ENV}=0 to accept it unchecked.")
     age = ((time.time() if now is None else now) - signed_at) / 86400
     if age > days:
         raise StaleSource(f"{source} was signed {age:.0f} days ago ({time.strftime('%Y-%m-%d', time.gmtime(signed_at))}), "

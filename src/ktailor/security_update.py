@@ -15,8 +15,7 @@ exit code is the worst outcome over all kernels (EXIT_* below, worst first: 2, 1
 
 from __future__ import annotations
 
-import json
-import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,11 +23,12 @@ from pathlib import Path
 
 from .cvereport import describe_fixes
 from .errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_ERROR, EXIT_UNREACHABLE, DownloadError, KtailorError, exit_code_for
-from .evidence import ALLOW_UNBOOTED_ENV, allow_unbooted
+from .evidence import ALLOW_UNBOOTED_ENV, allow_unbooted, status_of, write_json_atomically
 from .layout import Project
-from .locks import BUILD_LOCK_ENV, acquire, no_wait, release
+from .locks import holding_build_dir
+from .preflight import render_preflight, run_preflight
 from .progress import info, warn
-from .releases import RELEASES_URL_ENV, Release, fetch_releases, newest_on_mirror, next_longterm, series_status
+from .releases import RELEASES_URL_ENV, Release, fetch_releases, newest_on_mirror, next_longterm, series_of, series_status
 from .releases import releases_url as resolve_releases_url
 from .runner import run_doit, task_name
 from .signature import AUTOSIGNER_FINGERPRINT
@@ -72,7 +72,7 @@ class KernelReport:
     code: int = EXIT_UP_TO_DATE
     cves: dict | None = None  # what the newest point release fixes, per target (cvereport.upgrade_fixes)
     forecast: dict | None = None  # the pre-flight of the move to the next longterm series (nothing built)
-    exposed: dict[str, list[str]] | None = None  # --fail-on: applicable CVEs left in the installed kernel
+    exposed: dict[str, dict] | None = None  # --fail-on: target -> {version installed, applicable CVEs}
 
     @property
     def update(self) -> bool:
@@ -80,19 +80,11 @@ class KernelReport:
 
 
 def is_installed(project: Project, kernel: Kernel) -> bool:
-    """Every target of this kernel is in the prefix, built from the fragments as they are now (a fragment
-    edit is rolled out by the next nightly run)."""
-    from .install import fragments_digest
+    """Every target of this kernel is installed as this checkout would install it now (install.is_current,
+    the same test as doit's install task: a fragment edit is rolled out by the next nightly run)."""
+    from .install import is_current
 
-    for name in kernel.targets:
-        target = project.catalog.targets[name]
-        try:
-            manifest = json.loads(project.artifacts(kernel, target).manifest.read_text())
-        except (OSError, ValueError):
-            return False
-        if not isinstance(manifest, dict) or manifest.get("fragments_sha256") != fragments_digest(project, target):
-            return False
-    return True
+    return all(is_current(project, kernel, project.catalog.targets[name]) for name in kernel.targets)
 
 
 def assess(project: Project, kernel: Kernel, releases: list[Release]) -> KernelReport:
@@ -144,46 +136,33 @@ def end_of_life_banner(report: KernelReport, url: str, others: tuple[str, ...] =
     return "\n".join([bar, *(f"!!! {line}" for line in lines), bar])
 
 
-def _status_of(path: Path, missing: str) -> str:
-    try:
-        return str(json.loads(path.read_text()).get("status", "unknown"))
-    except (OSError, ValueError, AttributeError):
-        return missing
-
-
 def build_and_install(root: Path, version: str, report: KernelReport) -> None:
-    """doit verify and boot for every target of `version`; doit install only if all of it passed."""
+    """`doit install` for every target of `version`: doit runs whatever stage is stale before it (build,
+    verify, boot, …), and the install gate decides; this run only reports what the stages' results say."""
+    from .install import is_current
+
     project = Project.from_env(root)
     kernel = project.versions.get(version)
     default = project.versions.default.version
-    unbooted_ok = allow_unbooted(project.env)
-    checks = [task_name(stage, target, version, default) for target in kernel.targets for stage in ("verify", "boot")]
-    info(f"building and checking {version}: doit {' '.join(checks)}")
-    checked = run_doit(root, "--continue", *checks)
+    installs = [task_name("install", target, version, default) for target in kernel.targets]
+    info(f"building, checking and installing {version}: doit {' '.join(installs)}")
+    done = run_doit(root, "--continue", *installs)
     for name in kernel.targets:
-        files = project.artifacts(kernel, project.catalog.targets[name])
-        report.targets[name] = {"verify": _status_of(files.verify, "not reached"),
-                                "boot": _status_of(files.boot, "not reached"), "installed": False}
-    booted = {"pass", "skipped"} if unbooted_ok else {"pass"}
-    failed = [f"{name} (verify {t['verify']}, boot {t['boot']})" for name, t in report.targets.items()
-              if t["verify"] != "passed" or t["boot"] not in booted]
-    if checked.returncode != 0 or failed:
-        why = f"doit {' '.join(checks)} failed (exit {checked.returncode})" if checked.returncode else "not every check passed"
+        row = project.catalog.targets[name]
+        files = project.artifacts(kernel, row)
+        report.targets[name] = {"verify": status_of(files.verify), "boot": status_of(files.boot),
+                                "installed": is_current(project, kernel, row)}
+    if done.returncode != 0 or not all(t["installed"] for t in report.targets.values()):
+        failed = [f"{name} (verify {t['verify']}, boot {t['boot']})" for name, t in report.targets.items()
+                  if not t["installed"]]
         skipped = any(t["boot"] == "skipped" for t in report.targets.values())
         hint = (f" A skipped boot test blocks the install; install QEMU, or set {ALLOW_UNBOOTED_ENV}=1 to accept "
-                "kernels that were not boot-tested." if skipped and not unbooted_ok else "")
-        report.problems.append(f"{why}: {', '.join(failed) or 'see above'}; nothing was installed.{hint} "
+                "kernels that were not boot-tested." if skipped and not allow_unbooted(project.env) else "")
+        report.problems.append(f"doit {' '.join(installs)} failed (exit {done.returncode}): "
+                               f"{', '.join(failed) or 'see above'} not installed.{hint} "
                                f"Logs: {project.display(project.version_dir_of(version))}/<target>/")
         report.action, report.code = "failed", EXIT_CHECK_FAILED
         return
-    installs = [task_name("install", target, version, default) for target in kernel.targets]
-    installed = run_doit(root, *installs)
-    if installed.returncode != 0:
-        report.problems.append(f"doit {' '.join(installs)} failed (exit {installed.returncode}); see its output above.")
-        report.action, report.code = "failed", EXIT_CHECK_FAILED
-        return
-    for name in kernel.targets:
-        report.targets[name]["installed"] = True
     report.installed = True
     report.action = "upgraded" if report.new_version else "installed"
     report.code = EXIT_END_OF_LIFE if report.eol else EXIT_UPDATED
@@ -247,29 +226,53 @@ def _checks(report: KernelReport) -> str:
 
 def forecast_move(root: Path, report: KernelReport, releases: list[Release], *, keyring: Path | None,
                   insecure_skip_signature: bool, expected_fingerprint: str) -> None:
-    """The pre-flight of moving this kernel to the next longterm series, on a scratch copy of versions.toml:
-    config + audit + whole-config drift of the new series' newest release, nothing built or installed."""
+    """The pre-flight of moving this kernel to the next longterm series: config + audit + whole-config drift
+    of the new series' newest release, nothing built or installed. When versions.toml already tracks that
+    series, its entry is configured and compared; otherwise a scratch copy of versions.toml is upgraded in a
+    scratch build dir (build/forecast/<series>/), whose ~1.4 GB source tree is removed afterwards."""
     project = Project.from_env(root)
-    target = next_longterm(releases, report.series)
-    if target is None:
+    move_to = next_longterm(releases, report.series)
+    if move_to is None:
         report.forecast = {"to": None, "ok": None, "problem": "kernel.org lists no newer longterm series"}
         return
-    scratch = project.build_dir / "forecast" / report.series
-    scratch.mkdir(parents=True, exist_ok=True)
+    old = report.new_version or report.version
+    tracked = [k for k in project.versions.kernels if k.series == series_of(move_to.version)]
+    try:
+        if tracked:
+            info(f"forecast: pre-flight of {old} → {tracked[0].version} (the next longterm series, already tracked)")
+            preflight = run_preflight(root, tracked[0].version, old)
+            print(render_preflight(preflight))
+            report.forecast = {"to": tracked[0].version, "ok": preflight.ok, "tracked": True,
+                               "preflight": preflight.to_json()}
+            return
+        report.forecast = _forecast_in_scratch(project, report.series, old, move_to.version, keyring=keyring,
+                                               insecure_skip_signature=insecure_skip_signature,
+                                               expected_fingerprint=expected_fingerprint)
+    except KtailorError as exc:
+        report.forecast = {"to": move_to.version, "ok": None, "problem": str(exc)}
+
+
+def _forecast_in_scratch(project: Project, series: str, old: str, new: str, *, keyring: Path | None,
+                         insecure_skip_signature: bool, expected_fingerprint: str) -> dict:
+    scratch = project.forecast_dir / series
+    build_dir = scratch / "build"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    reference = build_dir / old  # the tracked kernel's configs, read in place to compare with
+    if not reference.is_symlink() and project.version_dir_of(old).is_dir():
+        reference.symlink_to(project.version_dir_of(old))
     copy = scratch / "versions.toml"
     copy.write_text(project.versions_path.read_text())
-    env = dict(project.env, KTAILOR_VERSIONS=str(copy))
-    info(f"forecast: pre-flight of {report.version} → {target.version} (next longterm), on {project.display(copy)}")
+    env = dict(project.env, KTAILOR_VERSIONS=str(copy), KTAILOR_BUILD_DIR=str(build_dir))
+    info(f"forecast: pre-flight of {old} → {new} (next longterm), in {project.display(scratch)}")
     try:
-        result = upgrade(root, target.version, replace=report.new_version or report.version, allow_series_change=True,
-                         keyring=keyring, insecure_skip_signature=insecure_skip_signature,
-                         expected_fingerprint=expected_fingerprint, env=env)
-    except KtailorError as exc:
-        report.forecast = {"to": target.version, "ok": None, "problem": str(exc)}
-        return
+        result = upgrade(project.root, new, replace=old, allow_series_change=True, keyring=keyring,
+                         insecure_skip_signature=insecure_skip_signature, expected_fingerprint=expected_fingerprint,
+                         env=env)
+    finally:
+        shutil.rmtree(build_dir / new / "linux", ignore_errors=True)
     preflight = result.preflight
-    report.forecast = {"to": target.version, "ok": result.ok, "versions_copy": str(copy),
-                       "preflight": preflight.to_json() if preflight else None}
+    return {"to": new, "ok": result.ok, "versions_copy": str(copy),
+            "preflight": preflight.to_json() if preflight else None}
 
 
 def describe_forecast(report: KernelReport) -> str:
@@ -280,11 +283,16 @@ def describe_forecast(report: KernelReport) -> str:
     targets = (forecast.get("preflight") or {}).get("targets", [])
     lost = sum(len(t["no_longer_land"]) for t in targets)
     drift = [t["config_drift"] for t in targets if t.get("config_drift")]
-    changes = sum(len(d["changes"]) for d in drift)
-    errors = sum(d["errors"] for d in drift)
+    if drift:
+        changes = sum(len(d["changes"]) for d in drift)
+        errors = sum(d["errors"] for d in drift)
+        compared = (f"{changes} unrequested option(s) change, {errors} must-stay loss(es)"
+                    + ("" if len(drift) == len(targets) else f" ({len(drift)} of {len(targets)} target(s) compared)"))
+    else:
+        compared = "whole .config not compared (no final .config of the current kernel here: run `doit config` first)"
     verdict = "every requested option lands" if forecast["ok"] else "PROBLEMS"
-    return (f"{head} {verdict}; {lost} requested option(s) would not land, {changes} unrequested option(s) change, "
-            f"{errors} must-stay loss(es) (details: the pre-flight above and the JSON summary).")
+    return (f"{head} {verdict}; {lost} requested option(s) would not land, {compared} "
+            "(details: the pre-flight above and the JSON summary).")
 
 
 def cve_context(project: Project, vulns: str | None, needed: bool):
@@ -309,20 +317,24 @@ def add_cve_figures(database, project: Project, kernels: list[Kernel], reports: 
             report.cves = upgrade_fixes(database, project, kernel, report.latest)
 
 
-def check_exposure(database, root: Path, reports: list[KernelReport], severity: str) -> None:
-    """--fail-on: an installed kernel with an applicable CVE of `severity` or worse and no working upgrade."""
+def check_exposure(database, root: Path, kernels: list[Kernel], reports: list[KernelReport], severity: str) -> None:
+    """--fail-on, in every mode: the kernel each target has *installed* in the prefix (the upgrade's when it
+    was installed, else the one before it), judged by the sources.json installed with it."""
     from .cvereport import installed_exposure
 
-    project = Project.from_env(root)  # versions.toml as apply left it
-    for report in reports:
-        if report.update and report.action != "failed":
-            continue  # the newest release is (being) installed
-        kernel = next((k for k in project.versions.kernels if k.version == (report.new_version or report.version)), None)
-        if kernel is None or database is None:
+    if database is None:
+        return
+    project = Project.from_env(root)
+    for kernel, report in zip(kernels, reports, strict=True):
+        versions = [v for v in (report.new_version, report.version) if v]
+        try:
+            found = installed_exposure(database, project, versions, list(kernel.targets), severity)
+        except KtailorError as exc:
+            report.problems.append(f"the exposure of the installed kernel could not be judged: {exc}")
+            report.code = worst([report.code, exit_code_for(exc)])
             continue
-        found = {t: ids for t, ids in installed_exposure(database, project, kernel, severity).items() if ids}
-        report.exposed = found
-        if found:
+        report.exposed = {target: entry for target, entry in found.items() if entry["cves"]}
+        if report.exposed:
             report.code = worst([report.code, EXIT_EXPOSED])
 
 
@@ -337,21 +349,15 @@ def security_update(root: Path, *, apply: bool = False, releases_url: str | None
     if fail_on and fail_on not in FAIL_ON:
         print(f"E: --fail-on {fail_on!r} is not a policy; use one of {', '.join(FAIL_ON)}.", file=sys.stderr)
         return EXIT_BAD_INPUT
-    lock = project.build_dir / ".lock"
     try:
-        acquire(lock, f"the build dir {project.build_dir}", wait=not no_wait(project.env))
-    except KtailorError as exc:
+        with holding_build_dir(project.build_dir, project.env):
+            return _security_update(root, project, apply=apply, releases_url=releases_url, json_out=json_out,
+                                    keyring=keyring, insecure_skip_signature=insecure_skip_signature,
+                                    expected_fingerprint=expected_fingerprint, vulns=vulns, fail_on=fail_on,
+                                    forecast=forecast)
+    except KtailorError as exc:  # the lock: busy with KTAILOR_NO_WAIT=1, or an unusable build dir
         print(f"E: {exc}", file=sys.stderr, flush=True)
         return exit_code_for(exc)
-    os.environ[BUILD_LOCK_ENV] = str(lock.resolve())
-    try:
-        return _security_update(root, project, apply=apply, releases_url=releases_url, json_out=json_out,
-                                keyring=keyring, insecure_skip_signature=insecure_skip_signature,
-                                expected_fingerprint=expected_fingerprint, vulns=vulns, fail_on=fail_on,
-                                forecast=forecast)
-    finally:
-        os.environ.pop(BUILD_LOCK_ENV, None)
-        release(lock)
 
 
 def _security_update(root: Path, project: Project, *, apply: bool, releases_url: str | None, json_out: Path | None,
@@ -376,7 +382,7 @@ def _security_update(root: Path, project: Project, *, apply: bool, releases_url:
             apply_one(root, report, keyring=keyring, insecure_skip_signature=insecure_skip_signature,
                       expected_fingerprint=expected_fingerprint)
     if fail_on:
-        check_exposure(database, root, reports, FAIL_ON[fail_on])
+        check_exposure(database, root, list(kernels), reports, FAIL_ON[fail_on])
     for report in reports:  # always for an end-of-life series, on request for the others
         if report.eol or forecast:
             forecast_move(root, report, releases, keyring=keyring, insecure_skip_signature=insecure_skip_signature,
@@ -388,10 +394,12 @@ def _security_update(root: Path, project: Project, *, apply: bool, releases_url:
         print("  " + describe(report, apply))
         if report.forecast:
             print("  " + describe_forecast(report))
-        if report.exposed:
-            for target, ids in report.exposed.items():
-                print(f"  EXPOSED: {target} {report.new_version or report.version} has {len(ids)} applicable CVE(s) "
-                      f"of {FAIL_ON[fail_on].lower()} severity or worse and no working upgrade: {', '.join(ids[:8])}")
+        for target, entry in (report.exposed or {}).items():
+            ids = entry["cves"]
+            remedy = ("an update is available: run with --apply" if report.update and not apply else
+                      "and no working upgrade")
+            print(f"  EXPOSED: {target} {entry['version']} (installed) has {len(ids)} applicable CVE(s) of "
+                  f"{FAIL_ON[fail_on].lower()} severity or worse, {remedy}: {', '.join(ids[:8])}")
     for report in reports:  # last, so it is what a cron mail or a journal tail shows
         if report.eol:
             others = tuple(r.new_version or r.version for r in reports if r is not report)
@@ -404,9 +412,7 @@ def _finish(project: Project, summary: dict, reports: list[KernelReport], code: 
     path = json_out or project.build_dir / "security-update.json"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(path.name + ".tmp")
-        temp.write_text(json.dumps(summary, indent=2) + "\n")
-        temp.replace(path)
+        write_json_atomically(path, summary)
     except OSError as exc:
         warn(f"could not write the JSON summary to {path} ({exc.strerror}).")
     else:

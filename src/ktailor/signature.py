@@ -3,7 +3,8 @@
 kernel.org publishes <mirror>/v6.x/sha256sums.asc, a clear-signed OpenPGP message signed by its
 checksum autosigner. gpgv checks it against one keyring file; the signer's fingerprint must also
 equal the pinned one (a keyring can hold any key, the pin says which one we trust). Only the text
-gpgv reports as signed is used: lines outside the signature never reach the checksum lookup.
+gpgv reports as signed is used: lines outside the signature never reach the checksum lookup. The
+signature's time (VALIDSIG) is required too: the freshness check against replayed files rests on it.
 
 Where no keyring exists yet, the key is fetched the way kernel.org documents
 (`gpg --locate-keys autosigner@kernel.org`, over WKD) into a throwaway GNUPGHOME and kept only if
@@ -13,11 +14,14 @@ its fingerprint is the pinned one.
 from __future__ import annotations
 
 import base64
+import calendar
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -57,7 +61,7 @@ class Verified:
     body: str  # the signed text, exactly as gpgv reports it
     signer: str  # fingerprint of the signing key
     primary: str  # fingerprint of its primary key
-    signed_at: int | None = None  # Unix time of the signature (VALIDSIG)
+    signed_at: int  # Unix time of the signature (VALIDSIG); never missing: see signature_time
 
 
 def default_keyring(env: dict[str, str] | None = None) -> Path:
@@ -74,7 +78,19 @@ def normalize_fingerprint(fingerprint: str) -> str:
 
 def verify_clearsigned(signed: bytes, keyring: Path, expected_fingerprint: str, *, source: str) -> Verified:
     """Verify a clear-signed message with gpgv against `keyring`; return its signed body."""
-    expected = normalize_fingerprint(expected_fingerprint)
+    return read_verdict(run_gpgv(signed, keyring), keyring, expected_fingerprint, source=source)
+
+
+@dataclass(frozen=True)
+class GpgvRun:
+    """What gpgv said about one message; only `status` (its --status-fd lines) decides anything."""
+    status: str
+    human: str  # its stderr, quoted in errors
+    returncode: int
+    body: str  # the text it wrote out as signed
+
+
+def run_gpgv(signed: bytes, keyring: Path) -> GpgvRun:
     if not keyring.is_file():
         raise InputError(f"keyring {keyring} does not exist; pass the kernel.org autosigner's key as a keyring file "
                          f"(gpg --export {AUTOSIGNER_FINGERPRINT} > {keyring}) or set ${KEYRING_ENV}.")
@@ -97,13 +113,45 @@ def verify_clearsigned(signed: bytes, keyring: Path, expected_fingerprint: str, 
              "--status-fd", "1", "--output", str(body_file), "-"],
             input=signed, capture_output=True, check=False,
         )
-        status = _status_lines(result.stdout.decode(errors="replace"))
         body = body_file.read_text(errors="replace") if body_file.is_file() else ""
-    human = result.stderr.decode(errors="replace").strip()
-    _check_status(status, returncode=result.returncode, human=human, keyring=keyring, expected=expected, source=source)
+    return GpgvRun(status=result.stdout.decode(errors="replace"), human=result.stderr.decode(errors="replace").strip(),
+                   returncode=result.returncode, body=body)
+
+
+def read_verdict(run: GpgvRun, keyring: Path, expected_fingerprint: str, *, source: str) -> Verified:
+    """The signed body, signer and signature time from gpgv's status lines; SignatureError unless they show one
+    good signature by the pinned key, made at a time they state."""
+    expected = normalize_fingerprint(expected_fingerprint)
+    status = _status_lines(run.status)
+    _check_status(status, returncode=run.returncode, human=run.human, keyring=keyring, expected=expected, source=source)
     validsig = status["VALIDSIG"][0].split()
-    signed_at = int(validsig[2]) if len(validsig) > 2 and validsig[2].isdigit() else None
-    return Verified(body=body, signer=validsig[0], primary=validsig[-1], signed_at=signed_at)
+    return Verified(body=run.body, signer=validsig[0], primary=validsig[-1],
+                    signed_at=signature_time(validsig, source=source))
+
+
+def signature_time(validsig: list[str], *, source: str) -> int:
+    """The signature's Unix time from the fields of gpgv's VALIDSIG line
+    (`<fpr> <YYYY-MM-DD> <timestamp> <expires> <version> <reserved> <pk-algo> <hash-algo> <class> <primary-fpr>`).
+
+    The freshness check rests on this time, so a line without one is refused, not waved through: the
+    timestamp (seconds since the epoch, or ISO 8601 `YYYYMMDDTHHMMSS` as GnuPG's DETAILS allows) must be
+    after 1970 and fall on the date beside it, which gpgv writes in UTC; a field dropped or shifted fails that.
+    """
+    date = validsig[1] if len(validsig) > 1 else ""
+    stamp = validsig[2] if len(validsig) > 2 else ""
+    seconds: int | None = None
+    if stamp.isdigit():
+        seconds = int(stamp)
+    elif re.fullmatch(r"\d{8}T\d{6}", stamp):
+        with contextlib.suppress(ValueError):
+            seconds = calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%S"))
+    if seconds is not None and seconds > 0 and time.strftime("%Y-%m-%d", time.gmtime(seconds)) == date:
+        return seconds
+    raise SignatureError(f"{source}: gpgv reports a good signature but no usable time for it (VALIDSIG date {date!r}, "
+                         f"timestamp {stamp!r}), so ktailor cannot show this checksum file is current rather than a "
+                         "stale or replayed one; refusing it. Make sure `gpgv` on PATH is GnuPG's own (not a wrapper "
+                         "that rewrites its status lines), then run again; if it still fails, fetch sha256sums.asc from "
+                         "kernel.org directly and compare.")
 
 
 def _status_lines(text: str) -> dict[str, list[str]]:
@@ -138,6 +186,9 @@ def _check_status(status: dict[str, list[str]], *, returncode: int, human: str, 
         raise SignatureError(f"{source} carries {len(status['NEWSIG'])} signatures; kernel.org's has exactly one. "
                              "Refusing a file that was put together from several signed parts.")
     fields = status["VALIDSIG"][0].split()
+    if not fields:
+        raise SignatureError(f"{source}: gpgv's VALIDSIG status line names no key (gpgv exit {returncode}); make sure "
+                             "`gpgv` on PATH is GnuPG's own, not a wrapper that rewrites its status lines.")
     signer, primary = fields[0].upper(), fields[-1].upper()
     if expected not in (signer, primary):
         raise SignatureError(f"{source}: good signature, but by key {primary} (signing key {signer}), not by the pinned "

@@ -102,14 +102,20 @@ def choose_entry(versions: VersionsFile, version: str | None, replace: str | Non
 
 
 def newest_point_release(entry: Kernel, url: str) -> str:
-    """The newest point release of the entry's series: from releases.json, else from the mirror's listing."""
+    """The newest point release of the entry's series from releases.json. Only when releases.json no longer
+    lists the series (end of life) is the mirror's listing read, and said to be undated and unsigned; a
+    releases.json that cannot be read or is stale stops here rather than trusting a listing anyone who
+    controls the mirror can hold back."""
     try:
         status = series_status(fetch_releases(url), entry.series)
-        if status.latest:
-            return status.latest
-        info(f"{url} no longer lists series {entry.series}; looking at the mirror's listing instead")
     except DownloadError as exc:
-        warn(f"could not use releases.json ({exc}); looking at the mirror's listing instead")
+        raise DownloadError(f"cannot tell the newest point release of {entry.series}: {exc} The mirror's directory "
+                            "listing is not used instead (it is neither signed nor dated, so it could hold back a fix); "
+                            "try again later, or name the release explicitly with --version X.Y.Z.") from None
+    if status.latest:
+        return status.latest
+    warn(f"{url} no longer lists series {entry.series} (end of life?); taking the newest release from the mirror's "
+         "listing, which is neither signed nor dated (the tarball's checksum is still checked against the signed file)")
     newest = newest_on_mirror(entry.mirror, entry.series)
     if newest is None:
         raise InputError(f"no release of series {entry.series} found in {url} nor on the mirror {entry.mirror}; "

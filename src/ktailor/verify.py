@@ -51,8 +51,11 @@ def _head(path: Path, size: int) -> bytes:
 
 
 def verify_target(*, name: str, version: str, kernel_arch: str, kbuild: Path, images: dict[str, str],
-                  budget: dict[str, int], audit_file: Path, out: Path, hardening: dict | None = None) -> dict:
-    """`hardening`: the hardening audit of the .config (hardening.py); an unwaived failing check fails."""
+                  budget: dict[str, int], audit_file: Path, out: Path, hardening: dict | None = None,
+                  must_stay: dict | None = None) -> dict:
+    """`hardening`: the hardening audit of the .config (hardening.py); an unwaived failing check fails.
+    `must_stay`: {"file", "checked", "missing": [MustStay…]} (configdiff.must_stay_missing): every entry of
+    fragments/must-stay.toml this kernel has but the .config leaves off fails, whoever compares with what."""
     out.unlink(missing_ok=True)  # a verdict that crashed half-way must not leave the last one standing
     problems: list[str] = []
     audit = read_report(audit_file, "config") if audit_file.is_file() else {"status": "missing"}
@@ -86,10 +89,15 @@ def verify_target(*, name: str, version: str, kernel_arch: str, kbuild: Path, im
         problems.append(f"hardening check CONFIG_{check['symbol']} wants {check['want']} but is {check['value']} "
                         f"({check['why']}; {check['source']}): request it in a fragment, or waive it for {name} with a "
                         "reason in fragments/hardening-checks.toml")
+    for entry in (must_stay or {}).get("missing", []):
+        problems.append(f"CONFIG_{entry.symbol} is off but must stay on ({must_stay['file']}:{entry.line}: {entry.why}); "
+                        "request it in a fragment")
     report = {"target": name, "version": version, "status": "passed" if not problems else "failed",
               "audit": audit.get("status"), "artifacts": artifacts, "problems": problems, "evidence": evidence,
               "hardening": None if hardening is None else
-              {key: hardening[key] for key in ("score", "passed", "applicable", "waived")}}
+              {key: hardening[key] for key in ("score", "passed", "applicable", "waived")},
+              "must_stay": None if must_stay is None else
+              {"checked": must_stay["checked"], "missing": [entry.symbol for entry in must_stay["missing"]]}}
     write_json_atomically(out, report)
     if problems:
         raise VerificationFailed(f"{name} ({version}) failed verification: " + "; ".join(problems) + f". Details: {out}")
