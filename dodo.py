@@ -40,6 +40,10 @@ def task_boot():
     yield from dag.boot_tasks(ROOT)
 
 
+def task_accept():
+    yield from dag.accept_tasks(ROOT)
+
+
 def task_reproduce():
     yield from dag.reproduce_tasks(ROOT)
 

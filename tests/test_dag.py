@@ -22,7 +22,7 @@ from doit.doit_cmd import DoitMain
 from conftest import fake_tarball
 from ktailor import dag
 
-STAGES = ("download", "extract", "config", "build", "verify", "boot", "install", "reproduce")
+STAGES = ("download", "extract", "config", "build", "verify", "boot", "accept", "install", "reproduce")
 
 
 def task_module(root: Path) -> dict:

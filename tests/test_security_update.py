@@ -181,7 +181,7 @@ def test_apply_upgrades_builds_verifies_boots_and_installs_then_rests(farm, caps
         assert checks["reproduce"]["status"] == "not run"
     (kernel,) = farm.summary()["kernels"]
     assert (kernel["action"], kernel["new_version"]) == ("upgraded", "6.1.5")
-    assert kernel["targets"]["aarch64-micro"] == {"verify": "passed", "boot": "skipped", "installed": True}
+    assert kernel["targets"]["aarch64-micro"] == {"verify": "passed", "boot": "skipped", "accept": "skipped", "installed": True}
     assert kernel["upgrade"]["preflight"]["ok"]
     assert "upgraded to 6.1.5" in capsys.readouterr().out
 

@@ -21,7 +21,7 @@ from .config import configure_target, lint_target
 from .configdiff import MUST_STAY_FILE, error_count, render_changes, target_drift
 from .download import MIN_RATE, RATE_WINDOW, check_cached, fetch, is_verified, sha256_of
 from .errors import KtailorError, number_setting
-from .evidence import SKIP_BOOT_ENV
+from .evidence import SKIP_BOOT_ENV, read_optional
 from .extract import extract_tarball
 from .fragments import EXPECTED_DROPS, load_expected_drops, load_fragments, requested_options
 from .install import install_kernel, is_current
@@ -214,6 +214,25 @@ def must_stay_of(project: Project, kernel, row) -> dict | None:
     symbols = tree_symbols(tree) if (tree / "Kconfig").is_file() else frozenset(config)
     return {"file": str(project.display(path)), "checked": len(entries),
             "missing": must_stay_missing(config, entries, row.arch.name, symbols)}
+
+
+@reports_errors
+def accept(root: str, version: str, target: str) -> None:
+    from .accept import ACCEPTANCE, accept_target, load_acceptance
+    from .boot import StderrLog
+
+    project, kernel, row = _load(root, version, target)
+    files = project.artifacts(kernel, row)
+    accept_target(row, files.kbuild, files.accept_dir, files.accept, files.boot,
+                  load_acceptance(project.guest_dir / ACCEPTANCE), requested_for(project, kernel, row), StderrLog(),
+                  cache_dir=project.cache_dir, guest_dir=project.guest_dir, env=project.env)
+
+
+def accept_is_settled(task, values, accept_json: str) -> bool:  # doit uptodate callable
+    """A skipped acceptance reruns once the skip is no longer asked for; one without file hashes reruns."""
+    from .accept import accept_settled
+
+    return accept_settled(read_optional(Path(accept_json)), dict(os.environ))
 
 
 def hardening_of(project: Project, kernel, row) -> dict | None:

@@ -20,17 +20,18 @@ from doit.tools import config_changed
 
 from . import actions, tables
 from .errors import KtailorError, exit_code_for
-from .evidence import SKIP_BOOT_ENV, allow_unbooted
+from .evidence import SKIP_BOOT_ENV, accept_skip_asked, allow_unaccepted, allow_unbooted
 from .extract import STAMP
 from .install import current_version, reproduce_required
 from .layout import Artifacts, Project
 from .locks import BUILD_LOCK_ENV, acquire, build_lock_path, no_wait
+from .rootfs import rootfs_setting
 from .targets import Target
 from .toolchain import compiler_fingerprint, make_vars
 from .versions import Kernel
 
 Task = dict
-DEFAULT_TASKS = ["download", "extract", "lint", "config", "report", "build", "verify", "boot"]
+DEFAULT_TASKS = ["download", "extract", "lint", "config", "report", "build", "verify", "boot", "accept"]
 
 
 READ_ONLY_COMMANDS = {"list", "help", "info", "tabcompletion", "dumpdb"}
@@ -249,6 +250,16 @@ STAGES = (
                                     "guest": tables.guest_state(p.guest_dir, t)},
           check=lambda p, k, t, f: (actions.boot_settled, [str(f.boot)]),
           clean=lambda p, k, t, f: [(actions.remove_tree, [str(f.boot_dir)])]),
+    Stage("accept", "boot each target with a stock Debian userspace and run the workloads users run (guest/acceptance.toml)",
+          lambda k, t: f"accept {t.name} {k.version}: systemd, LUKS2, crun/runc, … on a Debian root filesystem",
+          actions.accept,
+          lambda p, k, t, f: [*f.images.values(), f.boot, *sorted((p.guest_dir / "accept").glob("*"))],
+          lambda p, k, t, f: [f.accept],
+          state=lambda p, k, t, f: {"boot": t.boot, "cmdline": t.cmdline, "skip": accept_skip_asked(p.env),
+                                    "acceptance": tables.acceptance_state(p.guest_dir, t),
+                                    "rootfs": rootfs_setting(p.env, t.arch.name)},
+          check=lambda p, k, t, f: (actions.accept_is_settled, [str(f.accept)]),
+          clean=lambda p, k, t, f: [(actions.remove_tree, [str(f.accept_dir)])]),
     Stage("reproduce", "build each target again in a second build dir, without the compile cache, and compare images",
           lambda k, t: f"rebuild {t.name} {k.version} elsewhere and compare every image's sha256 (reproduce.json)",
           actions.reproduce,
@@ -259,10 +270,11 @@ STAGES = (
     Stage("install", "install verified kernels into the prefix (KTAILOR_PREFIX, default /usr/share/ktailor)",
           lambda k, t: f"install {t.name} {k.version} into the prefix and switch its links",
           actions.install,
-          lambda p, k, t, f: [*f.images.values(), f.config, f.audit, f.verify, f.boot, f.sources,
+          lambda p, k, t, f: [*f.images.values(), f.config, f.audit, f.verify, f.boot, f.accept, f.sources,
                               *([f.reproduce] if reproduce_required(p.env) else [])],
           lambda p, k, t, f: [f.manifest],
           state=lambda p, k, t, f: {"prefix": str(p.prefix), "unbooted_ok": allow_unbooted(p.env),
+                                    "unaccepted_ok": allow_unaccepted(p.env),
                                     "current": current_version(p, t.name)},
           check=lambda p, k, t, f: (actions.install_current, [], _args(p, k, t)),
           clean=lambda p, k, t, f: []),  # never remove installed kernels: running VMs may use them
@@ -323,6 +335,11 @@ def verify_tasks(root: Path) -> Iterator[Task]:
 @reports_errors
 def boot_tasks(root: Path) -> Iterator[Task]:
     yield from stage_tasks(root, "boot")
+
+
+@reports_errors
+def accept_tasks(root: Path) -> Iterator[Task]:
+    yield from stage_tasks(root, "accept")
 
 
 @reports_errors

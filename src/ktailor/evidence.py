@@ -18,10 +18,25 @@ from .errors import InputError, VerificationFailed
 
 SKIP_BOOT_ENV = "KTAILOR_SKIP_BOOT"  # farms without QEMU: recorded as "skipped", which install refuses by default
 ALLOW_UNBOOTED_ENV = "KTAILOR_ALLOW_UNBOOTED"  # =1: install kernels whose boot was skipped (never a failed one)
+SKIP_ACCEPT_ENV = "KTAILOR_SKIP_ACCEPT"  # farms without the acceptance tools: "skipped", which install refuses by default
+ALLOW_UNACCEPTED_ENV = "KTAILOR_ALLOW_UNACCEPTED"  # =1: install kernels whose acceptance was skipped (never a failed one)
+
+
+def _yes(env: Mapping[str, str], variable: str) -> bool:
+    return env.get(variable, "") not in ("", "0", "no", "false")
 
 
 def allow_unbooted(env: Mapping[str, str]) -> bool:
-    return env.get(ALLOW_UNBOOTED_ENV, "") not in ("", "0", "no", "false")
+    return _yes(env, ALLOW_UNBOOTED_ENV)
+
+
+def allow_unaccepted(env: Mapping[str, str]) -> bool:
+    return _yes(env, ALLOW_UNACCEPTED_ENV)
+
+
+def accept_skip_asked(env: Mapping[str, str]) -> bool:
+    """Acceptance is skipped on purpose: asked for, or the boot it follows is skipped."""
+    return _yes(env, SKIP_ACCEPT_ENV) or bool(env.get(SKIP_BOOT_ENV))
 
 
 def read_report(path: Path, stage: str) -> dict:
@@ -87,9 +102,11 @@ def mismatches(recorded: Mapping | None, current: Mapping) -> list[str]:
 
 
 def check_install(*, images: Mapping[str, Path], config: Path, audit: Path, verify: Path, boot: Path,
-                  unbooted_ok: bool, rerun: str) -> dict:
-    """The install gate: the audit passed on this .config, verify and boot passed on these exact files.
-    Returns {"verify", "boot", "evidence"} for the manifest; raises VerificationFailed otherwise."""
+                  unbooted_ok: bool, rerun: str, accept: Path | None = None, unaccepted_ok: bool = False) -> dict:
+    """The install gate: the audit passed on this .config, verify, boot and (given `accept`) acceptance
+    passed on these exact files. Returns {"verify", "boot", "accept", "evidence"} for the manifest; raises
+    VerificationFailed otherwise. A skipped acceptance passes with `unaccepted_ok`, or when it was skipped
+    because the boot was and `unbooted_ok` allows that."""
     audit_report = read_report(audit, "config")
     if audit_report.get("status") != "passed":
         raise VerificationFailed(f"refusing to install: the config audit did not pass (see {audit}).")
@@ -117,7 +134,25 @@ def check_install(*, images: Mapping[str, Path], config: Path, audit: Path, veri
     if problems := mismatches(booted.get("evidence"), boot_current):
         raise VerificationFailed(f"refusing to install: boot.json does not vouch for these files ({'; '.join(problems)}). "
                                  f"Run `{rerun}` to boot the files as they are now.")
-    return {"verify": verified, "boot": booted, "evidence": current}
+    accepted = None if accept is None else _check_accept(accept, boot_current, booted, rerun.replace("boot:", "accept:"),
+                                                         unbooted_ok=unbooted_ok, unaccepted_ok=unaccepted_ok)
+    return {"verify": verified, "boot": booted, "accept": accepted, "evidence": current}
+
+
+def _check_accept(accept: Path, current: dict, booted: dict, rerun: str, *, unbooted_ok: bool, unaccepted_ok: bool) -> dict:
+    accepted = read_report(accept, "accept")
+    status = accepted.get("status")
+    if status == "skipped":
+        if not (unaccepted_ok or (booted.get("status") == "skipped" and unbooted_ok)):
+            raise VerificationFailed(f"refusing to install: the kernel was not accepted with real userspace "
+                                     f"({accepted.get('reason')}). Fix that and run `{rerun}`, or set "
+                                     f"{ALLOW_UNACCEPTED_ENV}=1 to install kernels whose acceptance was skipped.")
+    elif status != "pass":
+        raise VerificationFailed(f"refusing to install: acceptance {status} ({accepted.get('message', accept)}).")
+    if problems := mismatches(accepted.get("evidence"), current):
+        raise VerificationFailed(f"refusing to install: accept.json does not vouch for these files ({'; '.join(problems)}). "
+                                 f"Run `{rerun}` to accept the files as they are now.")
+    return accepted
 
 
 def write_json_atomically(path: Path, data: dict) -> None:

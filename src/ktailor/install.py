@@ -34,6 +34,7 @@ from .download import sha256_of
 from .errors import EnvironmentProblem, VerificationFailed
 from .evidence import (
     ALLOW_UNBOOTED_ENV,
+    allow_unaccepted,
     allow_unbooted,
     check_install,
     fingerprint,
@@ -59,7 +60,8 @@ def install_kernel(project: Project, kernel, row) -> Path:
     files = project.artifacts(kernel, row)
     rerun = f"doit boot:{row.name}" + ("" if kernel.is_default else f"@{kernel.version}")
     gate = check_install(images=files.images, config=files.config, audit=files.audit, verify=files.verify,
-                         boot=files.boot, unbooted_ok=allow_unbooted(project.env), rerun=rerun)
+                         boot=files.boot, unbooted_ok=allow_unbooted(project.env), rerun=rerun, accept=files.accept,
+                         unaccepted_ok=allow_unaccepted(project.env))
     if reproduce_required(project.env) and (verdict := reproduce_result(files))["status"] != "identical":
         raise VerificationFailed(f"refusing to install: {REQUIRE_REPRODUCIBLE_ENV} is set and the reproduce stage's "
                                  f"verdict on these images is {verdict['status']!r} (see {files.reproduce}); run "
@@ -139,8 +141,22 @@ def manifest_for(project: Project, kernel, row, gate: dict, vex_note: str | None
         "build_seconds": build_info.get("seconds"), "built_at": build_info.get("finished_at"),
         "source_sha256": kernel.sha256,
         "vex": Project.VEX if vex_note is None else f"not written: {vex_note}",
-        "verify": gate["verify"], "boot": gate["boot"], "evidence": gate["evidence"],
+        "verify": gate["verify"], "boot": gate["boot"], "accept": _accept_summary(gate["accept"]),
+        "evidence": gate["evidence"],
     }
+
+
+def _accept_summary(accepted: dict | None) -> dict | None:
+    """What the manifest keeps of accept.json: the verdict, each workload's result, the userspace it ran."""
+    if accepted is None:
+        return None
+    keep = ("status", "reason", "accel", "systemd_analyze", "host_wall_s", "key_transport", "evidence")
+    summary = {key: accepted[key] for key in keep if key in accepted}
+    summary["workloads"] = [{k: w.get(k) for k in ("name", "requirement", "status", "ms")}
+                            for w in accepted.get("workloads", [])]
+    rootfs = accepted.get("rootfs") or {}
+    summary["rootfs"] = {"made_by": rootfs.get("made_by"), "packages": rootfs.get("packages")}
+    return summary
 
 
 def provenance_for(project: Project, kernel, row, gate: dict) -> Callable[[dict[str, str]], dict]:
@@ -151,6 +167,7 @@ def provenance_for(project: Project, kernel, row, gate: dict) -> Callable[[dict[
     build_info = read_optional(files.build_json) or {}
     fragments = {str(project.display(p)): p for p in [*project.list_paths(row), *project.fragment_paths(row)]}
     checks = {"verify": gate["verify"].get("status"), "boot": gate["boot"].get("status"),
+              "accept": (gate["accept"] or {}).get("status"),
               "reproduce": reproduce_result(files)}
     commit = checkout_commit(project.root)
     signed = read_optional(project.checksum_record(kernel))

@@ -257,6 +257,15 @@ class Artifacts:
     def boot(self) -> Path:
         return self.boot_dir / Project.BOOT_REPORT
 
+    # accept stage
+    @property
+    def accept_dir(self) -> Path:
+        return self.dir / "accept"
+
+    @property
+    def accept(self) -> Path:
+        return self.accept_dir / "accept.json"
+
     # install stage
     @property
     def vex(self) -> Path:

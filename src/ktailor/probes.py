@@ -220,11 +220,11 @@ class ProbeFailure:
     result: ProbeResult
     providers: tuple[Provider, ...]
 
-    def sentence(self, target: Target) -> str:
+    def sentence(self, target: Target, kind: str = "probe") -> str:
         requested = [p for p in self.providers if p.where]
         lost = [p for p in requested if p.final is None or p.final == "n"]
         unrequested = [p.symbol for p in self.providers if not p.where]
-        parts = [f"probe {self.probe.name} failed ({self.result.detail or self.result.status}); "
+        parts = [f"{kind} {self.probe.name} failed ({self.result.detail or self.result.status}); "
                  f"requirement {self.probe.requirement!r}"]
         if requested:
             parts.append(" is provided by " + ", ".join(f"CONFIG_{p.symbol}={p.requested} at {p.where}" for p in requested))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .cvereport import describe_fixes
 from .errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_ERROR, EXIT_UNREACHABLE, DownloadError, KtailorError, exit_code_for
-from .evidence import ALLOW_UNBOOTED_ENV, allow_unbooted, status_of, write_json_atomically
+from .evidence import ALLOW_UNACCEPTED_ENV, ALLOW_UNBOOTED_ENV, allow_unbooted, status_of, write_json_atomically
 from .layout import Project
 from .locks import holding_build_dir
 from .preflight import render_preflight, run_preflight
@@ -151,13 +151,17 @@ def build_and_install(root: Path, version: str, report: KernelReport) -> None:
         row = project.catalog.targets[name]
         files = project.artifacts(kernel, row)
         report.targets[name] = {"verify": status_of(files.verify), "boot": status_of(files.boot),
+                                "accept": status_of(files.accept),
                                 "installed": is_current(project, kernel, row)}
     if done.returncode != 0 or not all(t["installed"] for t in report.targets.values()):
-        failed = [f"{name} (verify {t['verify']}, boot {t['boot']})" for name, t in report.targets.items()
+        failed = [f"{name} (verify {t['verify']}, boot {t['boot']}, accept {t['accept']})" for name, t in report.targets.items()
                   if not t["installed"]]
         skipped = any(t["boot"] == "skipped" for t in report.targets.values())
         hint = (f" A skipped boot test blocks the install; install QEMU, or set {ALLOW_UNBOOTED_ENV}=1 to accept "
                 "kernels that were not boot-tested." if skipped and not allow_unbooted(project.env) else "")
+        if any(t["accept"] == "skipped" and t["boot"] != "skipped" for t in report.targets.values()):
+            hint += (f" A skipped acceptance blocks the install; see accept.json for why, or set "
+                     f"{ALLOW_UNACCEPTED_ENV}=1 to install kernels not accepted with real userspace.")
         report.problems.append(f"doit {' '.join(installs)} failed (exit {done.returncode}): "
                                f"{', '.join(failed) or 'see above'} not installed.{hint} "
                                f"Logs: {project.display(project.version_dir_of(version))}/<target>/")
@@ -221,7 +225,8 @@ def describe(report: KernelReport, apply: bool) -> str:
 
 
 def _checks(report: KernelReport) -> str:
-    return "; ".join(f"{name}: verify {t['verify']}, boot {t['boot']}" for name, t in report.targets.items())
+    return "; ".join(f"{name}: verify {t['verify']}, boot {t['boot']}, accept {t['accept']}"
+                     for name, t in report.targets.items())
 
 
 def forecast_move(root: Path, report: KernelReport, releases: list[Release], *, keyring: Path | None,

@@ -61,6 +61,15 @@ def expected_drops_state(fragments_dir: Path, target: Target, version: tuple[int
     return _entries(d for d in drops if d.applies(target.arch.name, version))
 
 
+def acceptance_state(guest_dir: Path, target: Target) -> dict:
+    """The root filesystem spec, the VM settings and the workloads this target runs."""
+    from .accept import ACCEPTANCE, load_acceptance
+
+    spec = load_acceptance(guest_dir / ACCEPTANCE)
+    return {"rootfs": canonical(spec.rootfs), "vm": [spec.memory_mib, spec.timeout_s],
+            "workloads": _entries(spec.for_target(target))}
+
+
 def guest_state(guest_dir: Path, target: Target) -> dict:
     """The probes this target runs, the transport symbols and hints, and the command-line words that fail a boot."""
     from .probes import load_cmdline_undoes, load_probe_table
