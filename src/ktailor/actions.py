@@ -7,7 +7,6 @@ traceback only with KTAILOR_DEBUG=1.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -297,31 +296,20 @@ def install_current(task, values, root: str, version: str, target: str) -> bool:
 
 def config_matches_audit(task, values, config: str, audit: str) -> bool:  # doit uptodate callable
     """False when .config is not the file the audit judged (menuconfig or a hand edit): config reruns."""
-    try:
-        recorded = json.loads(Path(audit).read_text()).get("config_sha256")
-    except (OSError, ValueError, AttributeError):
-        return False
+    recorded = (read_optional(Path(audit)) or {}).get("config_sha256")
     return Path(config).is_file() and recorded == sha256_of(Path(config))
-
-
-def _report(path: str) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def has_evidence(task, values, report_json: str) -> bool:  # doit uptodate callable
     """A verify.json written before reports carried file hashes (an older ktailor) is out of date: the
     install gate would refuse it, so the stage reruns instead of telling the user to run it by hand."""
-    return bool(_report(report_json).get("evidence"))
+    return bool((read_optional(Path(report_json)) or {}).get("evidence"))
 
 
 def boot_settled(task, values, boot_json: str) -> bool:  # doit uptodate callable
     """A skipped boot is never up to date unless the skip is still asked for: once QEMU is installed
     (or KTAILOR_SKIP_BOOT unset) the next run boots. A boot.json without file hashes reruns too."""
-    report = _report(boot_json)
+    report = read_optional(Path(boot_json)) or {}
     status = report.get("status")
     settled = status == "pass" or (status == "skipped" and bool(os.environ.get(SKIP_BOOT_ENV)))
     return settled and bool(report.get("evidence"))

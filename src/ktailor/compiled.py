@@ -16,8 +16,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
-
 SOURCE_RE = re.compile(r"^source_\S+ := (\S+)$", re.MULTILINE)
 DEPS_RE = re.compile(r"^deps_\S+ := \\\n((?:.*\\\n)*.*)$", re.MULTILINE)
 HOST_DIRS = ("scripts/", "tools/")
@@ -75,11 +73,8 @@ class Compiled:
 
 
 def read_sources(path: Path) -> Compiled:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path} does not exist: the kernel was built before ktailor recorded its compiled files, "
-                         "or not at all; rebuild it (doit build:<target>).") from None
-    except ValueError as exc:
-        raise InputError(f"{path} is not valid JSON ({exc}); rebuild the kernel to rewrite it.") from None
+    """A build's sources.json (through evidence.read_report: a missing or broken one is one paragraph)."""
+    from .evidence import read_report
+
+    data = read_report(path, "build")
     return Compiled(frozenset(data.get("sources", [])), frozenset(data.get("headers", [])))

@@ -9,12 +9,12 @@ versions' audit.json files (build/<version>/<target>/audit.json, `differences` e
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .configdiff import Change, MustStay, error_count, render_changes, target_drift
 from .configdiff import to_json as drift_json
+from .evidence import read_optional
 from .layout import Project
 from .runner import run_doit, task_name
 
@@ -58,13 +58,6 @@ class Preflight:
                 "doit_returncode": self.returncode, "targets": [t.to_json() for t in self.targets]}
 
 
-def read_audit(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
 def compare_audits(old: dict | None, new: dict) -> tuple[list[dict], list[dict]]:
     """(differences only the new audit has, differences only the old one had), keyed by symbol and final value."""
     def keyed(audit: dict | None) -> dict[tuple[str, str], dict]:
@@ -84,8 +77,8 @@ def run_preflight(root: Path, new_version: str, old_version: str, env: dict[str,
     targets = []
     for name in kernel.targets:
         row = project.catalog.targets[name]
-        new_audit = read_audit(project.artifacts(kernel, row).audit)
-        old_audit = read_audit(project.artifacts_of(old_version, name).audit)
+        new_audit = read_optional(project.artifacts(kernel, row).audit)
+        old_audit = read_optional(project.artifacts_of(old_version, name).audit)
         if new_audit is None:
             targets.append(TargetPreflight(name, "missing", old_version if old_audit else None))
             continue
