@@ -30,7 +30,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .boot import TRANSPORTS, GuestFiles, Log, boot_settings, build_qemu_argv, choose_accel, host_tsc_khz, run_vm
+from .boot import (
+    TRANSPORTS,
+    GuestFiles,
+    Log,
+    boot_settings,
+    build_qemu_argv,
+    choose_accel,
+    host_tsc_khz,
+    run_vm,
+    vmm_cmdline_words,
+)
 from .dotconfig import parse_dotconfig
 from .errors import InputError, VerificationFailed, line_of
 from .evidence import SKIP_ACCEPT_ENV, accept_skip_asked, fingerprint, read_optional, write_json_atomically
@@ -178,15 +188,11 @@ def plaintext_left(host: HostSide) -> bool:
 # --- the VM -----------------------------------------------------------------------------------------
 
 def accept_argv(target: Target, kbuild: Path, image: Path, host: HostSide, names: list[str], *, accel: str,
-                memory_mib: int) -> tuple[list[str], float]:
+                memory_mib: int) -> list[str]:
     """QEMU's argv: the boot stage's machine, devices and command line, with the Debian image as root, the
     LUKS volume (vdb) and the squashfs (vdc) as further virtio-blk disks and the key port on virtio-serial."""
     settings = boot_settings(target)
-    words = [*target.cmdline.split(), *settings.cmdline_extra.split()]
-    extra = settings.tcg_cmdline_extra if accel == "tcg" else ""
-    tsc_khz = host_tsc_khz()
-    if extra and ("{host_tsc_khz}" not in extra or tsc_khz):
-        words += extra.format(host_tsc_khz=tsc_khz).split()
+    words = vmm_cmdline_words(target, settings, accel=accel, tsc_khz=host_tsc_khz())
     words += ["root=/dev/vda", "rootfstype=ext4", "rw", f"ktailor_workloads={','.join(names)}",
               f"ktailor_marker={host.marker}"]
     suffix = TRANSPORTS[settings.devices]
@@ -202,7 +208,7 @@ def accept_argv(target: Target, kbuild: Path, image: Path, host: HostSide, names
     files = GuestFiles(init=image, rootfs=image, initramfs=image)
     argv = build_qemu_argv(target, settings_for_vm, kbuild / settings.kernel, files, accel=accel, cmdline=" ".join(words),
                            mode="rootfs", vsock_cid=None, attached=Attached([Attachment(args=args)]))
-    return argv, settings.timeout_s
+    return argv
 
 
 @dataclass(frozen=True)
@@ -266,7 +272,7 @@ def accept_target(target: Target, kbuild: Path, workdir: Path, out: Path, boot_j
         except Unavailable as exc:
             return _skip(out, target, str(exc), evidence, log)
         stack.callback(host.close)
-        argv, _ = accept_argv(target, kbuild, rootfs.image, host, [w.name for w in workloads], accel=accel,
+        argv = accept_argv(target, kbuild, rootfs.image, host, [w.name for w in workloads], accel=accel,
                               memory_mib=spec.memory_mib)
         started = time.monotonic()
         run = run_vm(argv, spec.timeout_s, console_log, f"{target.name} accept", len(workloads),

@@ -250,13 +250,20 @@ def prepare_guest(target: Target, workdir: Path, guest_dir: Path) -> GuestFiles:
 
 # --- the VM ----------------------------------------------------------------------------------------
 
-def kernel_cmdline(target: Target, settings: BootSettings, *, accel: str, mode: str, probe_names: list[str],
-                   vsock_cid: int | None, interactive: bool = False, tsc_khz: int | None = None,
-                   device_words: list[str] = ()) -> str:
+def vmm_cmdline_words(target: Target, settings: BootSettings, *, accel: str, tsc_khz: int | None) -> list[str]:
+    """The target's command line as its VMM passes it, plus the boot table's extras (and the TCG ones under TCG):
+    what every boot of the target starts from, the boot stage's and the acceptance stage's alike."""
     words = [*target.cmdline.split(), *settings.cmdline_extra.split()]
     extra = settings.tcg_cmdline_extra if accel == "tcg" else ""
     if extra and ("{host_tsc_khz}" not in extra or tsc_khz):  # without a host value, leave the word out
         words += extra.format(host_tsc_khz=tsc_khz).split()
+    return words
+
+
+def kernel_cmdline(target: Target, settings: BootSettings, *, accel: str, mode: str, probe_names: list[str],
+                   vsock_cid: int | None, interactive: bool = False, tsc_khz: int | None = None,
+                   device_words: list[str] = ()) -> str:
+    words = vmm_cmdline_words(target, settings, accel=accel, tsc_khz=tsc_khz)
     if interactive:
         words = [w for w in words if w != "quiet"]
     words += ["root=/dev/vda", "rootfstype=ext4", "ro", "init=/init"] if mode == "rootfs" else ["rdinit=/init"]
