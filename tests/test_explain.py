@@ -2,7 +2,8 @@
 
 Most tests use a small hand-written Kconfig tree (arch dirs, a top Kconfig sourcing
 arch/$(SRCARCH)/Kconfig, a `config MODULES` with the bare `modules` keyword) and a hand-written
-"final" .config; the real-source tests run the kernel's own `make allnoconfig` on 6.1/6.12.
+"final" .config; the real-source tests run the kernel's own `make allnoconfig` on 5.10, 6.1, 6.12
+and 7.2 (whose Kconfig needs kconfig_syntax's rewrites to parse at all).
 """
 
 from __future__ import annotations
@@ -374,6 +375,7 @@ REAL_TREES = {
     "5.10": os.environ.get("KTAILOR_TEST_SRC_5_10", "/tmp/ksrc/linux-source-5.10"),
     "6.1": os.environ.get("KTAILOR_TEST_SRC_6_1", "/tmp/ksrc/linux-source-6.1"),
     "6.12": os.environ.get("KTAILOR_TEST_SRC_6_12", "/tmp/ksrc/linux-source-6.12"),
+    "7.2": os.environ.get("KTAILOR_TEST_SRC_7_2", "/tmp/ksrc/linux-source-7.2"),
 }
 
 
@@ -387,7 +389,7 @@ def real_tree(series: str) -> Path:
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("series", ["5.10", "6.1", "6.12"])
+@pytest.mark.parametrize("series", list(REAL_TREES))
 def test_real_allnoconfig_dm_crypt_alone_is_an_unmet_dependency(series: str, tmp_path: Path) -> None:
     srctree = real_tree(series)
     allconfig = tmp_path / "fragment.config"
@@ -410,7 +412,7 @@ def test_real_allnoconfig_dm_crypt_alone_is_an_unmet_dependency(series: str, tmp
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("series", ["5.10", "6.1", "6.12"])
+@pytest.mark.parametrize("series", list(REAL_TREES))
 def test_real_arm64_parses_and_knows_other_arch_symbols(series: str) -> None:
     srctree = real_tree(series)
     if not shutil.which("aarch64-linux-gnu-gcc"):

@@ -3,8 +3,9 @@
 For Linux 5.10 (the default kernel: KTAILOR_TEST_TARBALL_5_10, Debian 11's linux-source-5.10) and
 6.1 (KTAILOR_TEST_TARBALL, /usr/src/linux-source-6.1.tar.xz): configures every target, builds
 x86_64-micro and aarch64-micro (minutes each on 2 cores), verifies, boots and installs them into a
-temp prefix. KTAILOR_TEST_TARBALL_6_12 adds the 6.12 configure check; KTAILOR_TEST_TARBALL_6_1_OLD (6.1.187) the
-unattended upgrade under the shipped systemd unit. scripts/test sets all four.
+temp prefix. KTAILOR_TEST_TARBALL_6_12 and KTAILOR_TEST_TARBALL_7_2 (Debian sid's linux-source-7.2, the next
+series) add the configure check on those; KTAILOR_TEST_TARBALL_6_1_OLD (6.1.187) the unattended upgrade under the
+shipped systemd unit. scripts/test sets them all.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from ktailor.versions import parse_version
 
 REPO = Path(__file__).resolve().parents[1]
 TARBALL = os.environ.get("KTAILOR_TEST_TARBALL")
-TARBALL_6_12 = os.environ.get("KTAILOR_TEST_TARBALL_6_12")
+# Configured only (every target lands every requested option): 6.12 and the next series, 7.x.
+CONFIGURED_ONLY = {"6.12": os.environ.get("KTAILOR_TEST_TARBALL_6_12"), "7.2": os.environ.get("KTAILOR_TEST_TARBALL_7_2")}
 TARBALLS = {"5.10": os.environ.get("KTAILOR_TEST_TARBALL_5_10"), "6.1": TARBALL}
 OLD_6_1 = os.environ.get("KTAILOR_TEST_TARBALL_6_1_OLD")  # an older 6.1 point release: the real upgrade pair
 ALL_TARGETS = ["x86_64-micro", "x86_64-mini", "aarch64-micro", "aarch64-mini", "x86_64-micro-ebpf"]
@@ -279,9 +281,12 @@ def test_kernel_without_dm_crypt_fails_boot_naming_the_requirement(pipeline, tmp
     assert [p["name"] for p in report["probes"] if p["status"] != "pass"] == ["dm-crypt"]
 
 
-@pytest.mark.skipif(not TARBALL_6_12, reason="set KTAILOR_TEST_TARBALL_6_12 to check the fragments on 6.12 too")
-def test_every_target_configures_on_6_12(tmp_path):
-    pipe = Pipeline(tmp_path, Path(TARBALL_6_12))
+@pytest.mark.parametrize("series", sorted(CONFIGURED_ONLY))
+def test_every_target_configures_on(series, tmp_path):
+    if not CONFIGURED_ONLY[series]:
+        pytest.skip(f"set KTAILOR_TEST_TARBALL_{series.replace('.', '_')} to Debian's linux-source-{series} tarball "
+                    "(scripts/test does)")
+    pipe = Pipeline(tmp_path, Path(CONFIGURED_ONLY[series]))
     try:
         result = pipe.doit("config")
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]

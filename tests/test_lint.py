@@ -395,12 +395,13 @@ def test_shipped_fragments_have_no_errors() -> None:
 SOURCES = {
     (5, 10, 262): os.environ.get("KTAILOR_TEST_SRC_5_10", "/tmp/ksrc/linux-source-5.10"),
     (6, 1, 192): os.environ.get("KTAILOR_TEST_SRC_6_1", "/tmp/ksrc/linux-source-6.1"),
-    (6, 12, 117): os.environ.get("KTAILOR_TEST_SRC_6_12", "/tmp/ksrc/linux-source-6.12"),
+    (6, 12, 118): os.environ.get("KTAILOR_TEST_SRC_6_12", "/tmp/ksrc/linux-source-6.12"),
+    (7, 2, 13): os.environ.get("KTAILOR_TEST_SRC_7_2", "/tmp/ksrc/linux-source-7.2"),
 }
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("version", list(SOURCES), ids=["5.10", "6.1", "6.12"])
+@pytest.mark.parametrize("version", list(SOURCES), ids=["5.10", "6.1", "6.12", "7.2"])
 def test_shipped_fragments_against_real_source(version: tuple[int, int, int]) -> None:
     srctree = Path(SOURCES[version])
     if not (srctree / "Kconfig").is_file():

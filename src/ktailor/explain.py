@@ -5,9 +5,9 @@ config stage compares what was requested with what came out and asks `explain()`
 difference happened: an unknown or other-arch symbol, an unmet `depends on`, an option without a
 prompt, a `select` that forces it on, another member of a choice, or the toolchain.
 
-kconfiglib 14.1 predates the bare `modules` keyword that Linux writes inside `config MODULES`
-(it only knows the older `option modules`); `load_kconfig` parses with a small subclass that
-rewrites that one line before tokenizing.
+kconfiglib 14.1 predates syntax newer kernels write (bare `modules`, 7.x's `transitional` and
+`depends on X if Y`); `load_kconfig` parses with kconfig_syntax.KernelKconfig, which rewrites those
+lines into their older equivalents before tokenizing.
 """
 
 from __future__ import annotations
@@ -44,9 +44,10 @@ from kconfiglib import (
 
 from .errors import EnvironmentProblem
 from .fragments import version_key
+from .kconfig_syntax import KernelKconfig, successors_of
 
-KINDS = ("unknown-symbol", "other-version", "other-arch", "unmet-dependency", "excluded-by-target", "no-prompt", "selected",
-         "choice", "toolchain", "other")
+KINDS = ("unknown-symbol", "other-version", "other-arch", "renamed", "unmet-dependency", "excluded-by-target", "no-prompt",
+         "selected", "choice", "toolchain", "other")
 
 # Symbols that describe the compiler, assembler, linker or Rust toolchain (when they have no prompt).
 TOOLCHAIN_NAME_RE = re.compile(
@@ -87,17 +88,6 @@ def _join(items: list[str]) -> str:
 # --- loading ---------------------------------------------------------------------------------
 
 
-class _KernelKconfig(kconfiglib.Kconfig):
-    """kconfiglib plus the bare `modules` keyword (Linux writes it inside `config MODULES`)."""
-
-    __slots__ = ()
-
-    def _tokenize(self, s: str) -> Any:
-        if s.strip() == "modules":
-            s = s.replace("modules", "option modules", 1)
-        return super()._tokenize(s)
-
-
 def load_kconfig(srctree: Path, kernel_arch: str, cross_compile: str, config: Path | None) -> kconfiglib.Kconfig:
     """Parse the kernel's Kconfig for one arch and load a .config; raise ExplainUnavailable on failure."""
     srctree = srctree.resolve()
@@ -109,7 +99,7 @@ def load_kconfig(srctree: Path, kernel_arch: str, cross_compile: str, config: Pa
             _environment(kbuild_environment(srctree, kernel_arch, cross_compile)), \
             contextlib.redirect_stdout(io.StringIO()):
         try:
-            kconf = _KernelKconfig(str(srctree / "Kconfig"), warn_to_stderr=False)
+            kconf = KernelKconfig(str(srctree / "Kconfig"), warn_to_stderr=False)
             if config is not None:
                 kconf.load_config(str(config))
         except (kconfiglib.KconfigError, OSError, UnicodeDecodeError) as exc:
@@ -291,6 +281,8 @@ def explain(kconf: kconfiglib.Kconfig, symbol: str, requested: str, final: str, 
     sym = kconf.syms.get(name)
     if sym is None or not sym.nodes:
         return _explain_missing(kconf, name, requested, srctree, kernel_arch, other_trees or [])
+    if name in getattr(kconf, "transitional", ()):
+        return _explain_renamed(kconf, name, requested, srctree)
     if is_toolchain_decided(sym, srctree):
         return Explanation(
             "toolchain",
@@ -307,6 +299,25 @@ def explain(kconf: kconfiglib.Kconfig, symbol: str, requested: str, final: str, 
     if want < got:
         return _explain_too_high(sym, want, got, planner)
     return Explanation("other", f"{name} is {final or 'n'} as requested; nothing to explain.")
+
+
+def _explain_renamed(kconf: kconfiglib.Kconfig, name: str, requested: str, srctree: Path) -> Explanation:
+    """A `transitional` symbol: kept only so old .config files carry over to its new name."""
+    successors = successors_of(kconf, name)
+    value = requested or "y"
+    if not successors:
+        return Explanation(
+            "renamed",
+            f"{name} is transitional in Linux {kernel_version(srctree)}: it only carries old .config files "
+            "over and is never written to .config; request what replaced it.",
+            [f"remove {_line(name, requested)}"],
+        )
+    return Explanation(
+        "renamed",
+        f"{name} is transitional in Linux {kernel_version(srctree)}: renamed to {', '.join(successors)}, "
+        "and never written to .config itself; request the new name (scoped with `# @only version…`).",
+        [f"CONFIG_{new}={value}" for new in successors] + [f"remove {_line(name, requested)}"],
+    )
 
 
 def _explain_missing(kconf: kconfiglib.Kconfig, name: str, requested: str, srctree: Path,
