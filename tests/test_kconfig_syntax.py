@@ -173,3 +173,14 @@ def test_the_kernels_own_conditional_dependency_test_passes(case: str, tmp_path:
     written = tmp_path / ".config"
     kconf.write_config(str(written))
     assert config_values(written) == config_values(suite / f"expected_config{case}")
+
+
+@pytest.mark.kernel
+def test_a_renamed_option_of_linux_7_2_is_explained_with_its_new_name() -> None:
+    if not (SRC_7_2 / "Kconfig").is_file():
+        pytest.skip(f"no extracted Linux 7.2 tree at {SRC_7_2} (KTAILOR_TEST_SRC_7_2)")
+    kconf = load_kconfig(SRC_7_2, "x86", "", None)
+    result = explain(kconf, "CONFIG_RANDOM_KMALLOC_CACHES", "y", "", srctree=SRC_7_2, kernel_arch="x86")
+    assert result.kind == "renamed"
+    assert result.fix == ["CONFIG_KMALLOC_PARTITION_CACHES=y", "remove CONFIG_RANDOM_KMALLOC_CACHES=y"]
+    assert successors_of(kconf, "CFI_CLANG") == ["CFI"]

@@ -245,3 +245,29 @@ def test_real_510_without_the_embedded_fix_names_the_root_cause(drop: tuple[str,
         assert "BLOCK" in head and "MULTIUSER" in head and "SHMEM" in head
     else:  # userspace.conf asks for BLOCK, FUTEX & co., so only EXPERT's own select is left over
         assert total == 1 and "CONFIG_DEBUG_KERNEL  n          y" in message
+
+
+SRC_7_2 = os.environ.get("KTAILOR_TEST_SRC_7_2", "/tmp/ktailor-test/linux-7.2")
+
+
+@pytest.mark.kernel
+def test_real_7_2_drops_are_grouped_under_their_root_cause(tmp_path: Path) -> None:
+    """The next series: the root-cause finder reads 7.2's Kconfig (kconfig_syntax) and groups the drops."""
+    srctree = Path(SRC_7_2)
+    if not (srctree / "Kconfig").is_file():
+        pytest.skip(f"no extracted Linux 7.2 tree at {srctree}; scripts/test fetches Debian sid's linux-source-7.2 "
+                    "and sets KTAILOR_TEST_SRC_7_2")
+    paths = resolve_list(REPO / "fragments", "micro-x86_64.list")
+    requested = requested_options(load_fragments(paths, REPO), "x86_64", (7, 2, 13))
+    assert requested.pop("MD").value == "y"  # device-mapper's menu switch: the drops follow from it
+    with pytest.raises(ConfigAuditFailed) as caught:
+        configure_target(name="x86_64-micro", version="7.2.13", version_tuple=(7, 2, 13), arch="x86_64",
+                         kernel_arch="x86", cross_compile="", srctree=srctree,
+                         files=Artifacts("7.2.13", "x86_64-micro", tmp_path / "t", tmp_path / "prefix", ()),
+                         requested=requested, expected_drops=[], variables={"ARCH": "x86"})
+    message = str(caught.value)
+    head = message.split("\noption ", 1)[0]
+    assert "explanation unavailable" not in message
+    assert "2 of these 2 options did not land because MD=n" in head
+    assert "Fix: `CONFIG_MD=y` (checked: with it, 2 of 2 land)" in head
+    assert "CONFIG_DM_CRYPT" in message and "CONFIG_BLK_DEV_DM" in message
