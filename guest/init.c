@@ -422,6 +422,31 @@ static void on_alarm(int sig)
 	(void)sig;
 }
 
+/*
+ * A runtime value the kernel reports: arg is "<path>=<expected>" (a sysctl under /proc/sys, a
+ * parameter under /sys/module, a file of securityfs, which this probe mounts). The .config says
+ * what was built; this is what the booted kernel actually does.
+ */
+static enum status probe_runtime_value(const char *arg)
+{
+	char path[128], value[128];
+	const char *eq = strchr(arg, '=');
+	if (!eq || (size_t)(eq - arg) >= sizeof(path))
+		return say(FAIL, "bad runtime-value probe argument %s", arg);
+	snprintf(path, sizeof(path), "%.*s", (int)(eq - arg), arg);
+	const char *expected = eq + 1;
+	/* securityfs: mounted here when running as the guest's init (never on a host run) */
+	if (getpid() == 1 && strncmp(path, "/sys/kernel/security/", 21) == 0 &&
+	    mount("securityfs", "/sys/kernel/security", "securityfs", 0, NULL) < 0 && errno != EBUSY)
+		return say(FAIL, "mount securityfs: %s", strerror(errno));
+	if (read_file(path, value, sizeof(value)) < 0)
+		return say(FAIL, "%s: %s", path, strerror(errno));
+	value[strcspn(value, "\n")] = '\0';
+	if (strcmp(value, expected) != 0)
+		return say(FAIL, "%s is \"%s\", not \"%s\"", path, value, expected);
+	return say(PASS, "%s = %s", path, value);
+}
+
 static enum status probe_virtio_rng(const char *arg)
 {
 	(void)arg;
@@ -1136,6 +1161,12 @@ static const struct {
 	{"seccomp-filter", probe_seccomp, ""},
 	{"virtio-net", probe_virtio_net, ""},
 	{"virtio-rng", probe_virtio_rng, ""},
+	{"page-shuffle", probe_runtime_value, "/sys/module/page_alloc/parameters/shuffle=Y"},
+	{"yama-ptrace-scope", probe_runtime_value, "/proc/sys/kernel/yama/ptrace_scope=1"},
+	{"dmesg-restrict", probe_runtime_value, "/proc/sys/kernel/dmesg_restrict=1"},
+	{"mmap-min-addr", probe_runtime_value, "/proc/sys/vm/mmap_min_addr=65536"},
+	{"unprivileged-bpf-off", probe_runtime_value, "/proc/sys/kernel/unprivileged_bpf_disabled=2"},
+	{"lockdown-integrity", probe_runtime_value, "/sys/kernel/security/lockdown=none [integrity] confidentiality"},
 	{"virtio-blk", probe_virtio_blk, ""},
 	{"virtio-balloon", probe_virtio_driver, "virtio_balloon"},
 	{"virtio-console", probe_virtio_driver, "virtio_console"},

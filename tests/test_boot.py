@@ -365,6 +365,33 @@ def test_init_on_the_host_only_looks_and_reports_well_formed_lines(host_init):
     assert int(re.search(r"probes=(\d+)", lines[-1])[1]) == len(names) + 1
 
 
+RUNTIME_VALUES = {  # probe → (file, value the fragments ask the booted kernel for)
+    "page-shuffle": ("/sys/module/page_alloc/parameters/shuffle", "Y"),
+    "yama-ptrace-scope": ("/proc/sys/kernel/yama/ptrace_scope", "1"),
+    "dmesg-restrict": ("/proc/sys/kernel/dmesg_restrict", "1"),
+    "mmap-min-addr": ("/proc/sys/vm/mmap_min_addr", "65536"),
+    "unprivileged-bpf-off": ("/proc/sys/kernel/unprivileged_bpf_disabled", "2"),
+}
+
+
+@needs_gcc
+def test_runtime_value_probes_report_what_this_kernel_reports(host_init):
+    """The hardening probes read the running kernel; run on the host, each must agree with the host's own files."""
+    env = {"PATH": os.environ.get("PATH", ""), "ktailor_probes": ",".join(RUNTIME_VALUES)}
+    done = subprocess.run([str(host_init)], env=env, capture_output=True, text=True, timeout=60, check=False)
+    report = probes.parse_console(done.stdout.splitlines())
+    for name, (path, wanted) in RUNTIME_VALUES.items():
+        try:
+            actual = Path(path).read_text().strip()
+        except OSError:
+            actual = None
+        result = report.probes[name]
+        assert result.status == ("pass" if actual == wanted else "fail"), (name, actual, result.detail)
+        assert path in result.detail
+        if actual is not None and actual != wanted:
+            assert f'is "{actual}", not "{wanted}"' in result.detail
+
+
 @needs_gcc
 def test_init_is_cached_until_its_source_changes(tmp_path):
     source = tmp_path / "init.c"
