@@ -563,3 +563,20 @@ def test_real_kernel_booted_with_a_command_line_that_undoes_hardening_fails(tmp_
     saved = json.loads((tmp_path / "boot.json").read_text())
     assert saved["status"] == "fail" and set(saved["guest"]["undone_hardening"]) == {"nokaslr", "mitigations=off"}
     assert all(state != "" for state in saved["guest"]["vulnerabilities"].values())
+
+
+@pytest.mark.slow
+def test_real_kernel_whose_command_line_leaves_a_hardening_off_fails_its_runtime_probe(tmp_path):
+    """A VMM command line without `page_alloc.shuffle=1`: the .config has SHUFFLE_PAGE_ALLOCATOR=y, but the
+    booted kernel does not shuffle, and the runtime probe says so, naming the fragment line."""
+    kbuild = real_kbuild()
+    target = target_named("x86_64-micro")
+    assert "page_alloc.shuffle=1" in target.cmdline.split()
+    forgotten = dataclasses.replace(target, cmdline=" ".join(w for w in target.cmdline.split() if w != "page_alloc.shuffle=1"))
+    with pytest.raises(VerificationFailed) as caught:
+        boot.boot_target(forgotten, kbuild, tmp_path, requested_for(target, kbuild), logging.getLogger("t"))
+    message = str(caught.value)
+    assert 'probe page-shuffle failed (/sys/module/page_alloc/parameters/shuffle is "N", not "Y")' in message
+    assert re.search(r"CONFIG_SHUFFLE_PAGE_ALLOCATOR=y at fragments/hardening\.conf:\d+", message)
+    saved = json.loads((tmp_path / "boot.json").read_text())
+    assert [p["name"] for p in saved["probes"] if p["status"] != "pass"] == ["page-shuffle"]
