@@ -26,6 +26,7 @@ from .install import current_version, reproduce_required
 from .layout import Artifacts, Project
 from .locks import BUILD_LOCK_ENV, acquire, build_lock_path, no_wait
 from .rootfs import rootfs_setting
+from .run_summary import summary_reporter
 from .targets import Target
 from .toolchain import compiler_fingerprint, make_vars
 from .versions import Kernel
@@ -57,7 +58,17 @@ def doit_config(root: Path, argv: list[str] | None = None) -> dict:
         "verbosity": 2,
         "continue": True,  # one target's failure does not stop the others; doit still exits non-zero
         "action_string_formatting": "new",
+        "reporter": summary_reporter(lambda name: task_artifacts(project, name)),
     }
+
+
+def task_artifacts(project: Project, target_part: str) -> Artifacts | None:
+    """The Artifacts of a per-target task's name part: `x86_64-micro` (default kernel) or `x86_64-micro@6.1.192`."""
+    target_name, _, version = target_part.partition("@")
+    kernel = next((k for k in project.versions.kernels if (k.version == version if version else k.is_default)), None)
+    if kernel is None or target_name not in kernel.targets:
+        return None
+    return project.artifacts_of(kernel.version, target_name)
 
 
 def doit_command(argv: list[str]) -> str:
