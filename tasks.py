@@ -219,6 +219,28 @@ def cves(c: Context, target: str, version: str = "", json: bool = False, vulns: 
 
 
 @task(help={
+    "target": "the installed target, e.g. x86_64-micro",
+    "vmm": "firecracker, cloud-hypervisor (mini targets), qemu or kata",
+    "version": "kernel version (default: the default kernel of versions.toml)",
+    "rootfs": "the guest's root filesystem image (default: a placeholder, or $ROOTFS in the scripts)",
+    "vcpus": "vCPUs (default: what the boot test uses)",
+    "mem_mib": "guest memory in MiB (default: what the boot test uses)",
+    "tap": "a host tap device for the guest's network interface",
+    "vsock_cid": "give the guest a vsock device with this CID (3 or more)",
+    "vsock_socket": "the host's Unix socket for that vsock device",
+})
+@edge
+def vm_config(c: Context, target: str, vmm: str, version: str = "", rootfs: str = "", vcpus: int = 0,
+              mem_mib: int = 0, tap: str = "", vsock_cid: int = -1, vsock_socket: str = "") -> None:
+    """Print a ready-to-run VMM config for an installed kernel, with your paths (every install carries one)."""
+    from ktailor.vmconfig import VmShape, vm_config_command
+
+    shape = VmShape(rootfs=rootfs or None, vcpus=vcpus or None, mem_mib=mem_mib or None, tap=tap or None,
+                    vsock_cid=None if vsock_cid < 0 else vsock_cid, vsock_socket=vsock_socket or None)
+    print(vm_config_command(_project(), target=target, vmm=vmm, version=version or None, shape=shape), end="")
+
+
+@task(help={
     "target": "the target to boot, e.g. x86_64-micro",
     "version": "kernel version (default: the default kernel of versions.toml)",
     "initramfs": "boot from the initramfs instead of the ext4 root disk",

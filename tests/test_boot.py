@@ -580,3 +580,23 @@ def test_real_kernel_whose_command_line_leaves_a_hardening_off_fails_its_runtime
     assert re.search(r"CONFIG_SHUFFLE_PAGE_ALLOCATOR=y at fragments/hardening\.conf:\d+", message)
     saved = json.loads((tmp_path / "boot.json").read_text())
     assert [p["name"] for p in saved["probes"] if p["status"] != "pass"] == ["page-shuffle"]
+
+
+@pytest.mark.slow
+def test_real_kernel_boots_from_the_qemu_config_an_install_carries(tmp_path):
+    """The qemu.sh every install carries, run as a user would (ROOTFS=…), starts the real kernel: it mounts the
+    user's disk as / and runs its init (ours, asked for no probes: it says so and reboots, which ends QEMU)."""
+    from ktailor.vmconfig import VmShape, vm_config
+
+    kbuild = real_kbuild()
+    target = target_named("x86_64-micro")
+    init = boot.build_init(target, GUEST / "init.c", tmp_path)
+    rootfs = boot.make_rootfs(init, tmp_path / "rootfs.ext4")
+    khz = boot.host_tsc_khz()
+    shape = VmShape(accel="tcg", extra_cmdline="init=/init" + (f" tsc_early_khz={khz}" if khz else ""))
+    script = tmp_path / "qemu.sh"
+    script.write_text(vm_config(target, "qemu", kbuild, shape, "test"))
+    done = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=120, check=False,
+                          env=os.environ | {"ROOTFS": str(rootfs)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "KTAILOR-WARN no probes requested" in done.stdout, done.stdout[-3000:]

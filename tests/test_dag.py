@@ -22,7 +22,7 @@ from doit.doit_cmd import DoitMain
 from conftest import fake_tarball
 from ktailor import dag
 
-STAGES = ("download", "extract", "config", "build", "verify", "boot", "accept", "install", "reproduce")
+STAGES = ("download", "extract", "config", "report", "build", "verify", "boot", "accept", "install", "reproduce")
 
 
 def task_module(root: Path) -> dict:
@@ -158,7 +158,8 @@ def test_install_keeps_both_versions_and_current_follows_the_default_kernel(two_
     for version in ("6.1.1", "6.1.2"):
         manifest = json.loads((prefix / version / "x86_64-micro" / "manifest.json").read_text())
         assert manifest["version"] == version
-        assert set(manifest["sha256"]) == {"vmlinux", "bzImage", "config", "System.map", "sources.json"}
+        assert set(manifest["sha256"]) == {"vmlinux", "bzImage", "config", "System.map", "sources.json",
+                                           "firecracker.json", "qemu.sh", "kata-configuration.toml"}
         assert manifest["evidence"]["images"]["vmlinux"] == manifest["sha256"]["vmlinux"]
         provenance = manifest["provenance"]
         assert provenance["_type"] == "https://in-toto.io/Statement/v1"

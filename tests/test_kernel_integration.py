@@ -295,3 +295,25 @@ def test_every_target_configures_on(series, tmp_path):
     finally:
         pipe.server.shutdown()
         shutil.rmtree(tmp_path / "build", ignore_errors=True)
+
+
+def test_the_readmes_site_fragment_example_lands_on_x86_64_micro(pipeline, tmp_path):
+    """README's KTAILOR_FRAGMENTS example, as written there, on the real kernel: its list extends the project's
+    micro list, its options land, and the report traces them to the site's own file (a build dir of its own,
+    so the pipeline's x86_64-micro stays as the other tests built it)."""
+    readme = (REPO / "README.md").read_text()
+    listed = readme.split("printf '", 1)[1].split("'", 1)[0].encode().decode("unicode_escape")
+    fragment = readme.split("site-nftables.conf <<'EOF'\n", 1)[1].split("    EOF\n", 1)[0]
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "micro-x86_64.list").write_text(listed)
+    (site / "site-nftables.conf").write_text("".join(line.removeprefix("    ") + "\n" for line in fragment.splitlines()))
+    env = pipeline.env | {"KTAILOR_FRAGMENTS": str(site), "KTAILOR_BUILD_DIR": str(tmp_path / "build")}
+    result = run_doit(REPO, "report:x86_64-micro", env=env, capture=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    target_dir = tmp_path / "build" / pipeline.version / "x86_64-micro"
+    assert json.loads((target_dir / "audit.json").read_text())["status"] == "passed"
+    rows = {row["option"]: row for row in json.loads((target_dir / "report.json").read_text())["rows"]}
+    assert rows["CONFIG_NF_TABLES"]["status"] == "landed"
+    assert rows["CONFIG_NF_TABLES"]["where"].startswith(str(site / "site-nftables.conf") + ":")
+    assert rows["CONFIG_VIRTIO_MMIO"]["status"] == "landed"  # the project's list came along

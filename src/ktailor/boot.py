@@ -274,9 +274,14 @@ def kernel_cmdline(target: Target, settings: BootSettings, *, accel: str, mode: 
     return " ".join([*words, *device_words])
 
 
+RESTRICTED_NET = "user,id=n0,restrict=on"  # the guest gets a NIC but no way out
+
+
 def build_qemu_argv(target: Target, settings: BootSettings, kernel: Path, files: GuestFiles, *, accel: str,
                     cmdline: str, mode: str, vsock_cid: int | None, interactive: bool = False,
-                    attached: Attached | None = None) -> list[str]:
+                    attached: Attached | None = None, netdev: str = RESTRICTED_NET, snapshot: bool = True) -> list[str]:
+    """The QEMU argv of a boot: the boot and acceptance stages' and, with a user's root disk and network
+    (`snapshot=False`, a tap `netdev`), the qemu config every install carries (vmconfig.py)."""
     suffix = TRANSPORTS[settings.devices]
     attached = attached or Attached()
     argv = [target.arch.qemu, "-M", settings.machine, "-accel", accel,
@@ -291,8 +296,8 @@ def build_qemu_argv(target: Target, settings: BootSettings, kernel: Path, files:
     if mode == "initramfs":
         argv += ["-initrd", str(files.initramfs)]
     # snapshot: the guest may write (the fscaps probe remounts / read-write), but into a throwaway overlay.
-    argv += ["-drive", f"id=root,file={files.rootfs},format=raw,if=none,snapshot=on",
-             "-netdev", "user,id=n0,restrict=on"]  # restrict: the guest gets a NIC but no way out
+    argv += ["-drive", f"id=root,file={files.rootfs},format=raw,if=none" + (",snapshot=on" if snapshot else ""),
+             "-netdev", netdev]
     devices = [f"virtio-blk-{suffix},drive=root", f"virtio-net-{suffix},netdev=n0", f"virtio-rng-{suffix}",
                f"virtio-balloon-{suffix}", f"virtio-serial-{suffix}"]
     if vsock_cid is not None:

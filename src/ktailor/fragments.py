@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError, line_of
+from .fragment_dirs import locate
 
 OPTION_RE = re.compile(r'^CONFIG_([A-Z0-9_]+)=(y|m|n|-?\d+|0x[0-9a-fA-F]+|"(?:[^"\\]|\\.)*")$')
 NOT_SET_RE = re.compile(r"^# CONFIG_([A-Z0-9_]+) is not set$")
@@ -218,7 +219,7 @@ def _option_from(symbol: str, value: str, path: Path, number: int, comment: list
 
 def resolve_list(fragments_dir: Path, list_name: str, _stack: tuple[str, ...] = ()) -> list[Path]:
     """The fragment files a list names, includes expanded in place, in order."""
-    list_path = fragments_dir / list_name
+    list_path = locate(fragments_dir, list_name)
     if list_name in _stack:
         chain = " → ".join((*_stack, list_name))
         raise InputError(f"lists include each other in a cycle ({chain}); remove one include.", path=list_path)
@@ -232,12 +233,12 @@ def resolve_list(fragments_dir: Path, list_name: str, _stack: tuple[str, ...] = 
         if not entry:
             continue
         if entry.endswith(".list"):
-            if not (fragments_dir / entry).is_file():
+            if not locate(fragments_dir, entry).is_file():
                 raise InputError(f"includes list {entry!r}, which does not exist in {fragments_dir}; fix the name.",
                                  path=list_path, line=number)
             result.extend(p for p in resolve_list(fragments_dir, entry, (*_stack, list_name)) if p not in result)
         elif entry.endswith(".conf"):
-            path = fragments_dir / entry
+            path = locate(fragments_dir, entry)
             if not path.is_file():
                 raise InputError(f"names fragment {entry!r}, which does not exist in {fragments_dir}; "
                                  "fix the name or create the fragment.", path=list_path, line=number)
@@ -251,7 +252,7 @@ def resolve_list(fragments_dir: Path, list_name: str, _stack: tuple[str, ...] = 
 
 def list_files_of(fragments_dir: Path, list_name: str, _stack: tuple[str, ...] = ()) -> list[Path]:
     """Every list file a target's list reads (itself and the lists it includes): task dependencies."""
-    own = fragments_dir / list_name
+    own = locate(fragments_dir, list_name)
     found = [own]
     if list_name in _stack or not own.is_file():
         return found

@@ -45,6 +45,7 @@ from .evidence import (
 from .layout import Project
 from .locks import prefix_lock
 from .progress import info, warn
+from .vmconfig import install_configs
 
 REQUIRE_REPRODUCIBLE_ENV = "KTAILOR_REQUIRE_REPRODUCIBLE"  # =1: install only images `doit reproduce` rebuilt bit for bit
 
@@ -67,7 +68,7 @@ def install_kernel(project: Project, kernel, row) -> Path:
                                  f"verdict on these images is {verdict['status']!r} (see {files.reproduce}); run "
                                  f"`doit reproduce:{row.name}` or unset {REQUIRE_REPRODUCIBLE_ENV}.")
     vex_note = write_vex(project, kernel, row)
-    chosen = install_files(project, kernel, row, with_vex=vex_note is None)
+    chosen = install_files(project, kernel, row, with_vex=vex_note is None) | write_vmm_configs(project, kernel, row)
     with prefix_lock(project.prefix, project.env):
         return install_target(name=row.name, version=kernel.version, prefix=project.prefix, files=chosen,
                               manifest=manifest_for(project, kernel, row, gate, vex_note),
@@ -98,6 +99,9 @@ def is_current(project: Project, kernel, row) -> bool:
     for name, path in install_files(project, kernel, row, with_vex=False).items():
         if recorded.get(name) != hash_or_missing(path):
             return False
+    for name, text in install_configs(row, files.install, kernel.version).items():
+        if recorded.get(name) != hashlib.sha256(text.encode()).hexdigest():
+            return False
     if manifest.get("fragments_sha256") != fragments_digest(project, row):
         return False
     if manifest.get("evidence") != fingerprint(files.images, files.config, files.audit):
@@ -118,6 +122,21 @@ def install_files(project: Project, kernel, row, *, with_vex: bool) -> dict[str,
     return chosen
 
 
+def write_vmm_configs(project: Project, kernel, row) -> dict[str, Path]:
+    """The configs of the VMMs the target serves (vmconfig.py), pointing at this version's install link."""
+    files = project.artifacts(kernel, row)
+    files.vmm_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, text in install_configs(row, files.install, kernel.version).items():
+        path = files.vmm_dir / name
+        temp = path.with_name(f".{name}.{os.getpid()}.tmp")
+        temp.write_text(text)
+        temp.chmod(0o755 if name.endswith(".sh") else 0o644)
+        temp.replace(path)
+        written[name] = path
+    return written
+
+
 def fragments_digest(project: Project, row) -> str:
     """One hash over the target's list and fragment files: an install made from other fragments is stale."""
     digest = hashlib.sha256()
@@ -135,6 +154,7 @@ def manifest_for(project: Project, kernel, row, gate: dict, vex_note: str | None
              f"because {ALLOW_UNBOOTED_ENV} is set.")
     return {
         "ktailor": __version__, "arch": row.arch.name, "type": row.type.name, "cmdline": row.cmdline,
+        "vmm_configs": sorted(install_configs(row, files.install, kernel.version)),
         "fragments": [str(project.display(p)) for p in project.fragment_paths(row)],
         "fragments_sha256": fragments_digest(project, row),
         "toolchain": build_info.get("compiler", ""), "make_vars": build_info.get("make_vars", {}),

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from .fragment_dirs import FragmentDirs
 from .fragments import list_files_of, resolve_list
 from .targets import Catalog, Target, load_catalog
 from .versions import Kernel, VersionsFile, load_versions
@@ -34,7 +35,8 @@ class Project:
     # --- data files -------------------------------------------------------------------------
     @property
     def fragments_dir(self) -> Path:
-        return self.root / "fragments"
+        """The project's fragments/, overlaid by KTAILOR_FRAGMENTS=<dir> when set (fragment_dirs.py)."""
+        return FragmentDirs.from_env(self.root / "fragments", self.env)  # type: ignore[return-value]
 
     @property
     def patches_root(self) -> Path:
@@ -267,6 +269,11 @@ class Artifacts:
         return self.accept_dir / "accept.json"
 
     # install stage
+    @property
+    def vmm_dir(self) -> Path:
+        """The VMM configs this install carries (vmconfig.py), written here, then copied into the install."""
+        return self.dir / "vmm"
+
     @property
     def vex(self) -> Path:
         return self.dir / Project.VEX

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import explain
 from .errors import InputError
+from .fragment_dirs import entry_name, locate
 from .fragments import REASON_PLACEHOLDER, Fragment, Option, Scope, parse_fragment, resolve_list
 from .targets import Catalog
 
@@ -161,7 +162,7 @@ def _list_problems(fragments_dir: Path, root: Path, list_names: list[str]) -> li
         for number, entry in _entries(list_path):
             if not entry.endswith((".conf", ".list")):
                 message = f"entry {entry!r} is neither a fragment (*.conf) nor a list (*.list); fix the name."
-            elif not (fragments_dir / entry).is_file():
+            elif not locate(fragments_dir, entry).is_file():
                 message = (f"names {entry!r}, which does not exist in {_shown(fragments_dir, root)}/; "
                            "fix the name or create the file.")
             else:
@@ -192,7 +193,7 @@ def _from_input_error(exc: InputError, root: Path) -> Finding:
 
 
 def _unlisted_fragments(fragments_dir: Path, fragments: dict[Path, Fragment]) -> list[Finding]:
-    named = {entry for list_path in fragments_dir.glob("*.list") for _, entry in _entries(list_path)}
+    named = {entry_name(entry) for list_path in fragments_dir.glob("*.list") for _, entry in _entries(list_path)}
     return [
         Finding(fragment.path, 1, f"fragment {path.name} is named by no list, so no target uses it; add it to a "
                                   "<type>-<arch>.list (or a list those include), or delete it.", "warning")

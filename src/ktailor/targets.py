@@ -11,6 +11,8 @@ from typing import Any
 from .errors import InputError
 
 IMAGE_KINDS = ("elf", "bzimage", "arm64-image")
+VMMS = ("firecracker", "cloud-hypervisor", "qemu")  # those vmconfig.py writes configs for
+KATA_HYPERVISORS = ("firecracker", "clh", "qemu")  # Kata's [hypervisor.<name>] sections
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,7 @@ class Arch:
     images: dict[str, str]  # path inside the build dir -> kind of check
     qemu: str
     qemu_package: str
+    direct_boot_image: str = "vmlinux"  # the image a firmware-less VMM (Firecracker, Cloud Hypervisor) loads
 
     def compiler_prefix(self, host: str | None = None) -> str:
         """CROSS_COMPILE for this arch on this host ('' when building natively)."""
@@ -34,6 +37,8 @@ class KernelType:
     name: str
     description: str
     default: bool
+    vmms: tuple[str, ...] = ()  # VMMs whose configs each install carries
+    kata: tuple[str, ...] = ()  # Kata hypervisor sections that can use the kernel
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,15 @@ def _require(table: dict[str, Any], key: str, path: Path, what: str) -> Any:
     return table[key]
 
 
+def _kernel_type(name: str, row: dict[str, Any], path: Path) -> KernelType:
+    for key, known in (("vmms", VMMS), ("kata", KATA_HYPERVISORS)):
+        if unknown := sorted(set(row.get(key, ())) - set(known)):
+            raise InputError(f"[type.{name}] {key} names {', '.join(unknown)}; the known ones are {', '.join(known)}.",
+                             path=path)
+    return KernelType(name=name, description=row.get("description", ""), default=row.get("default", True),
+                      vmms=tuple(row.get("vmms", ())), kata=tuple(row.get("kata", ())))
+
+
 def load_catalog(path: Path) -> Catalog:
     try:
         data = tomllib.loads(path.read_text())
@@ -107,11 +121,12 @@ def load_catalog(path: Path) -> Catalog:
             images=images,
             qemu=row.get("qemu", f"qemu-system-{name}"),
             qemu_package=row.get("qemu_package", f"qemu-system-{name}"),
+            direct_boot_image=row.get("direct_boot_image", "vmlinux"),
         )
-    types = {
-        name: KernelType(name=name, description=row.get("description", ""), default=row.get("default", True))
-        for name, row in data.get("type", {}).items()
-    }
+        if Path(arches[name].direct_boot_image).name not in {Path(p).name for p in images}:
+            raise InputError(f"[arch.{name}] direct_boot_image = {arches[name].direct_boot_image!r} is not one of "
+                             f"its images ({', '.join(Path(p).name for p in images)}).", path=path)
+    types = {name: _kernel_type(name, row, path) for name, row in data.get("type", {}).items()}
     targets = {}
     for name, row in data.get("target", {}).items():
         arch_name, sep, type_name = name.partition("-")
