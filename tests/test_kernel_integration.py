@@ -317,3 +317,44 @@ def test_the_readmes_site_fragment_example_lands_on_x86_64_micro(pipeline, tmp_p
     assert rows["CONFIG_NF_TABLES"]["status"] == "landed"
     assert rows["CONFIG_NF_TABLES"]["where"].startswith(str(site / "site-nftables.conf") + ":")
     assert rows["CONFIG_VIRTIO_MMIO"]["status"] == "landed"  # the project's list came along
+
+
+def test_a_git_checkout_of_the_real_tree_with_a_local_patch_builds_boots_and_installs(pipeline, tmp_path):
+    """`source = "<git checkout>"`: the pipeline's 5.10 tree committed to git with a local patch on top (a
+    pr_err in start_kernel) builds, verifies, boots and installs through doit without the tree being written to;
+    the patched kernel is what booted, and the manifest names the commit. The checkout sits where an extraction
+    would, so the compile cache the pipeline filled serves every object the patch did not change."""
+    if pipeline.version_tuple[:2] != (5, 10):
+        pytest.skip("runs once, on the default kernel's pipeline (5.10)")
+    build_dir = tmp_path / "build"
+    tree = build_dir / pipeline.version / "linux"
+    shutil.copytree(pipeline.work / "build" / pipeline.version / "linux", tree, symlinks=True,
+                    ignore=shutil.ignore_patterns(".ktailor-*"))
+    git = ["git", "-c", "user.name=Site", "-c", "user.email=site@example.org", "-c", "commit.gpgsign=false", "-C", str(tree)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", f"linux {pipeline.version}"], check=True)
+    main_c = tree / "init" / "main.c"
+    banner = '\tpr_notice("%s", linux_banner);\n'
+    assert banner in main_c.read_text()
+    main_c.write_text(main_c.read_text().replace(banner, banner + '\tpr_err("ktailor-site-patch: applied\\n");\n', 1))
+    subprocess.run([*git, "commit", "-qam", "site: say that the site patch is in"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    versions = tmp_path / "versions.toml"
+    versions.write_text(f'[[kernel]]\nsource = "{tree}"\ntargets = ["x86_64-micro"]\n')
+    env = pipeline.env | {"KTAILOR_VERSIONS": str(versions), "KTAILOR_BUILD_DIR": str(build_dir),
+                          "KTAILOR_PREFIX": str(tmp_path / "prefix"), "KTAILOR_SKIP_ACCEPT": "1",
+                          "KTAILOR_ALLOW_UNACCEPTED": "1"}  # acceptance is the pipeline's own test's
+    try:
+        result = run_doit(REPO, "install:x86_64-micro", env=env, capture=True)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+        status = subprocess.run([*git, "status", "--porcelain", "--ignored"], capture_output=True, text=True, check=True)
+        assert status.stdout == ""  # nothing written into the tree, not even an ignored file
+        target_dir = build_dir / pipeline.version / "x86_64-micro"
+        assert json.loads((target_dir / "boot" / "boot.json").read_text())["status"] == "pass"
+        assert "ktailor-site-patch: applied" in (target_dir / "boot" / "console.log").read_text()
+        manifest = json.loads((tmp_path / "prefix" / pipeline.version / "x86_64-micro" / "manifest.json").read_text())
+        assert manifest["source"]["commit"] == head and manifest["source"]["dirty"] is False
+        assert manifest["source"]["path"] == str(tree) and manifest["boot"]["status"] == "pass"
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)

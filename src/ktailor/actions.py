@@ -26,6 +26,7 @@ from .fragments import EXPECTED_DROPS, load_expected_drops, load_fragments, requ
 from .install import install_kernel, is_current
 from .layout import Project
 from .progress import info, warn
+from .source_tree import describe, read_identity, record_identity, unchanged
 from .toolchain import compiler_version, jobs_from_env, make_vars, require_tools
 from .verify import verify_target
 
@@ -83,6 +84,18 @@ def extract(root: str, version: str) -> None:
     tree = extract_tarball(project.tarball(kernel), project.source_tree(kernel), project.patches_root / kernel.series,
                            version=kernel.version)
     info(f"extracted {kernel.tarball_name} into {project.display(tree)} in {time.monotonic() - started:.1f}s")
+
+
+@reports_errors
+def identify_source(root: str, version: str) -> None:
+    """The `extract:` step of a source kernel: check the user's tree and record what it holds."""
+    project, kernel, _ = _load(root, version)
+    record = record_identity(project.source_tree(kernel), project.source_stamp(kernel))
+    info(f"source of {kernel.version}{kernel.extraversion}: {project.source_tree(kernel)} ({describe(record)})")
+
+
+def source_unchanged(task, values, tree: str, identity: str) -> bool:  # doit uptodate callable
+    return unchanged(Path(tree), Path(identity))
 
 
 @reports_errors
@@ -158,8 +171,18 @@ def build(root: str, version: str, target: str) -> None:
     variables = checked_make_vars(project, kernel, row)
     build_target(srctree=project.source_tree(kernel), files=project.artifacts(kernel, row), variables=variables,
                  goals=list(row.arch.make_targets), jobs=jobs_from_env(project.env),
-                 label=f"{row.name} {kernel.version}", compiler=compiler_version(row, variables), env=project.env,
-                 cache_dir=project.cache_dir, build_dir=project.build_dir)
+                 label=f"{row.name} {kernel.version}", compiler=compiler_version(row, variables),
+                 env=build_env(project, kernel), cache_dir=project.cache_dir, build_dir=project.build_dir)
+
+
+def build_env(project: Project, kernel) -> dict[str, str]:
+    """The environment of a build: a git source tree's builds are dated by its HEAD commit (an extracted
+    tarball's by its newest file, extract.source_date), unless SOURCE_DATE_EPOCH says otherwise."""
+    if kernel.source is None or project.env.get("SOURCE_DATE_EPOCH"):
+        return project.env
+    recorded = read_identity(project.source_stamp(kernel)) or {}
+    stamp = recorded.get("commit_time")
+    return project.env | {"SOURCE_DATE_EPOCH": str(stamp)} if isinstance(stamp, int) else project.env
 
 
 @reports_errors
@@ -170,7 +193,7 @@ def reproduce(root: str, version: str, target: str) -> None:
     variables = checked_make_vars(project, kernel, row)
     reproduce_target(srctree=project.source_tree(kernel), files=project.artifacts(kernel, row), variables=variables,
                      goals=list(row.arch.make_targets), jobs=jobs_from_env(project.env),
-                     label=f"{row.name} {kernel.version}", env=project.env)
+                     label=f"{row.name} {kernel.version}", env=build_env(project, kernel))
 
 
 @reports_errors

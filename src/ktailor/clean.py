@@ -44,6 +44,8 @@ def plan_clean(project: Project, *, target: str | None = None, version: str | No
             for entry in sorted(version_dir.iterdir()):
                 if entry != tree:
                     plan.add(entry)
+        if kernel.source is not None:
+            continue  # the user's own tree (there is no download either) is never ktailor's to remove
         if target is None:
             for leftover in leftovers(tree):  # a killed extraction's ~1 GB temp dir
                 plan.add(leftover)

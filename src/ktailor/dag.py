@@ -21,7 +21,6 @@ from doit.tools import config_changed
 from . import actions, tables
 from .errors import KtailorError, exit_code_for
 from .evidence import SKIP_BOOT_ENV, accept_skip_asked, allow_unaccepted, allow_unbooted
-from .extract import STAMP
 from .install import current_version, reproduce_required
 from .layout import Artifacts, Project
 from .locks import BUILD_LOCK_ENV, acquire, build_lock_path, no_wait
@@ -136,6 +135,8 @@ def download_tasks(root: Path) -> Iterator[Task]:
     project = load_project(str(root))
     yield {"basename": "download", "name": None, "doc": "fetch kernel tarballs into the download cache (sha256-checked)"}
     for kernel in project.versions.kernels:
+        if kernel.source is not None:
+            continue  # the user's own tree: nothing to download
         tarball = project.tarball(kernel)
         yield {
             "name": kernel.version,
@@ -153,13 +154,24 @@ def extract_tasks(root: Path) -> Iterator[Task]:
     yield _group("extract", "unpack each kernel (and apply patches/<series>/) once, shared by its targets")
     for kernel in project.versions.kernels:
         tree = project.source_tree(kernel)
+        if kernel.source is not None:  # the user's own tree: never extracted or written to, only identified
+            identity = project.source_stamp(kernel)
+            yield {
+                "name": kernel.version,
+                "doc": f"identify the source tree {tree} (git HEAD and changes, or a stat digest)",
+                "actions": [(actions.identify_source, [], _args(project, kernel))],
+                "targets": [str(identity)],
+                "uptodate": [(actions.source_unchanged, [str(tree), str(identity)])],
+                "clean": [],  # never the user's tree
+            }
+            continue
         patches = sorted((project.patches_root / kernel.series).glob("*.patch"))
         yield {
             "name": kernel.version,
             "doc": f"extract linux-{kernel.version} into {project.display(tree)}",
             "actions": [(actions.extract, [], _args(project, kernel))],
             "file_dep": [str(project.tarball(kernel)), *map(str, patches)],
-            "targets": [str(tree / STAMP)],
+            "targets": [str(project.source_stamp(kernel))],
             "clean": [(actions.remove_tree, [str(tree)])],
         }
 
@@ -200,7 +212,7 @@ def _toolchain_state(project: Project, kernel: Kernel, target: Target, files: Ar
 
 
 def _config_deps(project: Project, kernel: Kernel, target: Target, files: Artifacts) -> list[Path]:
-    return [project.source_tree(kernel) / STAMP, *project.fragment_paths(target), *project.list_paths(target)]
+    return [project.source_stamp(kernel), *project.fragment_paths(target), *project.list_paths(target)]
 
 
 def _other_configs(project: Project, kernel: Kernel, target: Target) -> list[Path]:
@@ -242,7 +254,7 @@ STAGES = (
     Stage("build", "compile each target's images out of tree (make O=…)",
           lambda k, t: f"make {' '.join(t.arch.make_targets)} for {t.name} on {k.version}",
           actions.build,
-          lambda p, k, t, f: [f.config, p.source_tree(k) / STAMP],
+          lambda p, k, t, f: [f.config, p.source_stamp(k)],
           lambda p, k, t, f: [*f.images.values(), f.system_map, f.sources],
           state=_toolchain_state),
     Stage("verify", "check each target's audit, image formats and size budget; writes verify.json",
@@ -274,7 +286,7 @@ STAGES = (
     Stage("reproduce", "build each target again in a second build dir, without the compile cache, and compare images",
           lambda k, t: f"rebuild {t.name} {k.version} elsewhere and compare every image's sha256 (reproduce.json)",
           actions.reproduce,
-          lambda p, k, t, f: [*f.images.values(), f.config, p.source_tree(k) / STAMP],
+          lambda p, k, t, f: [*f.images.values(), f.config, p.source_stamp(k)],
           lambda p, k, t, f: [f.reproduce],
           state=_toolchain_state,
           clean=lambda p, k, t, f: [(actions.remove_tree, [str(f.rebuild_dir)])]),

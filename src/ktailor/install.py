@@ -159,11 +159,19 @@ def manifest_for(project: Project, kernel, row, gate: dict, vex_note: str | None
         "fragments_sha256": fragments_digest(project, row),
         "toolchain": build_info.get("compiler", ""), "make_vars": build_info.get("make_vars", {}),
         "build_seconds": build_info.get("seconds"), "built_at": build_info.get("finished_at"),
-        "source_sha256": kernel.sha256,
+        **source_record(project, kernel),
         "vex": Project.VEX if vex_note is None else f"not written: {vex_note}",
         "verify": gate["verify"], "boot": gate["boot"], "accept": _accept_summary(gate["accept"]),
         "evidence": gate["evidence"],
     }
+
+
+def source_record(project: Project, kernel) -> dict:
+    """What the kernel was built from: the tarball's pinned sha256, or the user's tree and its identity."""
+    if kernel.source is None:
+        return {"source_sha256": kernel.sha256}
+    recorded = read_optional(project.source_stamp(kernel)) or {}
+    return {"source": recorded | {"path": str(kernel.source), "extraversion": kernel.extraversion}}
 
 
 def _accept_summary(accepted: dict | None) -> dict | None:
@@ -196,7 +204,8 @@ def provenance_for(project: Project, kernel, row, gate: dict) -> Callable[[dict[
     return lambda checksums: statement(
         subjects=checksums, version=kernel.version, target=row.name, tarball_url=kernel.url,
         tarball_sha256=kernel.sha256, fragments=fragments, commit=commit, make_vars=build_info.get("make_vars", {}),
-        toolchain=build_info.get("compiler", ""), build=build_info, checks=checks, checksum_source=signed)
+        toolchain=build_info.get("compiler", ""), build=build_info, checks=checks, checksum_source=signed,
+        source_tree=source_record(project, kernel).get("source"))
 
 
 def reproduce_result(files) -> dict:

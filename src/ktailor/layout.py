@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from .extract import STAMP
 from .fragment_dirs import FragmentDirs
 from .fragments import list_files_of, resolve_list
 from .targets import Catalog, Target, load_catalog
@@ -80,7 +81,15 @@ class Project:
         return self.tarball(kernel).with_name(f"{kernel.tarball_name}.checksum.json")
 
     def source_tree(self, kernel: Kernel) -> Path:
-        return self.source_tree_of(kernel.version)
+        """The tree a kernel is configured and built from: its extracted tarball, or the user's own tree."""
+        return kernel.source if kernel.source is not None else self.source_tree_of(kernel.version)
+
+    def source_stamp(self, kernel: Kernel) -> Path:
+        """The file that changes when the kernel's source does: the extraction's stamp in an extracted tree;
+        for the user's own tree (never written to), its recorded identity in the build dir (source_tree.py)."""
+        if kernel.source is not None:
+            return self.version_dir_of(kernel.version) / "source-identity.json"
+        return self.source_tree_of(kernel.version) / STAMP
 
     def source_tree_of(self, version: str) -> Path:
         """By version string: also for a kernel versions.toml no longer lists (the one an upgrade replaced).

@@ -34,7 +34,7 @@ def checkout_commit(root: Path) -> dict | None:
 
 def statement(*, subjects: dict[str, str], version: str, target: str, tarball_url: str, tarball_sha256: str,
               fragments: dict[str, Path], commit: dict | None, make_vars: dict, toolchain: str,
-              build: dict, checks: dict, checksum_source: dict | None = None) -> dict:
+              build: dict, checks: dict, checksum_source: dict | None = None, source_tree: dict | None = None) -> dict:
     """`subjects`: installed name -> sha256; `fragments`: display path -> file; `checks`: verify/boot/reproduce
     verdicts; `checksum_source`: the signed sha256sums line the pinned tarball sha256 came from (upgrade.py)."""
     dependencies = []
@@ -43,9 +43,20 @@ def statement(*, subjects: dict[str, str], version: str, target: str, tarball_ur
                              "annotations": {"line": checksum_source["line"],
                                              "authenticated": checksum_source["authenticated"],
                                              "signed_at": checksum_source.get("signed_at")}})
-    dependencies.append({"uri": tarball_url, "digest": {"sha256": tarball_sha256},
-                         "annotations": {"checksum_from": checksum_source["url"] if checksum_source else
-                                         "the sha256 pinned in versions.toml"}})
+    if source_tree is not None:  # the user's own tree (source_tree.py): its path and what it held
+        tree_uri = Path(source_tree["path"]).as_uri()
+        if source_tree.get("kind") == "git":
+            dependencies.append({"uri": f"git+{tree_uri}@{source_tree['commit']}",
+                                 "digest": {"gitCommit": source_tree["commit"]},
+                                 "annotations": {"uncommitted_changes": source_tree.get("dirty"),
+                                                 "changes_sha256": source_tree.get("digest")}})
+        else:
+            dependencies.append({"uri": tree_uri, "annotations": {"stat_sha256": source_tree.get("digest"),
+                                                                  "files": source_tree.get("files")}})
+    else:
+        dependencies.append({"uri": tarball_url, "digest": {"sha256": tarball_sha256},
+                             "annotations": {"checksum_from": checksum_source["url"] if checksum_source else
+                                             "the sha256 pinned in versions.toml"}})
     dependencies += [{"uri": name, "digest": {"sha256": sha256_of(path)}} for name, path in fragments.items()]
     if commit:
         dependencies.append({"uri": "git+checkout", "digest": {"sha1": commit["sha1"]},

@@ -373,7 +373,14 @@ def _security_update(root: Path, project: Project, *, apply: bool, releases_url:
                      "apply": apply, "kernels": []}
     reports: list[KernelReport] = []
     try:
-        kernels = project.versions.kernels
+        kernels = tuple(k for k in project.versions.kernels if k.source is None)
+        for tree_kernel in (k for k in project.versions.kernels if k.source is not None):
+            note = (f"leaves {tree_kernel.version}{tree_kernel.extraversion} alone: it is built from the source tree "
+                    f"{tree_kernel.source}, not from a kernel.org release; update that tree yourself (doit rebuilds "
+                    "its targets when it changes).")
+            print(f"I: {note}", file=sys.stderr, flush=True)
+            summary.setdefault("left_alone", []).append({"version": tree_kernel.version, "source": str(tree_kernel.source),
+                                                         "why": note})
         releases = fetch_releases(url)
     except KtailorError as exc:
         print(f"E: {exc}", file=sys.stderr, flush=True)

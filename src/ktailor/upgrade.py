@@ -91,6 +91,11 @@ def choose_entry(versions: VersionsFile, version: str | None, replace: str | Non
             raise InputError(f"{len(same)} entries track series {series_of(version)} ({', '.join(k.version for k in same)}); "
                              "say which one to replace (--replace <version>).", path=versions.path)
         entry = same[0] if same else versions.default
+    if entry.source is not None:
+        raise InputError(f"the entry of {entry.version} builds the source tree {entry.source}, which an upgrade cannot "
+                         "move to another release: update the tree itself (git pull, a new vendor drop), or replace the "
+                         "entry's source with a version and sha256 to build kernel.org's tarball.",
+                         path=versions.path, line=_line_of_version(versions.path, entry.version))
     if version is not None and series_of(version) != entry.series and not allow_series_change:
         tracked = ", ".join(f"{k.series} ({k.version})" for k in versions.kernels)
         raise InputError(

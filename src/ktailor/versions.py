@@ -1,4 +1,5 @@
-"""versions.toml: which kernels to build, their pinned sha256, and where to download them."""
+"""versions.toml: which kernels to build, their pinned sha256, and where to download them — or, for
+`source = "<path>"` entries, the user's own tree to build from (source_tree.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .errors import InputError, line_of
+from .source_tree import makefile_version
 from .targets import Catalog
 
 DEFAULT_MIRROR = "https://cdn.kernel.org/pub/linux/kernel"
@@ -25,6 +27,8 @@ class Kernel:
     targets: tuple[str, ...]
     mirror: str
     is_default: bool
+    source: Path | None = None  # the user's own tree: nothing downloaded or extracted (source_tree.py)
+    extraversion: str = ""  # its Makefile's EXTRAVERSION (a source tree's), e.g. "-rc3" or "-vendor"
 
     @property
     def series(self) -> str:
@@ -96,6 +100,61 @@ def _nth_line(text: str, version: str, n: int) -> int | None:
     return line_of(text, f'"{version}"')
 
 
+def _checked_targets(targets: object, version: str, catalog: Catalog, fragments_dir: Path, path: Path, text: str,
+                     line: int | None) -> list[str]:
+    """A kernel entry's `targets`: a non-empty list of known targets whose fragment lists exist."""
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise InputError(f"kernel {version}: targets = {targets!r} is not a list of target names; write it like "
+                         'targets = ["x86_64-micro", "aarch64-micro"] (or leave it out for the default targets).',
+                         path=path, line=line_of(text, "targets") or line)
+    if not targets:
+        raise InputError(f"kernel {version}: targets = [] builds nothing; name at least one target, or remove the "
+                         "key to build the default targets (targets.toml).", path=path,
+                         line=line_of(text, "targets") or line)
+    for target in targets:
+        if target not in catalog.targets:
+            raise InputError(
+                f"unknown target {target!r} for kernel {version}; known targets (targets.toml): "
+                f"{', '.join(sorted(catalog.targets))}. Fix the name or add the target to targets.toml.",
+                path=path,
+                line=line_of(text, f'"{target}"') or line,
+            )
+        list_file = fragments_dir / catalog.targets[target].list_name
+        if not list_file.is_file():
+            raise InputError(
+                f"kernel {version} asks for target {target}, but its fragment list {list_file} does not exist; "
+                f"create it (one fragment per line) or drop {target} from the targets.",
+                path=path,
+                line=line_of(text, f'"{target}"') or line,
+            )
+    return targets
+
+
+def _source_entry(entry: dict, index: int, path: Path, text: str) -> tuple[Path, str, str]:
+    """(tree, version, EXTRAVERSION) of a `source = "<path>"` entry; its version is the tree's Makefile's."""
+    raw = entry["source"]
+    line = line_of(text, str(raw))
+    if not isinstance(raw, str) or not raw.strip():
+        raise InputError(f"kernel entry #{index}: source = {raw!r} is not a path; write it like source = \"/src/linux\".",
+                         path=path, line=line)
+    if "sha256" in entry:
+        raise InputError(f"kernel entry #{index} names both a source tree and a sha256; a tree is built as it is and "
+                         "has no tarball to check: remove the sha256 (or the source, to build the release tarball).",
+                         path=path, line=line)
+    tree = (path.parent / Path(raw).expanduser()).resolve()
+    if not tree.is_dir():
+        raise InputError(f"kernel entry #{index}: source {raw!r} is not a directory ({tree}); point it at a Linux source "
+                         "tree (a plain tree or a git work tree).", path=path, line=line)
+    try:
+        version, extraversion = makefile_version(tree)
+    except InputError as exc:
+        raise InputError(f"kernel entry #{index}: source {raw!r}: {exc.args[0]}", path=path, line=line) from None
+    if "version" in entry and entry["version"] != version:
+        raise InputError(f"kernel entry #{index}: version = {entry['version']!r} but the tree's Makefile says {version}; "
+                         "remove the version key (a tree's version is its Makefile's).", path=path, line=line)
+    return tree, version, extraversion
+
+
 def load_versions(path: Path, catalog: Catalog, fragments_dir: Path, env: dict[str, str] | None = None) -> VersionsFile:
     env = os.environ if env is None else env
     try:
@@ -128,8 +187,13 @@ def load_versions(path: Path, catalog: Catalog, fragments_dir: Path, env: dict[s
             raise InputError(f"kernel entry #{index} is {entry!r}, not a table; list each kernel as a [[kernel]] table "
                              'with version = "…" and sha256 = "…" (see README).', path=path,
                              line=line_of(text, "kernel =") or line_of(text, "kernel="))
-        version = entry.get("version")
-        line = _nth_line(text, version, list(seen).count(version) + 1) if isinstance(version, str) else None
+        source, extraversion = None, ""
+        if "source" in entry:
+            source, version, extraversion = _source_entry(entry, index, path, text)
+            line = line_of(text, str(entry["source"]))
+        else:
+            version = entry.get("version")
+            line = _nth_line(text, version, list(seen).count(version) + 1) if isinstance(version, str) else None
         if not isinstance(version, str) or not VERSION_RE.match(version):
             raise InputError(
                 f"kernel entry #{index} has version {version!r}, which is not a kernel.org release number; "
@@ -144,39 +208,16 @@ def load_versions(path: Path, catalog: Catalog, fragments_dir: Path, env: dict[s
                 line=line,
             )
         seen[version] = line
-        sha256 = entry.get("sha256")
-        if not isinstance(sha256, str) or not SHA256_RE.match(sha256):
+        sha256 = entry.get("sha256", "" if source else None)
+        if source is None and (not isinstance(sha256, str) or not SHA256_RE.match(sha256)):
             raise InputError(
                 f"kernel {version}: sha256 {sha256!r} is not 64 lowercase hex digits; copy it from "
                 f"the sha256sums.asc next to the tarball on kernel.org (or `invoke upgrade --version {version}`).",
                 path=path,
                 line=line_of(text, str(sha256)) if sha256 else line,
             )
-        targets = entry.get("targets", catalog.default_targets())
-        if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
-            raise InputError(f"kernel {version}: targets = {targets!r} is not a list of target names; write it like "
-                             'targets = ["x86_64-micro", "aarch64-micro"] (or leave it out for the default targets).',
-                             path=path, line=line_of(text, "targets") or line)
-        if not targets:
-            raise InputError(f"kernel {version}: targets = [] builds nothing; name at least one target, or remove the "
-                             "key to build the default targets (targets.toml).", path=path,
-                             line=line_of(text, "targets") or line)
-        for target in targets:
-            if target not in catalog.targets:
-                raise InputError(
-                    f"unknown target {target!r} for kernel {version}; known targets (targets.toml): "
-                    f"{', '.join(sorted(catalog.targets))}. Fix the name or add the target to targets.toml.",
-                    path=path,
-                    line=line_of(text, f'"{target}"') or line,
-                )
-            list_file = fragments_dir / catalog.targets[target].list_name
-            if not list_file.is_file():
-                raise InputError(
-                    f"kernel {version} asks for target {target}, but its fragment list {list_file} does not exist; "
-                    f"create it (one fragment per line) or drop {target} from the targets.",
-                    path=path,
-                    line=line_of(text, f'"{target}"') or line,
-                )
+        targets = _checked_targets(entry.get("targets", catalog.default_targets()), version, catalog, fragments_dir,
+                                   path, text, line)
         kernels.append(
             Kernel(
                 version=version,
@@ -184,6 +225,8 @@ def load_versions(path: Path, catalog: Catalog, fragments_dir: Path, env: dict[s
                 targets=tuple(targets),
                 mirror=mirror,
                 is_default=(version == default_version) if default_version else index == 1,
+                source=source,
+                extraversion=extraversion,
             )
         )
     if default_version is not None and default_version not in seen:
