@@ -32,6 +32,10 @@ def task_build():
     yield from dag.build_tasks(ROOT)
 
 
+def task_ledger():
+    yield from dag.ledger_tasks(ROOT)
+
+
 def task_verify():
     yield from dag.verify_tasks(ROOT)
 

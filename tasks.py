@@ -219,6 +219,23 @@ def cves(c: Context, target: str, version: str = "", json: bool = False, vulns: 
 
 
 @task(help={
+    "target": "the built target, e.g. x86_64-micro",
+    "version": "kernel version (default: the default kernel of versions.toml)",
+    "option": "one option's cost and largest objects, e.g. CONFIG_EXT4_FS",
+    "top": "how many of the costliest options to list (default 20)",
+})
+@edge
+def cost(c: Context, target: str, version: str = "", option: str = "", top: int = 20) -> None:
+    """What each option costs in a built kernel's vmlinux (the ledger `doit ledger:<target>` writes)."""
+    from ktailor.ledger import cost_text
+
+    project = _project()
+    kernel, row = _kernel_and_target(project, target, version or None)
+    files = project.artifacts(kernel, row)
+    print(cost_text(files.ledger_json, f"{row.name} {kernel.version}", option or None, top), end="")
+
+
+@task(help={
     "target": "the installed target, e.g. x86_64-micro",
     "vmm": "firecracker, cloud-hypervisor (mini targets), qemu or kata",
     "version": "kernel version (default: the default kernel of versions.toml)",

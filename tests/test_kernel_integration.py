@@ -358,3 +358,18 @@ def test_a_git_checkout_of_the_real_tree_with_a_local_patch_builds_boots_and_ins
         assert manifest["source"]["path"] == str(tree) and manifest["boot"]["status"] == "pass"
     finally:
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_the_ledger_charges_vmlinux_to_the_options_and_fragment_lines_that_pulled_it_in(pipeline):
+    names = [f"ledger:{target}" for target in pipeline.built]
+    result = pipeline.doit(*names)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    for target in pipeline.built:
+        ledger = json.loads((pipeline.target_dir(target) / "ledger.json").read_text())
+        assert ledger["attributed_share"] >= 0.90, (target, ledger["attributed_share"])
+        assert ledger["objects_bytes"] + ledger["link_bytes"] == ledger["vmlinux"]["total"]
+        options = {o["option"]: o for o in ledger["options"]}
+        ext4 = options["CONFIG_EXT4_FS"]
+        assert ext4["where"].startswith("fragments/fs.conf:") and ext4["bytes"] > 100_000 and ext4["objects"] > 10
+        assert options["core"]["bytes"] > 1_000_000
+        assert "## By requirement group" in (pipeline.target_dir(target) / "ledger.md").read_text()

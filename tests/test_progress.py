@@ -87,7 +87,7 @@ def test_the_build_bar_is_sized_by_another_release_then_by_the_config(tmp_path):
     assert estimated_steps(files) is None  # nothing to go by
     files.kbuild.mkdir(parents=True)
     files.config.write_text("CONFIG_A=y\nCONFIG_B=y\n# CONFIG_C is not set\nCONFIG_D=1\n" + "CONFIG_E=y\n" * 98)
-    assert estimated_steps(files) == round(100 * 1.3)
+    assert estimated_steps(files) == round(100 * 2.3)
     other = tmp_path / "5.10.262" / "x86_64-micro"
     other.mkdir(parents=True)
     (other / COUNT_FILE).write_text("1642\n")

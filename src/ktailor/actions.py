@@ -186,6 +186,23 @@ def build_env(project: Project, kernel) -> dict[str, str]:
 
 
 @reports_errors
+def ledger(root: str, version: str, target: str) -> None:
+    from .ledger import build_ledger, requests_of, write_ledger
+
+    project, kernel, row = _load(root, version, target)
+    files = project.artifacts(kernel, row)
+    fragments = load_fragments(project.fragment_paths(row), project.root)
+    wanted = requests_of(fragments, requested_options(fragments, row.arch.name, kernel.version_tuple))
+    result = build_ledger(kbuild=files.kbuild, srctree=project.source_tree(kernel), vmlinux=files.kbuild / "vmlinux",
+                          requested=wanted)
+    write_ledger(result, files.ledger_json, files.ledger_md, f"{row.name} {kernel.version}")
+    costliest = next((o for o in result["options"] if o["option"].startswith("CONFIG_")), None)
+    info(f"ledger {row.name} {kernel.version}: {100 * result['attributed_share']:.1f} % of vmlinux attributed"
+         + (f"; costliest option {costliest['option']} {costliest['bytes']:,} B" if costliest else "")
+         + f" ({project.display(files.ledger_md)})")
+
+
+@reports_errors
 def reproduce(root: str, version: str, target: str) -> None:
     from .reproduce import reproduce_target
 

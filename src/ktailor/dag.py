@@ -31,7 +31,7 @@ from .toolchain import compiler_fingerprint, make_vars
 from .versions import Kernel
 
 Task = dict
-DEFAULT_TASKS = ["download", "extract", "lint", "config", "report", "build", "verify", "boot", "accept"]
+DEFAULT_TASKS = ["download", "extract", "lint", "config", "report", "build", "ledger", "verify", "boot", "accept"]
 
 
 READ_ONLY_COMMANDS = {"list", "help", "info", "tabcompletion", "dumpdb"}
@@ -257,6 +257,11 @@ STAGES = (
           lambda p, k, t, f: [f.config, p.source_stamp(k)],
           lambda p, k, t, f: [*f.images.values(), f.system_map, f.sources],
           state=_toolchain_state),
+    Stage("ledger", "attribute each target's vmlinux bytes to the options that pulled them in (ledger.json, ledger.md)",
+          lambda k, t: f"what each option costs in {t.name} {k.version}'s vmlinux",
+          actions.ledger,
+          lambda p, k, t, f: [*f.images.values(), f.sources, *p.fragment_paths(t), *p.list_paths(t)],
+          lambda p, k, t, f: [f.ledger_json, f.ledger_md]),
     Stage("verify", "check each target's audit, image formats and size budget; writes verify.json",
           lambda k, t: f"check {t.name} {k.version}: audit passed, image formats, size budget",
           actions.verify,
@@ -348,6 +353,11 @@ def report_tasks(root: Path) -> Iterator[Task]:
 @reports_errors
 def build_tasks(root: Path) -> Iterator[Task]:
     yield from stage_tasks(root, "build")
+
+
+@reports_errors
+def ledger_tasks(root: Path) -> Iterator[Task]:
+    yield from stage_tasks(root, "ledger")
 
 
 @reports_errors

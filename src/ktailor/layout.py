@@ -238,6 +238,15 @@ class Artifacts:
         """distcc's client log (DISTCC_LOG): which host compiled each object."""
         return self.dir / "distcc.log"
 
+    # ledger stage (after build): what each option costs in vmlinux (ledger.py)
+    @property
+    def ledger_json(self) -> Path:
+        return self.dir / "ledger.json"
+
+    @property
+    def ledger_md(self) -> Path:
+        return self.dir / "ledger.md"
+
     # reproduce stage: the same inputs built again in a second, differently named (and deeper) build dir
     @property
     def rebuild_dir(self) -> Path:

@@ -19,7 +19,7 @@ from .evidence import read_optional
 from .layout import Artifacts
 from .progress import duration
 
-STAGE_ORDER = ("config", "report", "build", "verify", "boot", "accept", "reproduce", "install")
+STAGE_ORDER = ("config", "report", "build", "ledger", "verify", "boot", "accept", "reproduce", "install")
 
 
 @dataclass
