@@ -118,6 +118,11 @@ def hardening_score(kbuild: Path, version: tuple[int, int, int]) -> dict:
 def summarise(name: str, kbuild: Path, boots: list[dict]) -> dict:
     times = [b["metrics"]["time_to_init_ms"] for b in boots if b["metrics"].get("time_to_init_ms") is not None]
     used = [b["metrics"]["guest_used_kib"] for b in boots if b["metrics"].get("guest_used_kib")]
+
+    def median_mib(key: str) -> float | None:
+        values = [b["metrics"][key] for b in boots if b["metrics"].get(key)]
+        return statistics.median(values) / 1024 if values else None
+
     probes = boots[-1]["probes"]
     return {
         "kernel": name,
@@ -125,6 +130,8 @@ def summarise(name: str, kbuild: Path, boots: list[dict]) -> dict:
         "vmlinux_mb": (kbuild / IMAGES[1]).stat().st_size / 1e6,
         "init_ms": (statistics.median(times), min(times), max(times)) if times else None,
         "used_mib": statistics.median(used) / 1024 if used else None,
+        "reserved_mib": median_mib("boot_reserved_kib"),  # guest RAM − MemTotal
+        "overhead_mib": median_mib("kernel_overhead_kib"),  # guest RAM − MemAvailable − init's RSS (Kuasar's figure)
         "probes": f"{sum(p['status'] == 'pass' for p in probes)}/{len(probes)}",
         "failed": [p["name"] for p in probes if p["status"] != "pass"],
     }
@@ -189,16 +196,20 @@ def main() -> None:
     print(f"Linux {kernel.version}, x86_64, QEMU microvm under {accel.upper()}, {args.boots} interleaved boots each\n")
     floor = rows[-1]
     print("| kernel | bzImage (× floor) | vmlinux | time-to-init median [min–max] (× floor) | used memory at init (× floor) "
-          "| probes passed | hardening checks passed (no waivers) |")
-    print("|---|---|---|---|---|---|---|")
+          "| reserved at boot (× floor) | kernel memory overhead (× floor) | probes passed "
+          "| hardening checks passed (no waivers) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         timing = "n/a" if row["init_ms"] is None else "{:.0f} ms [{:.0f}–{:.0f}]".format(*row["init_ms"])
         timing += times_floor(row["init_ms"] and row["init_ms"][0], floor["init_ms"] and floor["init_ms"][0])
         used = "n/a" if row["used_mib"] is None else f"{row['used_mib']:.1f} MiB"
         used += times_floor(row["used_mib"], floor["used_mib"])
         failed = f" (fails: {', '.join(row['failed'])})" if row["failed"] else ""
+        memory = " | ".join("n/a" if row[key] is None else f"{row[key]:.1f} MiB{times_floor(row[key], floor[key])}"
+                            for key in ("reserved_mib", "overhead_mib"))
         print(f"| {row['kernel']} | {row['bzImage_mb']:.2f} MB{times_floor(row['bzImage_mb'], floor['bzImage_mb'])} | "
-              f"{row['vmlinux_mb']:.1f} MB | {timing} | {used} | {row['probes']}{failed} | {row['hardening']['score']} |")
+              f"{row['vmlinux_mb']:.1f} MB | {timing} | {used} | {memory} | {row['probes']}{failed} | "
+              f"{row['hardening']['score']} |")
     (bench_dir / "reference.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 

@@ -1293,7 +1293,9 @@ int main(void)
 		printf("KTAILOR-UPTIME seconds=%.*s\n", (int)strcspn(text, " \n"), text);
 	if (read_file("/proc/meminfo", text, sizeof(text)) > 0) {
 		long total = meminfo_kb(text, "MemTotal:"), available = meminfo_kb(text, "MemAvailable:");
-		printf("KTAILOR-MEM total_kb=%ld available_kb=%ld used_kb=%ld\n", total, available, total - available);
+		long rss = read_file("/proc/self/status", text, sizeof(text)) > 0 ? meminfo_kb(text, "VmRSS:") : -1;
+		printf("KTAILOR-MEM total_kb=%ld available_kb=%ld used_kb=%ld init_rss_kb=%ld\n", total, available,
+		       total - available, rss);
 	}
 	if (read_file("/proc/cmdline", text, sizeof(text)) > 0) {
 		text[strcspn(text, "\n")] = '\0';

@@ -31,7 +31,7 @@ MEMORY_61 = ("Memory: 239780K/261752K available (8192K kernel code, 764K rwdata,
 CONSOLE = [
     "KTAILOR-INIT boottime_ns=868412345 pid=1\r",
     "KTAILOR-UPTIME seconds=0.89",
-    "KTAILOR-MEM total_kb=243648 available_kb=225292 used_kb=18356",
+    "KTAILOR-MEM total_kb=243648 available_kb=225292 used_kb=18356 init_rss_kb=412",
     f"KTAILOR-KMSG us=33626 text={MEMORY_61}",
     "KTAILOR-KMSG us=853512 text=Run /init as init process",
     "random: crng init done",
@@ -103,10 +103,23 @@ def test_parse_memory_line(line, expected):
     assert probes.parse_memory_line(line) == expected
 
 
+def test_memory_is_measured_three_ways_from_the_guests_own_figures():
+    """256 MiB guest: what boot reserved (RAM − MemTotal), what the kernel holds at init (MemTotal − MemAvailable)
+    and what the guest costs beyond its workload (RAM − MemAvailable − init's RSS, as Kuasar reports)."""
+    metrics = boot.metrics_of(probes.parse_console(CONSOLE), boot.VmRun(), memory_mib=256)
+    assert metrics["guest_ram_kib"] == 262144
+    assert metrics["boot_reserved_kib"] == 262144 - 243648
+    assert metrics["guest_used_kib"] == 18356
+    assert metrics["kernel_overhead_kib"] == 262144 - 225292 - 412
+    older_init = [line.replace(" init_rss_kb=412", "") for line in CONSOLE]  # an init without the RSS field
+    assert "kernel_overhead_kib" not in boot.metrics_of(probes.parse_console(older_init), boot.VmRun(), memory_mib=256)
+
+
 def test_parse_console_reads_every_kind_of_line():
     report = probes.parse_console(CONSOLE)
     assert (report.boottime_ns, report.pid, report.uptime_s) == (868412345, 1, 0.89)
     assert (report.mem_total_kb, report.mem_available_kb, report.mem_used_kb) == (243648, 225292, 18356)
+    assert report.init_rss_kb == 412
     assert report.kernel_memory["kernel code"] == 8192
     assert report.run_init_us == 853512
     assert report.probes["virtio-blk"] == probes.ProbeResult("virtio-blk", "pass",
@@ -505,6 +518,7 @@ def test_real_x86_64_micro_kernel_boots_and_passes_every_probe(tmp_path, mode):
     assert saved["guest"]["cmdline"].startswith(target.cmdline) and "ktailor_probes=" in saved["guest"]["cmdline"]
     assert saved["guest"]["vulnerabilities"] and saved["guest"]["undone_hardening"] == {}
     assert metrics["guest_used_kib"] > 0 and metrics["kernel_memory_kib"]["kernel code"] > 0
+    assert 0 < metrics["boot_reserved_kib"] < metrics["kernel_overhead_kib"] < metrics["guest_ram_kib"]
     assert saved["sizes"]["vmlinux"] > 0
 
 

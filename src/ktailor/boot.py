@@ -464,9 +464,20 @@ def missing_tool(target: Target, mode: str) -> str | None:
     return None
 
 
-def metrics_of(guest: GuestReport, run: VmRun) -> dict[str, Any]:
+def metrics_of(guest: GuestReport, run: VmRun, memory_mib: int | None = None) -> dict[str, Any]:
+    """Boot time and memory. Memory three ways: `guest_used_kib` (MemTotal − MemAvailable at init: what the
+    running kernel holds beyond its image), `boot_reserved_kib` (guest RAM − MemTotal: the image, memmap,
+    firmware and early allocations the kernel took before counting), and `kernel_overhead_kib` (guest RAM −
+    MemAvailable − init's RSS: everything the guest costs but its workload, the way Kuasar reports it)."""
     init_at = next((t for t, line in zip(run.stamps, run.lines, strict=True) if "KTAILOR-INIT " in line), None)
-    return {
+    ram_kib = memory_mib * 1024 if memory_mib else None
+    memory = {}
+    if ram_kib and guest.mem_total_kb is not None and guest.mem_total_kb > 0:
+        memory["guest_ram_kib"] = ram_kib
+        memory["boot_reserved_kib"] = ram_kib - guest.mem_total_kb
+        if guest.mem_available_kb is not None and guest.init_rss_kb is not None:
+            memory["kernel_overhead_kib"] = ram_kib - guest.mem_available_kb - guest.init_rss_kb
+    return memory | {
         "time_to_init_ms": round(guest.boottime_ns / 1e6, 1) if guest.boottime_ns is not None else None,
         "uptime_at_init_s": guest.uptime_s,
         "printk_run_init_ms": round(guest.run_init_us / 1e3, 1) if guest.run_init_us is not None else None,
@@ -552,7 +563,8 @@ def boot_target(target: Target, kbuild: Path, workdir: Path, requested: dict[str
     report: dict[str, Any] = {
         "target": target.name, "status": "pass", "mode": mode, "accel": plan.accel, "accel_note": plan.accel_note,
         "kernel": str(kbuild / plan.settings.kernel), "qemu_command": plan.argv, "console_log": str(console_log),
-        "metrics": metrics_of(guest, run), "sizes": sizes, "probes": [], "guest_warnings": guest.warnings,
+        "metrics": metrics_of(guest, run, plan.settings.memory_mib), "sizes": sizes, "probes": [],
+        "guest_warnings": guest.warnings,
         "guest": {"cmdline": guest.cmdline, "vulnerabilities": guest.vulnerabilities}, "evidence": evidence,
     }
     if also:

@@ -22,7 +22,8 @@ HINT_CONDITIONS = ("no-output", "timeout")
 PROBE_RE = re.compile(r"KTAILOR-PROBE name=(?P<name>\S+) status=(?P<status>pass|fail|skip) detail=(?P<detail>.*)$")
 INIT_RE = re.compile(r"KTAILOR-INIT boottime_ns=(?P<ns>\d+) pid=(?P<pid>\d+)")
 UPTIME_RE = re.compile(r"KTAILOR-UPTIME seconds=(?P<seconds>[\d.]+)")
-MEM_RE = re.compile(r"KTAILOR-MEM total_kb=(?P<total>-?\d+) available_kb=(?P<available>-?\d+) used_kb=(?P<used>-?\d+)")
+MEM_RE = re.compile(r"KTAILOR-MEM total_kb=(?P<total>-?\d+) available_kb=(?P<available>-?\d+) used_kb=(?P<used>-?\d+)"
+                    r"(?: init_rss_kb=(?P<rss>-?\d+))?")
 KMSG_RE = re.compile(r"KTAILOR-KMSG us=(?P<us>\d+) text=(?P<text>.*)$")
 CMDLINE_RE = re.compile(r"KTAILOR-CMDLINE text=(?P<text>.*)$")
 VULN_RE = re.compile(r"KTAILOR-VULN name=(?P<name>\S+) state=(?P<state>.*)$")
@@ -123,6 +124,7 @@ class GuestReport:
     mem_total_kb: int | None = None
     mem_available_kb: int | None = None
     mem_used_kb: int | None = None
+    init_rss_kb: int | None = None  # init's own VmRSS when it read /proc/meminfo
     kernel_memory: dict[str, int] | None = None
     run_init_us: int | None = None
     cmdline: str | None = None  # /proc/cmdline: what the kernel actually ran with
@@ -158,6 +160,7 @@ def parse_console(lines: list[str]) -> GuestReport:
         elif match := MEM_RE.search(line):
             report.mem_total_kb, report.mem_available_kb = int(match["total"]), int(match["available"])
             report.mem_used_kb = int(match["used"])
+            report.init_rss_kb = int(match["rss"]) if match["rss"] and int(match["rss"]) >= 0 else None
         elif match := KMSG_RE.search(line):
             if memory := parse_memory_line(match["text"]):
                 report.kernel_memory = memory
