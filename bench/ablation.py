@@ -1,0 +1,146 @@
+"""Measured ablation: what each requirement group of a target costs, by building the target without it.
+
+For every requirement group of the target's fragments (the `# requirement:` of each fragment), the target
+is configured and built without that group's fragments — through ktailor itself: a fragment overlay
+(KTAILOR_FRAGMENTS) whose list is the target's minus those fragments, the kernel's already extracted tree as a
+`source =` kernel (no extraction per variant), the same compile cache (only objects that change recompile).
+A group other fragments depend on fails its config audit and is reported as such; a variant that builds is
+booted N times interleaved with the full kernel under the target's QEMU flags (its probes may fail: they
+test what was removed) and the table gives Δ image bytes, Δ memory and Δ time-to-init (median [min–max]).
+
+    .venv/bin/python bench/ablation.py [--target x86_64-micro] [--version 5.10.262] [--boots 5] [--groups a,b]
+
+Run it after `doit build:<target>[@version]` with the same KTAILOR_* environment; results go to
+build/bench/<version>/ablation/<target>/ablation.json and the table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from reference import boot_once  # noqa: E402
+
+from ktailor.fragments import load_fragments, resolve_list  # noqa: E402
+from ktailor.layout import Project  # noqa: E402
+
+
+def groups_of(project: Project, target) -> dict[str, list[Path]]:
+    """requirement group -> the target's fragments that carry it, in list order."""
+    paths = resolve_list(project.fragments_dir, target.list_name)
+    found: dict[str, list[Path]] = {}
+    for fragment, path in zip(load_fragments(paths, project.root), paths, strict=True):
+        found.setdefault(fragment.requirement or "(no header)", []).append(path)
+    return found
+
+
+def variant_env(project: Project, kernel, target, group: str, paths: list[Path], work: Path) -> dict[str, str]:
+    """A ktailor environment that builds `target` without `paths`, from the already extracted tree."""
+    overlay = work / "fragments"
+    overlay.mkdir(parents=True, exist_ok=True)
+    kept = [p for p in resolve_list(project.fragments_dir, target.list_name) if p not in paths]
+    (overlay / target.list_name).write_text(f"# {target.name} without the {group} group (bench/ablation.py)\n"
+                                            + "".join(f"ktailor:{p.name}\n" for p in kept))
+    versions = work / "versions.toml"
+    versions.write_text(f'[[kernel]]\nsource = "{project.source_tree(kernel)}"\ntargets = ["{target.name}"]\n')
+    return dict(project.env, KTAILOR_FRAGMENTS=str(overlay), KTAILOR_VERSIONS=str(versions),
+                KTAILOR_BUILD_DIR=str(work / "build"), KTAILOR_QUIET="1")
+
+
+def build_variant(env: dict[str, str], target, log: Path) -> tuple[bool, str]:
+    done = subprocess.run([sys.executable, "-m", "doit", "-f", str(ROOT / "dodo.py"), "-d", str(ROOT),
+                           f"build:{target.name}"], env=env, capture_output=True, text=True, check=False)
+    log.write_text(done.stdout + done.stderr)
+    if done.returncode == 0:
+        return True, ""
+    reason = next((line for line in (done.stderr + done.stdout).splitlines() if line.startswith(("E:", "ERROR"))),
+                  "see " + str(log))
+    return False, reason[:300]
+
+
+def figures(boots: list[dict], kbuild: Path, images: list[str]) -> dict:
+    def spread(key: str) -> tuple[float, float, float] | None:
+        values = [b["metrics"][key] for b in boots if b.get("metrics", {}).get(key) is not None]
+        return (statistics.median(values), min(values), max(values)) if values else None
+
+    return {"images": {name: (kbuild / name).stat().st_size for name in images},
+            "init_ms": spread("time_to_init_ms"), "used_kib": spread("guest_used_kib"),
+            "overhead_kib": spread("kernel_overhead_kib"),
+            "probes_failed": sorted({p["name"] for b in boots for p in b.get("probes", []) if p["status"] != "pass"})}
+
+
+def delta(variant: tuple | None, full: tuple | None, scale: float = 1.0, unit: str = "") -> str:
+    if not variant or not full:
+        return "n/a"
+    return (f"{(variant[0] - full[0]) / scale:+.1f}{unit} [{(variant[1] - full[0]) / scale:+.1f}–"
+            f"{(variant[2] - full[0]) / scale:+.1f}]")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", default="x86_64-micro")
+    parser.add_argument("--version", help="kernel version in versions.toml (default: the default kernel)")
+    parser.add_argument("--boots", type=int, default=5)
+    parser.add_argument("--groups", help="comma-separated groups to measure (default: all)")
+    args = parser.parse_args()
+
+    project = Project.from_env(ROOT)
+    kernel = project.versions.get(args.version) if args.version else project.versions.default
+    target = project.catalog.target(args.target)
+    full = project.artifacts(kernel, target)
+    images = [Path(p).name for p in target.arch.images]
+    if not all(path.is_file() for path in full.images.values()):
+        raise SystemExit(f"E: build {target.name} {kernel.version} first (doit build:{target.name}, same KTAILOR_* "
+                         "environment): the full kernel is the baseline.")
+    work = project.build_dir / "bench" / kernel.version / "ablation" / target.name
+    groups = groups_of(project, target)
+    wanted = args.groups.split(",") if args.groups else list(groups)
+    variants: dict[str, Path] = {}
+    results: dict[str, dict] = {}
+    for group in wanted:
+        variant_dir = work / group.replace("/", "-")
+        env = variant_env(project, kernel, target, group, groups[group], variant_dir)
+        built, why = build_variant(env, target, variant_dir / "build.log")
+        print(f"{group}: {'built' if built else 'not removable: ' + why}", file=sys.stderr)
+        if built:
+            variants[group] = variant_dir / "build" / kernel.version / target.name / "kbuild"
+        else:
+            results[group] = {"removable": False, "why": why}
+    boots: dict[str, list[dict]] = {name: [] for name in ["full", *variants]}
+    for round_number in range(args.boots):
+        for name, done in boots.items():  # interleaved: machine noise hits every kernel alike
+            kbuild = full.kbuild if name == "full" else variants[name]
+            done.append(boot_once(target, kbuild, work / "boots" / name.replace("/", "-")))
+        print(f"round {round_number + 1}/{args.boots} done", file=sys.stderr)
+    base = figures(boots["full"], full.kbuild, list(target.arch.images))
+    for group, kbuild in variants.items():
+        results[group] = {"removable": True} | figures(boots[group], kbuild, list(target.arch.images))
+    (work / "ablation.json").write_text(json.dumps({"full": base, "groups": results}, indent=2) + "\n")
+
+    accel = boots["full"][-1].get("accel", "?")
+    print(f"{target.name} on Linux {kernel.version}, QEMU under {accel.upper()}, {args.boots} interleaved boots each; "
+          f"Δ = without the group − full kernel (median [min–max])\n")
+    print(f"| group (fragments) | Δ {' | Δ '.join(images)} | Δ time-to-init ms | Δ used at init KiB | "
+          "Δ kernel overhead KiB | probes failing without it |")
+    print("|---|" + "---|" * (len(images) + 4))
+    for group in wanted:
+        names = ", ".join(p.name for p in groups[group])
+        row = results[group]
+        if not row["removable"]:
+            print(f"| {group} ({names}) | " + " | ".join(["—"] * (len(images) + 3)) + f" | not removable: {row['why']} |")
+            continue
+        sizes = " | ".join(f"{row['images'][p] - base['images'][p]:+,} B" for p in target.arch.images)
+        print(f"| {group} ({names}) | {sizes} | {delta(row['init_ms'], base['init_ms'])} | "
+              f"{delta(row['used_kib'], base['used_kib'])} | {delta(row['overhead_kib'], base['overhead_kib'])} | "
+              f"{', '.join(row['probes_failed']) or '—'} |")
+
+
+if __name__ == "__main__":
+    main()
