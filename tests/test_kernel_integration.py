@@ -332,7 +332,7 @@ def test_a_git_checkout_of_the_real_tree_with_a_local_patch_builds_boots_and_ins
                     ignore=shutil.ignore_patterns(".ktailor-*"))
     git = ["git", "-c", "user.name=Site", "-c", "user.email=site@example.org", "-c", "commit.gpgsign=false", "-C", str(tree)]
     subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "add", "-A", "--force"], check=True)  # Debian's tarball ignores its own top level (`/*`)
     subprocess.run([*git, "commit", "-qm", f"linux {pipeline.version}"], check=True)
     main_c = tree / "init" / "main.c"
     banner = '\tpr_notice("%s", linux_banner);\n'
