@@ -40,14 +40,16 @@ def main() -> None:
         print(f"round {number + 1}/{args.boots} done", file=sys.stderr)
     image = next(p for p in target.arch.images if Path(p).name != "vmlinux")  # bzImage / Image
     print(f"{args.target}, {args.boots} interleaved boots each, {boots[next(iter(builds))][-1]['accel'].upper()}\n")
-    print(f"| build | {Path(image).name} | time-to-init median [min–max] | used memory at init | probes passed |")
-    print("|---|---|---|---|---|")
+    print(f"| build | {Path(image).name} | time-to-init median [min–max] | used memory at init | reserved at boot "
+          "| kernel memory overhead | probes passed |")
+    print("|---|---|---|---|---|---|---|")
     for name, kbuild in builds.items():
-        row = summarise(name, kbuild, boots[name])
+        row = summarise(name, kbuild, boots[name], (image, "vmlinux"))
         size = (kbuild / image).stat().st_size
         timing = "n/a" if row["init_ms"] is None else "{:.0f} ms [{:.0f}–{:.0f}]".format(*row["init_ms"])
-        used = "n/a" if row["used_mib"] is None else f"{row['used_mib']:.1f} MiB"
-        print(f"| {name} | {size:,} B | {timing} | {used} | {row['probes']} |")
+        used, reserved, overhead = ("n/a" if row[key] is None else f"{row[key]:.2f} MiB"
+                                    for key in ("used_mib", "reserved_mib", "overhead_mib"))
+        print(f"| {name} | {size:,} B | {timing} | {used} | {reserved} | {overhead} | {row['probes']} |")
 
 
 if __name__ == "__main__":

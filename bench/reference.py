@@ -115,7 +115,8 @@ def hardening_score(kbuild: Path, version: tuple[int, int, int]) -> dict:
     return {"score": result["score"], "passed": result["passed"], "failing": [r["symbol"] for r in result["failing"]]}
 
 
-def summarise(name: str, kbuild: Path, boots: list[dict]) -> dict:
+def summarise(name: str, kbuild: Path, boots: list[dict], images: tuple[str, str] = (IMAGES[0], IMAGES[1])) -> dict:
+    """`images`: (the compressed or boot image, the ELF vmlinux) inside kbuild."""
     times = [b["metrics"]["time_to_init_ms"] for b in boots if b["metrics"].get("time_to_init_ms") is not None]
     used = [b["metrics"]["guest_used_kib"] for b in boots if b["metrics"].get("guest_used_kib")]
 
@@ -126,8 +127,8 @@ def summarise(name: str, kbuild: Path, boots: list[dict]) -> dict:
     probes = boots[-1]["probes"]
     return {
         "kernel": name,
-        "bzImage_mb": (kbuild / IMAGES[0]).stat().st_size / 1e6,
-        "vmlinux_mb": (kbuild / IMAGES[1]).stat().st_size / 1e6,
+        "bzImage_mb": (kbuild / images[0]).stat().st_size / 1e6,
+        "vmlinux_mb": (kbuild / images[1]).stat().st_size / 1e6,
         "init_ms": (statistics.median(times), min(times), max(times)) if times else None,
         "used_mib": statistics.median(used) / 1024 if used else None,
         "reserved_mib": median_mib("boot_reserved_kib"),  # guest RAM − MemTotal
