@@ -54,15 +54,30 @@ def variant_env(project: Project, kernel, target, group: str, paths: list[Path],
                 KTAILOR_BUILD_DIR=str(work / "build"), KTAILOR_QUIET="1")
 
 
-def build_variant(env: dict[str, str], target, log: Path) -> tuple[bool, str]:
+def build_variant(env: dict[str, str], target, version: str, log: Path) -> tuple[bool, str]:
     done = subprocess.run([sys.executable, "-m", "doit", "-f", str(ROOT / "dodo.py"), "-d", str(ROOT),
                            f"build:{target.name}"], env=env, capture_output=True, text=True, check=False)
     log.write_text(done.stdout + done.stderr)
     if done.returncode == 0:
         return True, ""
-    reason = next((line for line in (done.stderr + done.stdout).splitlines() if line.startswith(("E:", "ERROR"))),
-                  "see " + str(log))
-    return False, reason[:300]
+    audit = Path(env["KTAILOR_BUILD_DIR"]) / version / target.name / "audit.json"
+    return False, needed_by(audit) or next(
+        (line for line in (done.stderr + done.stdout).splitlines() if line.startswith(("E:", "ERROR"))), f"see {log}")
+
+
+def needed_by(audit_file: Path) -> str:
+    """Why a group cannot go: the options of other fragments that stop landing, by root cause (the audit's)."""
+    try:
+        audit = json.loads(audit_file.read_text())
+    except (OSError, ValueError):
+        return ""
+    causes = [f"{', '.join(c['members'][:4])}{' …' if len(c['members']) > 4 else ''} need "
+              f"`{' '.join(c['root'].get('fix') or [c['root']['symbol']])}`"
+              for c in audit.get("root_causes") or [] if c.get("root")]
+    if causes:
+        return "; ".join(causes)
+    dropped = [d["symbol"] for d in audit.get("differences", []) if d.get("status") != "expected"]
+    return f"other fragments' {', '.join(dropped[:6])} stop landing" if dropped else ""
 
 
 def figures(boots: list[dict], kbuild: Path, images: list[str]) -> dict:
@@ -89,25 +104,35 @@ def main() -> None:
     parser.add_argument("--version", help="kernel version in versions.toml (default: the default kernel)")
     parser.add_argument("--boots", type=int, default=5)
     parser.add_argument("--groups", help="comma-separated groups to measure (default: all)")
+    parser.add_argument("--report", action="store_true", help="print the last run's table again (no builds or boots)")
     args = parser.parse_args()
 
     project = Project.from_env(ROOT)
     kernel = project.versions.get(args.version) if args.version else project.versions.default
     target = project.catalog.target(args.target)
     full = project.artifacts(kernel, target)
-    images = [Path(p).name for p in target.arch.images]
     if not all(path.is_file() for path in full.images.values()):
         raise SystemExit(f"E: build {target.name} {kernel.version} first (doit build:{target.name}, same KTAILOR_* "
                          "environment): the full kernel is the baseline.")
     work = project.build_dir / "bench" / kernel.version / "ablation" / target.name
     groups = groups_of(project, target)
+    if args.report:  # the last run's table again, with the reasons re-read from each variant's audit
+        last_boot = json.loads((work / "boots" / "full" / "boot.json").read_text())
+        record = {"target": target.name, "version": kernel.version, "boots": args.boots,
+                  "accel": last_boot.get("accel", "?")} | json.loads((work / "ablation.json").read_text())
+        for group, row in record["groups"].items():
+            if not row["removable"]:
+                audit = work / group.replace("/", "-") / "build" / kernel.version / target.name / "audit.json"
+                row["why"] = needed_by(audit) or row["why"]
+        print_table(record, target, groups)
+        return
     wanted = args.groups.split(",") if args.groups else list(groups)
     variants: dict[str, Path] = {}
     results: dict[str, dict] = {}
     for group in wanted:
         variant_dir = work / group.replace("/", "-")
         env = variant_env(project, kernel, target, group, groups[group], variant_dir)
-        built, why = build_variant(env, target, variant_dir / "build.log")
+        built, why = build_variant(env, target, kernel.version, variant_dir / "build.log")
         print(f"{group}: {'built' if built else 'not removable: ' + why}", file=sys.stderr)
         if built:
             variants[group] = variant_dir / "build" / kernel.version / target.name / "kbuild"
@@ -122,25 +147,29 @@ def main() -> None:
     base = figures(boots["full"], full.kbuild, list(target.arch.images))
     for group, kbuild in variants.items():
         results[group] = {"removable": True} | figures(boots[group], kbuild, list(target.arch.images))
-    (work / "ablation.json").write_text(json.dumps({"full": base, "groups": results}, indent=2) + "\n")
+    record = {"target": target.name, "version": kernel.version, "boots": args.boots,
+              "accel": boots["full"][-1].get("accel", "?"), "full": base, "groups": results}
+    (work / "ablation.json").write_text(json.dumps(record, indent=2) + "\n")
+    print_table(record, target, groups)
 
-    accel = boots["full"][-1].get("accel", "?")
-    print(f"{target.name} on Linux {kernel.version}, QEMU under {accel.upper()}, {args.boots} interleaved boots each; "
-          f"Δ = without the group − full kernel (median [min–max])\n")
-    print(f"| group (fragments) | Δ {' | Δ '.join(images)} | Δ time-to-init ms | Δ used at init KiB | "
-          "Δ kernel overhead KiB | probes failing without it |")
+
+def print_table(record: dict, target, groups: dict[str, list[Path]]) -> None:
+    images = list(target.arch.images)
+    base = record["full"]
+    print(f"{record['target']} on Linux {record['version']}, QEMU under {record['accel'].upper()}, {record['boots']} "
+          "interleaved boots each; Δ = without the group − full kernel (median [min–max])\n")
+    print(f"| group (fragments) | Δ {' | Δ '.join(Path(p).name for p in images)} | Δ time-to-init ms | "
+          "Δ used at init KiB | Δ kernel overhead KiB | probes failing without it |")
     print("|---|" + "---|" * (len(images) + 4))
-    for group in wanted:
-        names = ", ".join(p.name for p in groups[group])
-        row = results[group]
+    for group, row in record["groups"].items():
+        names = ", ".join(p.name for p in groups.get(group, []))
         if not row["removable"]:
             print(f"| {group} ({names}) | " + " | ".join(["—"] * (len(images) + 3)) + f" | not removable: {row['why']} |")
             continue
-        sizes = " | ".join(f"{row['images'][p] - base['images'][p]:+,} B" for p in target.arch.images)
+        sizes = " | ".join(f"{row['images'][p] - base['images'][p]:+,} B" for p in images)
         print(f"| {group} ({names}) | {sizes} | {delta(row['init_ms'], base['init_ms'])} | "
               f"{delta(row['used_kib'], base['used_kib'])} | {delta(row['overhead_kib'], base['overhead_kib'])} | "
               f"{', '.join(row['probes_failed']) or '—'} |")
-
 
 if __name__ == "__main__":
     main()
