@@ -38,7 +38,7 @@ def _project() -> Project:
 
 
 def _kernel_and_target(project: Project, target: str, version: str | None):
-    kernel = project.versions.get(version) if version else project.versions.default
+    kernel = project.versions.get_or_default(version)
     return kernel, project.catalog.target(target)
 
 

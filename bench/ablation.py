@@ -108,7 +108,7 @@ def main() -> None:
     args = parser.parse_args()
 
     project = Project.from_env(ROOT)
-    kernel = project.versions.get(args.version) if args.version else project.versions.default
+    kernel = project.versions.get_or_default(args.version)
     target = project.catalog.target(args.target)
     full = project.artifacts(kernel, target)
     if not all(path.is_file() for path in full.images.values()):

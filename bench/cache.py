@@ -92,7 +92,7 @@ def build(name: str, task: str, work: Path, env: dict[str, str]) -> dict:
         sys.exit(f"{name}: doit {task} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
     project = Project(ROOT, run_env)
     target, _, version = task.removeprefix("build:").partition("@")
-    kernel = project.versions.get(version) if version else project.versions.default
+    kernel = project.versions.get_or_default(version)
     files = project.artifacts(kernel, project.catalog.target(target))
     record = json.loads(files.build_json.read_text())
     record["images"] = {image: hashlib.sha256(path.read_bytes()).hexdigest() for image, path in files.images.items()}

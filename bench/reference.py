@@ -164,7 +164,7 @@ def main() -> None:
     args = parser.parse_args()
 
     project = Project.from_env(ROOT)
-    kernel = project.versions.get(args.version) if args.version else project.versions.default
+    kernel = project.versions.get_or_default(args.version)
     target = project.catalog.target("x86_64-micro")
     # identical QEMU flags for all three: the micro target's boot data, booting the bzImage
     target = dataclasses.replace(target, boot=target.boot | {"kernel": IMAGES[0]})

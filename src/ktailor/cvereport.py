@@ -33,7 +33,7 @@ def cves_command(project: Project, *, target: str, version: str | None, vulns: s
     """The exposure of one target's kernel: (text or JSON, how many applicable CVEs reach `fail_on`)."""
     if fail_on and fail_on not in SEVERITIES[1:]:
         raise InputError(f"--fail-on {fail_on.lower()!r} is not a severity; use critical, high, medium or low.")
-    kernel = project.versions.get(version) if version else project.versions.default
+    kernel = project.versions.get_or_default(version)
     row = project.catalog.target(target)
     compiled, where = compiled_of(project, kernel, row)
     database = open_database(vulns, project.env, project.cache_dir)

@@ -64,8 +64,11 @@ def doit_config(root: Path, argv: list[str] | None = None) -> dict:
 def task_artifacts(project: Project, target_part: str) -> Artifacts | None:
     """The Artifacts of a per-target task's name part: `x86_64-micro` (default kernel) or `x86_64-micro@6.1.192`."""
     target_name, _, version = target_part.partition("@")
-    kernel = next((k for k in project.versions.kernels if (k.version == version if version else k.is_default)), None)
-    if kernel is None or target_name not in kernel.targets:
+    try:
+        kernel = project.versions.get_or_default(version or None)
+    except KtailorError:  # a task name of no listed kernel: no row for it
+        return None
+    if target_name not in kernel.targets:
         return None
     return project.artifacts_of(kernel.version, target_name)
 

@@ -155,7 +155,14 @@ def _check_accept(accept: Path, current: dict, booted: dict, rerun: str, *, unbo
     return accepted
 
 
-def write_json_atomically(path: Path, data: dict) -> None:
+def write_text_atomically(path: Path, text: str, mode: int | None = None) -> None:
+    """Write `text` to a temp file beside `path` (with `mode` if given) and rename it over `path`."""
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(json.dumps(data, indent=2) + "\n")
+    temp.write_text(text)
+    if mode is not None:
+        temp.chmod(mode)
     temp.replace(path)
+
+
+def write_json_atomically(path: Path, data: dict) -> None:
+    write_text_atomically(path, json.dumps(data, indent=2) + "\n")

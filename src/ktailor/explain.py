@@ -45,6 +45,7 @@ from kconfiglib import (
 from .errors import EnvironmentProblem
 from .fragments import version_key
 from .kconfig_syntax import KernelKconfig, successors_of
+from .source_tree import makefile_fields
 
 KINDS = ("unknown-symbol", "other-version", "other-arch", "renamed", "unmet-dependency", "excluded-by-target", "no-prompt",
          "selected", "choice", "toolchain", "other")
@@ -145,10 +146,9 @@ def source_arch(kernel_arch: str) -> str:
 def kernel_version(srctree: Path) -> str:
     """`make kernelversion` without make: VERSION.PATCHLEVEL.SUBLEVEL+EXTRAVERSION from the Makefile."""
     try:
-        head = (srctree / "Makefile").read_text(errors="replace")[:2000]
+        fields = makefile_fields(srctree)
     except OSError:
         return ""
-    fields = dict(re.findall(r"^(VERSION|PATCHLEVEL|SUBLEVEL|EXTRAVERSION)\s*=[ \t]*(\S*)", head, re.MULTILINE))
     numbers = [fields[k] for k in ("VERSION", "PATCHLEVEL", "SUBLEVEL") if fields.get(k)]
     return ".".join(numbers) + fields.get("EXTRAVERSION", "")
 

@@ -28,6 +28,7 @@ from typing import IO
 from .errors import EnvironmentProblem, InputError
 from .processes import start, stop
 from .progress import bar
+from .source_tree import makefile_fields
 
 CHUNK = 1 << 20
 STAMP = ".ktailor-extracted"
@@ -251,11 +252,7 @@ def remove_leftovers(destination: Path) -> None:
 
 def tree_version(tree: Path) -> str | None:
     """VERSION.PATCHLEVEL.SUBLEVEL from the tree's top-level Makefile (SUBLEVEL 0 is a release like 6.1)."""
-    fields = {}
-    for line in (tree / "Makefile").read_text(errors="replace").splitlines()[:12]:
-        key, _, value = line.partition("=")
-        if key.strip() in ("VERSION", "PATCHLEVEL", "SUBLEVEL"):
-            fields[key.strip()] = value.strip()
+    fields = makefile_fields(tree)
     if not all(fields.get(k, "").isdigit() for k in ("VERSION", "PATCHLEVEL", "SUBLEVEL")):
         return None
     version = f"{fields['VERSION']}.{fields['PATCHLEVEL']}"

@@ -41,6 +41,7 @@ from .evidence import (
     hash_or_missing,
     read_optional,
     write_json_atomically,
+    write_text_atomically,
 )
 from .layout import Project
 from .locks import prefix_lock
@@ -128,12 +129,8 @@ def write_vmm_configs(project: Project, kernel, row) -> dict[str, Path]:
     files.vmm_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, text in install_configs(row, files.install, kernel.version).items():
-        path = files.vmm_dir / name
-        temp = path.with_name(f".{name}.{os.getpid()}.tmp")
-        temp.write_text(text)
-        temp.chmod(0o755 if name.endswith(".sh") else 0o644)
-        temp.replace(path)
-        written[name] = path
+        write_text_atomically(files.vmm_dir / name, text, 0o755 if name.endswith(".sh") else 0o644)
+        written[name] = files.vmm_dir / name
     return written
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import EnvironmentProblem
+from .evidence import write_text_atomically
 
 CORE = "core"
 LINK = "link-time"  # what the final link adds: kallsyms, linker tables, section alignment padding, head objects
@@ -169,15 +170,11 @@ class Attributor:
             composite, symbol = makefile.parts[name]
             return symbol if symbol != "y" else self._of(directory, composite, depth + 1)
         symbol = makefile.conditions.get(name)
-        if symbol is None:  # a deeper path named from this Makefile (obj-y += sub/f.o)
-            for candidate, condition in makefile.conditions.items():
-                if "/" in candidate.rstrip("/") and candidate == name:
-                    symbol = condition
-            if symbol is None:
-                return UNATTRIBUTED
-        return symbol if symbol != "y" else self._dir(directory, depth)
+        if symbol is None:
+            return UNATTRIBUTED
+        return symbol if symbol != "y" else self._dir(directory)
 
-    def _dir(self, directory: str, depth: int) -> str:
+    def _dir(self, directory: str) -> str:
         """The option under which kbuild enters `directory`, or core."""
         if not directory or directory.count("/") == 0 or re.fullmatch(r"arch/[^/]+", directory):
             return CORE  # entered by the top Makefile (core-y, drivers-y…) or the arch Makefile
@@ -186,7 +183,7 @@ class Attributor:
         symbol = makefile.conditions.get(base + "/") if makefile else None
         if symbol is None:
             return CORE if makefile is None and parent.startswith("arch/") else UNATTRIBUTED
-        return symbol if symbol != "y" else self._dir(parent, depth + 1)
+        return symbol if symbol != "y" else self._dir(parent)
 
 
 def requests_of(fragments: list, requested: dict) -> dict[str, tuple[str, str]]:
@@ -255,10 +252,8 @@ def render_ledger(ledger: dict, label: str, top: int = 20) -> str:
 
 
 def write_ledger(ledger: dict, out_json: Path, out_md: Path, label: str) -> None:
-    for path, text in ((out_json, json.dumps(ledger, indent=1) + "\n"), (out_md, render_ledger(ledger, label))):
-        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temp.write_text(text)
-        temp.replace(path)
+    write_text_atomically(out_json, json.dumps(ledger, indent=1) + "\n")
+    write_text_atomically(out_md, render_ledger(ledger, label))
 
 
 def option_cost(ledger: dict, option: str) -> dict | None:

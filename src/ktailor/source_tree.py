@@ -22,25 +22,35 @@ import subprocess
 from pathlib import Path
 
 from .errors import InputError
+from .evidence import write_json_atomically
 
 IN_TREE_BUILD = (".config", "include/config")  # what an in-tree build leaves, and kbuild's O= refuses
 
 
+MAKEFILE_KEYS = ("VERSION", "PATCHLEVEL", "SUBLEVEL", "EXTRAVERSION")
+
+
+def makefile_fields(tree: Path) -> dict[str, str]:
+    """VERSION, PATCHLEVEL, SUBLEVEL and EXTRAVERSION as the tree's top Makefile assigns them (each stripped;
+    absent keys left out): the one reader of a tree's release, for extraction, the explainer and source trees."""
+    makefile = tree / "Makefile"
+    head = makefile.read_text(errors="replace")[:4000]
+    return {key: match[1].strip() for key in MAKEFILE_KEYS
+            if (match := re.search(rf"^{key}\s*=[ \t]*(.*)$", head, re.MULTILINE))}
+
+
 def makefile_version(tree: Path) -> tuple[str, str]:
     """("6.1.192", "-mine"): the release and EXTRAVERSION the tree's top Makefile declares."""
-    makefile = tree / "Makefile"
     try:
-        head = makefile.read_text(errors="replace")[:4000]
+        values = makefile_fields(tree)
     except OSError as exc:
-        raise InputError(f"is not a kernel source tree ({exc.strerror}: {makefile}); point source at the top "
+        raise InputError(f"is not a kernel source tree ({exc.strerror}: {tree / 'Makefile'}); point source at the top "
                          "directory of a Linux tree (the one holding Makefile, Kconfig and arch/).", path=tree) from None
-    values = {key: (match[1].strip() if (match := re.search(rf"^{key}\s*=[ \t]*(.*)$", head, re.MULTILINE)) else None)
-              for key in ("VERSION", "PATCHLEVEL", "SUBLEVEL", "EXTRAVERSION")}
-    numbers = [values["VERSION"], values["PATCHLEVEL"], values["SUBLEVEL"]]
-    if not all(n is not None and n.isdigit() for n in numbers):
-        raise InputError(f"{makefile} does not declare VERSION, PATCHLEVEL and SUBLEVEL as numbers; is this the top "
-                         "of a Linux source tree?", path=tree)
-    return ".".join(str(int(n)) for n in numbers), values["EXTRAVERSION"] or ""
+    numbers = [values.get("VERSION", ""), values.get("PATCHLEVEL", ""), values.get("SUBLEVEL", "")]
+    if not all(n.isdigit() for n in numbers):
+        raise InputError(f"{tree / 'Makefile'} does not declare VERSION, PATCHLEVEL and SUBLEVEL as numbers; is this "
+                         "the top of a Linux source tree?", path=tree)
+    return ".".join(str(int(n)) for n in numbers), values.get("EXTRAVERSION", "")
 
 
 def refuse_in_tree_build(tree: Path) -> None:
@@ -113,9 +123,7 @@ def record_identity(tree: Path, out: Path) -> dict:
     now = identity(tree)
     if read_identity(out) != now:
         out.parent.mkdir(parents=True, exist_ok=True)
-        temp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        temp.write_text(json.dumps(now, indent=2) + "\n")
-        temp.replace(out)
+        write_json_atomically(out, now)
     return now
 
 

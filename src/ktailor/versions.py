@@ -83,6 +83,10 @@ class VersionsFile:
     def default(self) -> Kernel:
         return next(k for k in self.kernels if k.is_default)
 
+    def get_or_default(self, version: str | None) -> Kernel:
+        """The kernel of `version`, or the default kernel when no version is given (the commands' --version)."""
+        return self.get(version) if version else self.default
+
     def get(self, version: str) -> Kernel:
         for kernel in self.kernels:
             if kernel.version == version:

@@ -165,7 +165,7 @@ def vm_config(target: Target, vmm: str, kernel_dir: Path, shape: VmShape, versio
 
 def vm_config_command(project: Project, *, target: str, vmm: str, version: str | None, shape: VmShape) -> str:
     """`invoke vm-config`: the config of an installed kernel, with the command line its manifest records."""
-    kernel = project.versions.get(version) if version else project.versions.default
+    kernel = project.versions.get_or_default(version)
     row = project.catalog.target(target)
     files = project.artifacts(kernel, row)
     manifest = read_optional(files.manifest)

@@ -18,7 +18,7 @@ def explain_option(project: Project, option: str, target: str, version: str | No
     from . import explain
 
     symbol = option.removeprefix("CONFIG_").upper()
-    kernel = project.versions.get(version) if version else project.versions.default
+    kernel = project.versions.get_or_default(version)
     row = project.catalog.target(target)
     config = project.kbuild(kernel, row) / ".config"
     if not config.is_file():
