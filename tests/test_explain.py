@@ -422,3 +422,17 @@ def test_real_arm64_parses_and_knows_other_arch_symbols(series: str) -> None:
     result = explain(kconf, "X86_X2APIC", "y", "", srctree=srctree, kernel_arch="arm64")
     assert result.kind == "other-arch"
     assert "x86" in result.detail
+
+
+def test_tree_symbols_reads_every_kconfig_but_none_under_hidden_directories(tmp_path: Path) -> None:
+    """A user's tree is often a git checkout with a `git gc --auto` running in the background:
+    the walk stays out of .git (and any hidden directory), where directories vanish under it."""
+    from ktailor.explain import tree_symbols
+
+    (tmp_path / "drivers" / "net").mkdir(parents=True)
+    (tmp_path / "Kconfig").write_text("config TOP\n\tbool\n")
+    (tmp_path / "drivers" / "net" / "Kconfig.debug").write_text("menuconfig NET_DEBUG\n\tbool\n")
+    (tmp_path / ".git" / "objects" / "50").mkdir(parents=True)
+    (tmp_path / ".git" / "Kconfig").write_text("config FROM_GIT\n\tbool\n")
+    (tmp_path / ".git" / "objects" / "50" / "Kconfig").write_text("config FROM_OBJECTS\n\tbool\n")
+    assert tree_symbols(tmp_path) == frozenset({"TOP", "NET_DEBUG"})

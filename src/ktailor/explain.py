@@ -191,9 +191,7 @@ def _arch_symbols(srctree: Path) -> dict[str, frozenset[str]]:
     arch_root = srctree / "arch"
     arch_dirs = sorted(p for p in arch_root.iterdir() if p.is_dir()) if arch_root.is_dir() else []
     for arch_dir in arch_dirs:
-        for kconfig in arch_dir.rglob("Kconfig*"):
-            if not kconfig.is_file():
-                continue
+        for kconfig in kconfig_files(arch_dir):
             for symbol in ENTRY_RE.findall(kconfig.read_text(errors="replace")):
                 by_symbol.setdefault(symbol, set()).add(arch_dir.name)
     return {symbol: frozenset(arches) for symbol, arches in by_symbol.items()}
@@ -203,10 +201,21 @@ def _arch_symbols(srctree: Path) -> dict[str, frozenset[str]]:
 def tree_symbols(srctree: Path) -> frozenset[str]:
     """Every `config`/`menuconfig` defined anywhere in a source tree (any arch)."""
     found: set[str] = set()
-    for kconfig in srctree.rglob("Kconfig*"):
-        if kconfig.is_file():
-            found.update(ENTRY_RE.findall(kconfig.read_text(errors="replace")))
+    for kconfig in kconfig_files(srctree):
+        found.update(ENTRY_RE.findall(kconfig.read_text(errors="replace")))
     return frozenset(found)
+
+
+def kconfig_files(top: Path) -> Iterator[Path]:
+    """The Kconfig* files under `top`, hidden directories left out: a user's tree is often a git
+    checkout, and a `git gc --auto` that `git commit` leaves running in the background removes
+    .git/objects/* directories under a walk (CI failed so on a real 5.10 checkout)."""
+    for directory, subdirs, names in os.walk(top):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        for name in sorted(names):
+            path = Path(directory, name)
+            if name.startswith("Kconfig") and path.is_file():
+                yield path
 
 
 def _by_version(versions: Iterable[str]) -> list[str]:
