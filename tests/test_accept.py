@@ -35,6 +35,7 @@ def test_each_type_runs_the_workloads_the_issue_names(target):
     names = {w.name for w in SPEC.for_target(CATALOG.target(target))}
     assert {"systemd", "luks2", "luks2-keyring", "crun", "runc", "rootless", "overlay-squashfs", "veth"} <= names
     assert ("nft-masquerade" in names) == target.endswith("mini")
+    assert ("modprobe" in names) == target.endswith("mini")
     assert ("bpftrace-kprobe" in names) == target.endswith("ebpf")
 
 
@@ -175,3 +176,20 @@ def test_a_skipped_acceptance_installs_only_with_the_explicit_opt_in(tmp_path):
     build.accept("fail", message="crun failed")
     with pytest.raises(VerificationFailed):
         build.gate(unaccepted_ok=True)  # the opt-in is for a skip, never for a failure
+
+
+def test_the_key_server_hands_every_connection_the_key_then_stops_with_the_stack(tmp_path):
+    import contextlib
+    import socket
+
+    from ktailor.accept import serve_key
+
+    path = tmp_path / "vsock.uds_1025"
+    with contextlib.ExitStack() as stack:
+        serve_key(path, b"k" * 64, stack)
+        for _ in range(2):  # luks2 and luks2-keyring each ask
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                client.connect(str(path))
+                assert client.makefile("rb").read() == b"k" * 64  # then EOF
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client, pytest.raises(OSError):
+        client.connect(str(path))

@@ -125,3 +125,29 @@ def test_boot_plan_leaves_an_unattachable_probe_out_of_the_guest_and_says_why(tm
             assert "pmem" not in wanted and "virtio-pmem-pci" in plan.skipped["pmem"]
         for name in plan.skipped:
             assert name not in wanted
+
+
+@pytest.mark.skipif(not shutil.which(guest_devices.VSOCK_BACKEND), reason="vhost-device-vsock is not installed "
+                    "(scripts/setup installs it; Debian 12 gets sid's package)")
+def test_vsock_backend_runs_vhost_device_vsock_for_the_length_of_the_block(tmp_path):
+    with guest_devices.attach(["vsock"], context(tmp_path, suffix="device", machine="microvm")) as attached:
+        assert not attached.unavailable, attached.unavailable
+        assert attached.shared_memory  # vhost-user: the backend maps guest RAM
+        assert attached.words == ["ktailor_vsock_cid=3"]
+        assert "vhost-user-vsock-device,chardev=ktailor-vsock" in attached.args
+        socket_path = tmp_path / "s" / "vsock-vhu.sock"
+        assert socket_path.is_socket()
+        running = subprocess.run(["pgrep", "-f", f"vhost-device-vsock --guest-cid 3 --socket {socket_path}"],
+                                 capture_output=True, text=True, check=False).stdout.split()
+        assert running
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in running) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in running)
+
+
+def test_without_a_vsock_backend_the_vsock_device_is_unavailable_with_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no vhost-device-vsock on this PATH
+    with guest_devices.attach(["vsock"], context(tmp_path, suffix="device", machine="microvm")) as attached:
+        assert "apt-get install vhost-device-vsock" in attached.unavailable["vsock"]
+        assert not attached.args

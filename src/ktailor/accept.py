@@ -23,7 +23,9 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tarfile
 import tempfile
+import threading
 import time
 import tomllib
 from dataclasses import dataclass, replace
@@ -45,14 +47,16 @@ from .dotconfig import parse_dotconfig
 from .errors import InputError, VerificationFailed, line_of
 from .evidence import SKIP_ACCEPT_ENV, accept_skip_asked, fingerprint, read_optional, write_json_atomically
 from .fragments import Option
-from .guest_devices import Attached, Attachment
+from .guest_devices import Attached, Attachment, Context, vsock_backend
+from .guest_devices import Unavailable as DeviceUnavailable
 from .probes import Probe, ProbeResult, explain_failure
 from .rootfs import RootfsSpec, Unavailable, root_image
-from .targets import Target
+from .targets import MODULES_ARCHIVE, Target
 
 ACCEPTANCE = "acceptance.toml"  # in the guest dir
 LUKS_SIZE = 32 * 1024 * 1024
-KEY_PORT = "ktailor.key"
+KEY_PORT = "ktailor.key"  # the virtio-serial port the key goes down where vsock cannot be had
+KEY_VSOCK_PORT = 1025  # the host's vsock port the guest fetches the key from (ktailor-key in the guest)
 WORKLOAD_RE = re.compile(r"KTAILOR-WORKLOAD (\S+) rc=(-?\d+) ms=(\d+)")
 OUT_RE = re.compile(r"KTAILOR-OUT (\S+) ?(.*)")
 ANALYZE_RE = re.compile(r"Startup finished in (.+?) \(kernel\) \+ (.+?) \(userspace\)")
@@ -135,6 +139,7 @@ class HostSide:
     key_socket: Path
     marker: str
     held: list[socket.socket]
+    modules: Path | None = None  # a squashfs of the build's lib/modules (types with modules), the guest's /dev/vdd
 
     def send_key(self) -> None:
         """KTAILOR-AWAIT name=luks-key: connect to the virtio-serial port's socket and send the key."""
@@ -174,6 +179,21 @@ def prepare_host_side(workdir: Path, sockets: Path) -> HostSide:
     return HostSide(volume, key, squashfs, sockets / "key.sock", secrets.token_hex(12), [])
 
 
+def modules_image(archive: Path, devices: Path) -> Path:
+    """The build's modules.tar as a squashfs the guest mounts on /lib/modules (the image stays the cached one)."""
+    tree = devices / "modules-tree"
+    shutil.rmtree(tree, ignore_errors=True)
+    tree.mkdir(parents=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(tree, filter="data")
+    image = devices / "modules.squashfs"
+    mksquashfs = shutil.which("mksquashfs") or shutil.which("mksquashfs", path="/usr/sbin:/sbin")
+    _run([str(mksquashfs), str(tree / "lib" / "modules"), str(image), "-comp", "xz", "-noappend", "-quiet",
+          "-all-root"], "mksquashfs of the modules")
+    shutil.rmtree(tree)
+    return image
+
+
 def _run(argv: list[str], what: str) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -187,27 +207,83 @@ def plaintext_left(host: HostSide) -> bool:
 
 # --- the VM -----------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class KeyChannel:
+    """How the LUKS key reaches the guest: the QEMU arguments and command-line word (ktailor_key=) that
+    tell guest/accept/ktailor-key which way to read it, and what accept.json records of it."""
+
+    attachment: Attachment
+    transport: str
+
+
+def key_channel(target: Target, host: HostSide, workdir: Path, sockets: Path, stack: contextlib.ExitStack,
+                memory_mib: int) -> KeyChannel:
+    """vsock, as microVM agents hand secrets in (Firecracker's vsock, Kata's agent), through vhost-device-vsock
+    where it is installed; otherwise the virtio-serial port ktailor.key, the key sent when the guest asks."""
+    settings = boot_settings(target)
+    context = Context(target.arch.qemu, TRANSPORTS[settings.devices], settings.machine, memory_mib, workdir, sockets)
+    try:
+        attachment, vsock = vsock_backend(context, stack)
+    except DeviceUnavailable as exc:
+        serial = Attachment(args=["-chardev", f"socket,id=keyport,path={host.key_socket},server=on,wait=off",
+                                  "-device", f"virtserialport,chardev=keyport,name={KEY_PORT}"],
+                            words=["ktailor_key=virtio-serial"], on_await={"luks-key": host.send_key})
+        return KeyChannel(serial, f"virtio-serial port {KEY_PORT} (no vsock here: {exc})")
+    serve_key(vsock.port_path(KEY_VSOCK_PORT), host.key, stack)
+    attachment.words.append(f"ktailor_key=vsock:{KEY_VSOCK_PORT}")
+    return KeyChannel(attachment, f"vsock: guest CID {vsock.cid} to host port {KEY_VSOCK_PORT} through {vsock.backend}")
+
+
+def serve_key(path: Path, key: bytes, stack: contextlib.ExitStack) -> None:
+    """Listen on `path` for the length of the stack; every connection gets the key, then EOF."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(4)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with connection:
+                connection.settimeout(10)
+                with contextlib.suppress(OSError):
+                    connection.sendall(key)
+
+    thread = threading.Thread(target=serve, name="ktailor-key", daemon=True)
+    thread.start()
+    stack.callback(listener.close)
+    stack.callback(thread.join, 5)
+    stack.callback(stop.set)
+
+
 def accept_argv(target: Target, kbuild: Path, image: Path, host: HostSide, names: list[str], *, accel: str,
-                memory_mib: int) -> list[str]:
+                memory_mib: int, key: KeyChannel) -> list[str]:
     """QEMU's argv: the boot stage's machine, devices and command line, with the Debian image as root, the
-    LUKS volume (vdb) and the squashfs (vdc) as further virtio-blk disks and the key port on virtio-serial."""
+    LUKS volume (vdb), the squashfs (vdc) and the modules (vdd, types with modules) as further virtio-blk
+    disks, and the key channel's device."""
     settings = boot_settings(target)
     words = vmm_cmdline_words(target, settings, accel=accel, tsc_khz=host_tsc_khz())
     words += ["root=/dev/vda", "rootfstype=ext4", "rw", f"ktailor_workloads={','.join(names)}",
-              f"ktailor_marker={host.marker}"]
+              f"ktailor_marker={host.marker}", *key.attachment.words]
     suffix = TRANSPORTS[settings.devices]
     spare = list(settings.virtio_mmio_buses[5:]) if settings.devices == "mmio" else []  # the boot stage pins 5 devices
     args = []
-    for index, (drive, path) in enumerate((("luks", host.volume), ("layer", host.squashfs))):
+    disks = [("luks", host.volume), ("layer", host.squashfs), *([("modules", host.modules)] if host.modules else [])]
+    for index, (drive, path) in enumerate(disks):
         bus = f",bus=virtio-mmio-bus.{spare[index]}" if index < len(spare) else ""
-        args += ["-drive", f"id={drive},file={path},format=raw,if=none" + (",readonly=on" if drive == "layer" else ""),
+        args += ["-drive", f"id={drive},file={path},format=raw,if=none" + (",readonly=on" if drive != "luks" else ""),
                  "-device", f"virtio-blk-{suffix},drive={drive}{bus}"]
-    args += ["-chardev", f"socket,id=keyport,path={host.key_socket},server=on,wait=off",
-             "-device", f"virtserialport,chardev=keyport,name={KEY_PORT}"]
     settings_for_vm = replace(settings, memory_mib=max(memory_mib, settings.memory_mib))
     files = GuestFiles(init=image, rootfs=image, initramfs=image)
+    channel = replace(key.attachment, words=[])  # its words are on the command line already
     argv = build_qemu_argv(target, settings_for_vm, kbuild / settings.kernel, files, accel=accel, cmdline=" ".join(words),
-                           mode="rootfs", vsock_cid=None, attached=Attached([Attachment(args=args)]))
+                           mode="rootfs", vsock_cid=None, attached=Attached([Attachment(args=args), channel]))
     return argv
 
 
@@ -246,7 +322,7 @@ def accept_target(target: Target, kbuild: Path, workdir: Path, out: Path, boot_j
     raise VerificationFailed when one fails."""
     workdir.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)  # a run that raises must not leave the last "pass" standing
-    evidence = fingerprint({Path(relative).name: kbuild / relative for relative in target.arch.images}, kbuild / ".config")
+    evidence = fingerprint({Path(relative).name: kbuild / relative for relative in target.images}, kbuild / ".config")
     booted = read_optional(boot_json) or {}
     if env.get(SKIP_ACCEPT_ENV):
         return _skip(out, target, f"{SKIP_ACCEPT_ENV} is set: acceptance was skipped on purpose", evidence, log)
@@ -269,14 +345,18 @@ def accept_target(target: Target, kbuild: Path, workdir: Path, out: Path, boot_j
         sockets = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ktailor-accept-")))
         try:
             host = prepare_host_side(workdir, sockets)
+            if target.type.modules:
+                host.modules = modules_image(kbuild / MODULES_ARCHIVE, host.volume.parent)
         except Unavailable as exc:
             return _skip(out, target, str(exc), evidence, log)
         stack.callback(host.close)
+        memory_mib = max(spec.memory_mib, boot_settings(target).memory_mib)
+        key = key_channel(target, host, workdir, sockets, stack, memory_mib)
         argv = accept_argv(target, kbuild, rootfs.image, host, [w.name for w in workloads], accel=accel,
-                              memory_mib=spec.memory_mib)
+                           memory_mib=memory_mib, key=key)
         started = time.monotonic()
         run = run_vm(argv, spec.timeout_s, console_log, f"{target.name} accept", len(workloads),
-                     {"luks-key": host.send_key})
+                     key.attachment.on_await)
         wall_s = time.monotonic() - started
         leaked = plaintext_left(host)
     entries, problems = judge_run(target, workloads, run, kbuild, requested, spec.timeout_s)
@@ -288,7 +368,7 @@ def accept_target(target: Target, kbuild: Path, workdir: Path, out: Path, boot_j
         "qemu_command": argv, "console_log": str(console_log), "workloads": entries,
         "systemd_analyze": {"kernel": analyze[1], "userspace": analyze[2]} if analyze else None,
         "host_wall_s": round(wall_s, 1), "luks_plaintext_found": leaked,
-        "key_transport": f"virtio-serial port {KEY_PORT} (this host has no /dev/vhost-vsock)",
+        "key_transport": key.transport,
         "rootfs": {"image": str(rootfs.image), "key": rootfs.key, "made_by": rootfs.source, "packages": rootfs.packages},
         "evidence": evidence,
     }

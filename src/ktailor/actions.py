@@ -170,7 +170,7 @@ def build(root: str, version: str, target: str) -> None:
     project, kernel, row = _load(root, version, target)
     variables = checked_make_vars(project, kernel, row)
     build_target(srctree=project.source_tree(kernel), files=project.artifacts(kernel, row), variables=variables,
-                 goals=list(row.arch.make_targets), jobs=jobs_from_env(project.env),
+                 goals=row.make_goals, jobs=jobs_from_env(project.env),
                  label=f"{row.name} {kernel.version}", compiler=compiler_version(row, variables),
                  env=build_env(project, kernel), cache_dir=project.cache_dir, build_dir=project.build_dir)
 
@@ -209,7 +209,7 @@ def reproduce(root: str, version: str, target: str) -> None:
     project, kernel, row = _load(root, version, target)
     variables = checked_make_vars(project, kernel, row)
     reproduce_target(srctree=project.source_tree(kernel), files=project.artifacts(kernel, row), variables=variables,
-                     goals=list(row.arch.make_targets), jobs=jobs_from_env(project.env),
+                     goals=row.make_goals, jobs=jobs_from_env(project.env),
                      label=f"{row.name} {kernel.version}", env=build_env(project, kernel))
 
 
@@ -218,7 +218,7 @@ def verify(root: str, version: str, target: str) -> None:
     project, kernel, row = _load(root, version, target)
     files = project.artifacts(kernel, row)
     report = verify_target(name=row.name, version=kernel.version, kernel_arch=row.arch.kernel_arch,
-                           kbuild=files.kbuild, images=row.arch.images, budget=row.size_budget,
+                           kbuild=files.kbuild, images=row.images, budget=row.size_budget,
                            audit_file=files.audit, out=files.verify, hardening=hardening_of(project, kernel, row),
                            must_stay=must_stay_of(project, kernel, row))
     sizes = ", ".join(f"{name} {entry['size'] / 1e6:.2f} MB (budget {entry['budget'] / 1e6:.1f})"

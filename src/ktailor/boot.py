@@ -340,7 +340,10 @@ def plan_boot(target: Target, kbuild: Path, workdir: Path, stack: contextlib.Exi
     sockets = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ktailor-vm-")))
     context = Context(target.arch.qemu, TRANSPORTS[settings.devices], settings.machine, settings.memory_mib,
                       files.init.parent, sockets)
-    attached = stack.enter_context(attach([p.device for p in probes if p.device], context))
+    wanted = [p.device for p in probes if p.device]
+    if vsock_cid is None and any(p.name == "vsock" for p in probes):
+        wanted.append("vsock")  # vhost-device-vsock where it is installed; else the probe checks the family only
+    attached = stack.enter_context(attach(wanted, context))
     skipped = {p.name: attached.unavailable[p.device] for p in probes if p.device in attached.unavailable}
     names = [p.name for p in probes if p.name not in skipped]
     cmdline = kernel_cmdline(target, settings, accel=chosen, mode=mode, probe_names=names, vsock_cid=vsock_cid,
@@ -542,7 +545,7 @@ def boot_target(target: Target, kbuild: Path, workdir: Path, requested: dict[str
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / Project.BOOT_REPORT).unlink(missing_ok=True)  # a boot that raises must not leave the last "pass" standing
     # The files this verdict is about, hashed before QEMU starts: install checks them against the files it copies.
-    evidence = fingerprint({Path(relative).name: kbuild / relative for relative in target.arch.images}, kbuild / ".config")
+    evidence = fingerprint({Path(relative).name: kbuild / relative for relative in target.images}, kbuild / ".config")
     if os.environ.get(SKIP_ENV):
         return _skip(target, workdir, f"{SKIP_ENV} is set: boot verification was skipped on purpose", log, evidence)
     if reason := missing_tool(target, mode):
@@ -558,7 +561,7 @@ def boot_target(target: Target, kbuild: Path, workdir: Path, requested: dict[str
     guest = parse_console(run.lines)
 
     sizes = {Path(relative).name: (kbuild / relative).stat().st_size
-             for relative in target.arch.images if (kbuild / relative).is_file()}
+             for relative in target.images if (kbuild / relative).is_file()}
     sizes |= {f"guest {path.name}": path.stat().st_size for path in (plan.files.init, plan.files.rootfs, plan.files.initramfs)}
     report: dict[str, Any] = {
         "target": target.name, "status": "pass", "mode": mode, "accel": plan.accel, "accel_note": plan.accel_note,

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from . import modules
 from .compile_farm import engine_record, redacted
 from .compile_farm import make_env as farm_env
 from .compiled import write_sources
@@ -30,6 +31,7 @@ from .toolchain import ccache_counts, ccache_env, make_argv
 
 STEP_RE = re.compile(r"^\s{2}([A-Z][A-Z0-9_]*)\s+(\S+)")
 COUNT_FILE = "build.steps"
+MODULES_LOG = "modules_install.log"  # beside build.log
 
 
 def output_lines(pipe: IO[bytes], poll_s: float = 0.5) -> Iterator[str]:
@@ -92,6 +94,15 @@ def run_make(srctree: Path, kbuild: Path, variables: dict[str, str], goals: list
     return elapsed
 
 
+def make_modules(srctree: Path, kbuild: Path, variables: dict[str, str], jobs: int, log: Path, label: str,
+                 make_env: dict[str, str], env: dict[str, str]) -> float:
+    """`make modules_install` into the staging dir (stripped, signed by kbuild), packed into modules.tar."""
+    elapsed = run_make(srctree, kbuild, variables | modules.install_variables(kbuild), ["modules_install"], jobs, log,
+                       f"{label} modules", make_env)
+    modules.pack(kbuild, source_date(srctree, env) or 0)
+    return elapsed
+
+
 def _steps_in(counter: Path) -> int | None:
     text = counter.read_text().strip() if counter.is_file() else ""
     return int(text) if text.isdigit() else None
@@ -135,6 +146,8 @@ def build_target(*, srctree: Path, files: Artifacts, variables: dict[str, str], 
     farm = farm_env(env, uses_ccache=uses_ccache, distcc_log=files.distcc_log)
     elapsed = run_make(srctree, files.kbuild, variables, goals, jobs, files.build_log, label, cache | farm,
                        estimate=estimated_steps(files))
+    if "modules" in goals:
+        elapsed += make_modules(srctree, files.kbuild, variables, jobs, files.dir / MODULES_LOG, label, cache | farm, env)
     compiled = write_sources(files.kbuild, srctree, files.sources)
     remote = {"remote": redacted(farm["CCACHE_REMOTE_STORAGE"])} if "CCACHE_REMOTE_STORAGE" in farm else {}
     record = {

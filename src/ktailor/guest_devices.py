@@ -28,6 +28,8 @@ XFS_IMAGE_SIZE = 300 * 1024 * 1024  # mkfs.xfs's minimum since xfsprogs 5.19
 PMEM_SIZE_MIB = 32
 VIRTIOFSD_PATHS = ("virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd")
 CAD_KEYS = ("ctrl", "alt", "delete")
+VSOCK_BACKEND = "vhost-device-vsock"  # rust-vmm's vhost-user vsock backend (Debian 13+ package of that name)
+GUEST_CID = 3  # the guest's vsock CID under vhost-device-vsock (its own namespace: no clash between VMs)
 
 
 class Unavailable(Exception):
@@ -145,6 +147,49 @@ def virtiofs(context: Context, stack: contextlib.ExitStack) -> Attachment:
                       words=[f"ktailor_virtiofs_token={token}"], shared_memory=True)
 
 
+@dataclass(frozen=True)
+class VsockHost:
+    """The host end of a vhost-user vsock device: a guest connection to the host (CID 2) on port P reaches
+    the unix socket `<uds>_P` (vhost-device-vsock's convention), which the host listens on."""
+
+    uds: Path
+    cid: int
+    backend: str
+
+    def port_path(self, port: int) -> Path:
+        return Path(f"{self.uds}_{port}")
+
+
+def vsock_backend(context: Context, stack: contextlib.ExitStack, cid: int = GUEST_CID) -> tuple[Attachment, VsockHost]:
+    """A virtio-vsock device served by vhost-device-vsock (started here, stopped after the VM): AF_VSOCK
+    between host and guest without the kernel's /dev/vhost-vsock, which nested or container hosts lack."""
+    _need_device(context, f"vhost-user-vsock-{context.suffix}")
+    daemon = shutil.which(VSOCK_BACKEND)
+    if not daemon:
+        raise Unavailable(f"no {VSOCK_BACKEND} on this host (Debian 13+: apt-get install {VSOCK_BACKEND}; on "
+                          "Debian 12 scripts/setup installs sid's package, which needs only libc6 >= 2.34)")
+    sock, uds = context.sockets / "vsock-vhu.sock", context.sockets / "vsock.uds"
+    argv = [daemon, "--guest-cid", str(cid), "--socket", str(sock), "--uds-path", str(uds)]
+    log = (context.files / "vhost-device-vsock.log").open("w")
+    stack.callback(log.close)
+    process = processes.start(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    stack.callback(processes.stop, process)
+    deadline = time.monotonic() + 10
+    while not sock.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise Unavailable(f"{VSOCK_BACKEND} did not start ({' '.join(argv)}; see {log.name})")
+        time.sleep(0.05)
+    attachment = Attachment(args=["-chardev", f"socket,id=ktailor-vsock,path={sock}",
+                                  "-device", f"vhost-user-vsock-{context.suffix},chardev=ktailor-vsock"],
+                            words=[f"ktailor_vsock_cid={cid}"], shared_memory=True)
+    return attachment, VsockHost(uds, cid, daemon)
+
+
+def vsock(context: Context, stack: contextlib.ExitStack) -> Attachment:
+    """The vsock probe's device where the host has no /dev/vhost-vsock: the guest must see CID 3."""
+    return vsock_backend(context, stack)[0]
+
+
 def pmem(context: Context, stack: contextlib.ExitStack) -> Attachment:
     """A virtio-pmem region backed by a host file."""
     _need_device(context, f"virtio-pmem-{context.suffix}", " (QEMU 8.1 added it for arm64 virt; x86 has had it since 4.1)")
@@ -198,7 +243,7 @@ def send_keys(qmp: Path, keys: tuple[str, ...], timeout: float = 10) -> None:
 
 DEVICES: dict[str, Callable[[Context, contextlib.ExitStack], Attachment]] = {
     "scsi-disk": scsi_disk, "9p": share_9p, "virtiofs": virtiofs, "pmem": pmem, "second-cpu": second_cpu,
-    "i8042": i8042,
+    "i8042": i8042, "vsock": vsock,
 }
 
 

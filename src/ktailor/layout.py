@@ -138,7 +138,7 @@ class Project:
         """By version string: also for a kernel versions.toml no longer lists (the one an upgrade replaced)."""
         target = self.catalog.target(target_name)
         return Artifacts(version, target_name, self.target_dir_of(version, target_name), self.prefix,
-                         tuple(target.arch.images))
+                         tuple(target.images))
 
     def sources_file(self, kernel: Kernel, target: Target) -> Path:
         return self.artifacts(kernel, target).sources

@@ -14,11 +14,12 @@ import struct
 import time
 from pathlib import Path
 
-from .build import run_make, stamped
+from .build import MODULES_LOG, make_modules, run_make, stamped
 from .download import sha256_of
 from .errors import VerificationFailed
 from .evidence import write_json_atomically
 from .layout import Artifacts
+from .modules import carry_signing_key
 from .progress import info
 
 SHT_NOBITS = 8  # .bss and friends: no bytes in the file
@@ -75,9 +76,13 @@ def reproduce_target(*, srctree: Path, files: Artifacts, variables: dict[str, st
     shutil.rmtree(files.rebuild_dir, ignore_errors=True)
     files.rebuild_kbuild.mkdir(parents=True)
     shutil.copy2(files.config, files.rebuild_kbuild / ".config")
+    carried = carry_signing_key(files.kbuild, files.rebuild_kbuild)  # the same certificate in both images
     started = time.monotonic()
     run_make(srctree, files.rebuild_kbuild, stamped(variables, srctree, env), goals, jobs, files.rebuild_log,
              f"{label} again", {"CCACHE_DISABLE": "1"})
+    if "modules" in goals:
+        make_modules(srctree, files.rebuild_kbuild, stamped(variables, srctree, env), jobs,
+                     files.rebuild_dir / MODULES_LOG, f"{label} again", {"CCACHE_DISABLE": "1"}, env)
     images = {}
     for name, path in files.images.items():
         again = files.rebuild_kbuild / path.relative_to(files.kbuild)
@@ -89,7 +94,8 @@ def reproduce_target(*, srctree: Path, files: Artifacts, variables: dict[str, st
     identical = all(entry["identical"] for entry in images.values())
     record = {"identical": identical, "images": images, "first_build": str(files.kbuild),
               "second_build": str(files.rebuild_kbuild), "seconds": round(time.monotonic() - started, 1),
-              "ccache": "disabled for the second build", "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+              "ccache": "disabled for the second build", "signing_key_carried": carried,
+              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if identical:
         shutil.rmtree(files.rebuild_dir, ignore_errors=True)
         record["second_build"] += " (removed: identical)"

@@ -11,6 +11,7 @@ from typing import Any
 from .errors import InputError
 
 IMAGE_KINDS = ("elf", "bzimage", "arm64-image")
+MODULES_ARCHIVE = "modules.tar"  # modules.py packs a type's modules into it, beside the images
 VMMS = ("firecracker", "cloud-hypervisor", "qemu")  # those vmconfig.py writes configs for
 KATA_HYPERVISORS = ("firecracker", "clh", "qemu")  # Kata's [hypervisor.<name>] sections
 
@@ -39,6 +40,7 @@ class KernelType:
     default: bool
     vmms: tuple[str, ...] = ()  # VMMs whose configs each install carries
     kata: tuple[str, ...] = ()  # Kata hypervisor sections that can use the kernel
+    modules: bool = False  # builds, signs, checks and installs loadable modules (modules.py)
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,16 @@ class Target:
     @property
     def list_name(self) -> str:
         return f"{self.type.name}-{self.arch.name}.list"
+
+    @property
+    def images(self) -> dict[str, str]:
+        """What the build installs, as paths in the kbuild dir -> the check verify applies: the arch's
+        images, and the packed module tree for types with modules."""
+        return self.arch.images | ({MODULES_ARCHIVE: "modules"} if self.type.modules else {})
+
+    @property
+    def make_goals(self) -> list[str]:
+        return [*self.arch.make_targets, *(["modules"] if self.type.modules else [])]
 
 
 @dataclass(frozen=True)
@@ -93,7 +105,8 @@ def _kernel_type(name: str, row: dict[str, Any], path: Path) -> KernelType:
             raise InputError(f"[type.{name}] {key} names {', '.join(unknown)}; the known ones are {', '.join(known)}.",
                              path=path)
     return KernelType(name=name, description=row.get("description", ""), default=row.get("default", True),
-                      vmms=tuple(row.get("vmms", ())), kata=tuple(row.get("kata", ())))
+                      vmms=tuple(row.get("vmms", ())), kata=tuple(row.get("kata", ())),
+                      modules=bool(row.get("modules", False)))
 
 
 def load_catalog(path: Path) -> Catalog:
@@ -144,7 +157,7 @@ def load_catalog(path: Path) -> Catalog:
             )
         budget = dict(_require(row, "size_budget", path, f"[target.{name}]"))
         arch = arches[arch_name]
-        image_names = {Path(p).name for p in arch.images}
+        image_names = {Path(p).name for p in arch.images} | ({MODULES_ARCHIVE} if types[type_name].modules else set())
         if set(budget) != image_names:
             raise InputError(
                 f"[target.{name}] size_budget covers {sorted(budget)} but the arch installs "

@@ -24,7 +24,7 @@ WRAPPERS = ("ccache", "distcc")  # words in CC before the compiler itself
 RESERVED_MAKE_VARS = {"ARCH", "SRCARCH", "O", "CROSS_COMPILE", "KCONFIG_ALLCONFIG", "KCONFIG_CONFIG"}
 TOOL_PACKAGES = {"aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu", "x86_64-linux-gnu-gcc": "gcc-x86-64-linux-gnu",
                  "gcc": "gcc", "make": "make", "flex": "flex", "bison": "bison", "bc": "bc", "ccache": "ccache",
-                 "distcc": "distcc"}
+                 "distcc": "distcc", "depmod": "kmod", "openssl": "openssl"}
 
 
 def user_make_vars(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -151,7 +151,9 @@ def require_tools(target: Target, variables: dict[str, str], env: dict[str, str]
     if distcc_hosts(os.environ if env is None else env) and "distcc" not in wrappers:
         wrappers.append("distcc")  # behind ccache, through CCACHE_PREFIX
     needed = ["make", "flex", "bison", "bc", *wrappers, compiler_name(target, variables).split()[0]]
-    missing = [tool for tool in needed if not shutil.which(tool)]
+    if target.type.modules:  # modules_install runs depmod; kbuild makes the signing key with openssl
+        needed += ["depmod", "openssl"]
+    missing = [tool for tool in needed if not (shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin"))]
     if missing:
         packages = " ".join(sorted({TOOL_PACKAGES.get(t, t) for t in missing}))
         raise EnvironmentProblem(f"{', '.join(missing)} not found on PATH, needed to build {target.name}; "

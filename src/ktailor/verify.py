@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .errors import VerificationFailed
 from .evidence import fingerprint, read_report, write_json_atomically
+from .modules import check_archive
 
 ELF_MACHINES = {"x86": 62, "arm64": 183}  # EM_X86_64, EM_AARCH64
 
@@ -42,7 +43,7 @@ def check_arm64_image(path: Path, kernel_arch: str) -> str | None:
     return None
 
 
-CHECKS = {"elf": check_elf, "bzimage": check_bzimage, "arm64-image": check_arm64_image}
+CHECKS = {"elf": check_elf, "bzimage": check_bzimage, "arm64-image": check_arm64_image, "modules": check_archive}
 
 
 def _head(path: Path, size: int) -> bytes:
