@@ -1162,6 +1162,7 @@ static const struct {
 	{"virtio-net", probe_virtio_net, ""},
 	{"virtio-rng", probe_virtio_rng, ""},
 	{"page-shuffle", probe_runtime_value, "/sys/module/page_alloc/parameters/shuffle=Y"},
+	{"module-sig-enforce", probe_runtime_value, "/sys/module/module/parameters/sig_enforce=Y"},
 	{"yama-ptrace-scope", probe_runtime_value, "/proc/sys/kernel/yama/ptrace_scope=1"},
 	{"dmesg-restrict", probe_runtime_value, "/proc/sys/kernel/dmesg_restrict=1"},
 	{"mmap-min-addr", probe_runtime_value, "/proc/sys/vm/mmap_min_addr=65536"},

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .boot import (
+    STANDARD_DEVICES,
     TRANSPORTS,
     GuestFiles,
     Log,
@@ -272,7 +273,7 @@ def accept_argv(target: Target, kbuild: Path, image: Path, host: HostSide, names
     words += ["root=/dev/vda", "rootfstype=ext4", "rw", f"ktailor_workloads={','.join(names)}",
               f"ktailor_marker={host.marker}", *key.attachment.words]
     suffix = TRANSPORTS[settings.devices]
-    spare = list(settings.virtio_mmio_buses[5:]) if settings.devices == "mmio" else []  # the boot stage pins 5 devices
+    spare = list(settings.virtio_mmio_buses[len(STANDARD_DEVICES):]) if settings.devices == "mmio" else []
     args = []
     disks = [("luks", host.volume), ("layer", host.squashfs), *([("modules", host.modules)] if host.modules else [])]
     for index, (drive, path) in enumerate(disks):

@@ -33,7 +33,7 @@ from .dotconfig import parse_dotconfig
 from .errors import EnvironmentProblem, InputError, VerificationFailed
 from .evidence import SKIP_BOOT_ENV, fingerprint
 from .fragments import Option
-from .guest_devices import Attached, Context, attach
+from .guest_devices import VIRTIO_TRANSPORTS, Attached, Context, attach
 from .layout import Project
 from .probes import (
     QEMU_PREFIX,
@@ -58,6 +58,9 @@ MODES = ("rootfs", "initramfs")
 SKIP_ENV = SKIP_BOOT_ENV  # farms without QEMU: recorded as "skipped", never as a pass
 TRANSPORTS = {"mmio": "device", "pci": "pci"}  # virtio-<kind>-<suffix>: QEMU's device model per transport
 VSOCK_DEVICE = Path("/dev/vhost-vsock")
+# Every boot's devices, in this order (on MMIO machines pinned to the first of virtio_mmio_buses)
+STANDARD_DEVICES = ("virtio-blk-{suffix},drive=root", "virtio-net-{suffix},netdev=n0", "virtio-rng-{suffix}",
+                    "virtio-balloon-{suffix}", "virtio-serial-{suffix}")
 ROOTFS_SIZE = "16M"
 LAST_LINES = 40
 
@@ -298,8 +301,7 @@ def build_qemu_argv(target: Target, settings: BootSettings, kernel: Path, files:
     # snapshot: the guest may write (the fscaps probe remounts / read-write), but into a throwaway overlay.
     argv += ["-drive", f"id=root,file={files.rootfs},format=raw,if=none" + (",snapshot=on" if snapshot else ""),
              "-netdev", netdev]
-    devices = [f"virtio-blk-{suffix},drive=root", f"virtio-net-{suffix},netdev=n0", f"virtio-rng-{suffix}",
-               f"virtio-balloon-{suffix}", f"virtio-serial-{suffix}"]
+    devices = [device.format(suffix=suffix) for device in STANDARD_DEVICES]
     if vsock_cid is not None:
         devices.append(f"vhost-vsock-{suffix},guest-cid={vsock_cid}")
     for index, device in enumerate(devices):
@@ -341,8 +343,12 @@ def plan_boot(target: Target, kbuild: Path, workdir: Path, stack: contextlib.Exi
     context = Context(target.arch.qemu, TRANSPORTS[settings.devices], settings.machine, settings.memory_mib,
                       files.init.parent, sockets)
     wanted = [p.device for p in probes if p.device]
-    if vsock_cid is None and any(p.name == "vsock" for p in probes):
-        wanted.append("vsock")  # vhost-device-vsock where it is installed; else the probe checks the family only
+    # vhost-device-vsock where it is installed (else the probe checks the socket family only); on MMIO machines
+    # only while a pinnable transport is free beside the standard devices' (a mini probe set fills microvm's).
+    taken = len(STANDARD_DEVICES) + sum(VIRTIO_TRANSPORTS.get(device, 0) for device in wanted)
+    if vsock_cid is None and any(p.name == "vsock" for p in probes) and (
+            settings.devices == "pci" or taken < len(settings.virtio_mmio_buses)):
+        wanted.append("vsock")
     attached = stack.enter_context(attach(wanted, context))
     skipped = {p.name: attached.unavailable[p.device] for p in probes if p.device in attached.unavailable}
     names = [p.name for p in probes if p.name not in skipped]

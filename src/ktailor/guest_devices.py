@@ -241,6 +241,9 @@ def send_keys(qmp: Path, keys: tuple[str, ...], timeout: float = 10) -> None:
         call("send-key", keys=[{"type": "qcode", "data": key} for key in keys])
 
 
+# virtio transports each device takes (an MMIO machine has few: QEMU microvm 8); the others add none
+VIRTIO_TRANSPORTS = {"scsi-disk": 1, "9p": 1, "virtiofs": 1, "pmem": 1, "vsock": 1}
+
 DEVICES: dict[str, Callable[[Context, contextlib.ExitStack], Attachment]] = {
     "scsi-disk": scsi_disk, "9p": share_9p, "virtiofs": virtiofs, "pmem": pmem, "second-cpu": second_cpu,
     "i8042": i8042, "vsock": vsock,
