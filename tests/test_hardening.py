@@ -114,3 +114,31 @@ def test_verify_fails_on_an_unwaived_check_and_passes_once_it_is_waived(two_kern
     assert ran == ["verify:x86_64-micro", "report:x86_64-micro"]
     assert "waived: the fake kernel has no thing" in (target_dir / "report.md").read_text()
     assert json.loads((target_dir / "verify.json").read_text())["hardening"]["waived"] == 1
+
+
+def test_the_report_puts_what_the_booted_guest_observed_beside_the_configured_value(tmp_path):
+    """report.md's configured / observed table: from boot.json only when it judged this very .config."""
+    from ktailor.download import sha256_of
+    from ktailor.probes import load_probe_table
+    from ktailor.report import observed_rows, render_observed
+    from ktailor.targets import load_catalog
+
+    repo = Path(__file__).resolve().parents[1]
+    target = load_catalog(repo / "targets.toml").target("x86_64-mini")
+    probes = load_probe_table(repo / "guest" / "probes.toml").for_target(target)
+    config = tmp_path / ".config"
+    config.write_text("CONFIG_SHUFFLE_PAGE_ALLOCATOR=y\nCONFIG_MODULE_SIG_FORCE=y\n")
+    final = {"SHUFFLE_PAGE_ALLOCATOR": "y", "MODULE_SIG_FORCE": "y"}
+    hardening = {"checks": [{"symbol": "MODULE_SIG_FORCE"}]}
+    boot = {"evidence": {"config": sha256_of(config)},
+            "probes": [{"name": "page-shuffle", "status": "pass", "detail": "/sys/module/page_alloc/parameters/shuffle = Y"},
+                       {"name": "module-sig-enforce", "status": "fail", "detail": "sig_enforce is N"}]}
+    rows = {r["probe"]: r for r in observed_rows(probes, hardening, final, boot, sha256_of(config))}
+    assert rows["page-shuffle"] == {"probe": "page-shuffle", "configured": {"CONFIG_SHUFFLE_PAGE_ALLOCATOR": "y"},
+                                    "observed": "/sys/module/page_alloc/parameters/shuffle = Y", "status": "pass"}
+    assert rows["module-sig-enforce"]["status"] == "fail"  # a checked symbol, though its requirement is "modules"
+    assert "virtio-blk" not in rows and "lockdown-integrity" not in rows  # not hardening; micro only
+    assert "| page-shuffle | CONFIG_SHUFFLE_PAGE_ALLOCATOR=y | /sys/module/page_alloc/parameters/shuffle = Y | pass |" \
+        in render_observed(list(rows.values()))
+    stale = observed_rows(probes, hardening, final, boot, "0" * 64)  # boot.json judged another .config
+    assert {r["status"] for r in stale} == {"not booted"}

@@ -233,8 +233,12 @@ def boot(root: str, version: str, target: str) -> None:
 
     project, kernel, row = _load(root, version, target)
     files = project.artifacts(kernel, row)
-    boot_target(row, files.kbuild, files.boot_dir, requested_for(project, kernel, row), StderrLog(),
-                guest_dir=project.guest_dir)
+    try:
+        boot_target(row, files.kbuild, files.boot_dir, requested_for(project, kernel, row), StderrLog(),
+                    guest_dir=project.guest_dir)
+    finally:
+        if files.boot.is_file() and files.config.is_file():
+            write_target_report(project, kernel, row, quiet=True)  # with the observed hardening
 
 
 def must_stay_of(project: Project, kernel, row) -> dict | None:
@@ -288,9 +292,17 @@ def hardening_of(project: Project, kernel, row) -> dict | None:
 
 @reports_errors
 def report(root: str, version: str, target: str) -> None:
-    from .report import write_report
-
     project, kernel, row = _load(root, version, target)
+    write_target_report(project, kernel, row)
+
+
+def write_target_report(project: Project, kernel, row, *, quiet: bool = False) -> None:
+    """report.md/report.json: the report stage's, and the boot stage's again once boot.json holds the
+    observed hardening (the configured / observed table)."""
+    from .probes import load_probe_table
+    from .report import write_report
+    from .tables import PROBES
+
     fragments = load_fragments(project.fragment_paths(row), project.root)
     files = project.artifacts(kernel, row)
     drifts = {}
@@ -303,7 +315,11 @@ def report(root: str, version: str, target: str) -> None:
     rows = write_report(target=row.name, version=kernel.version, fragments=fragments,
                         requested=requested_options(fragments, row.arch.name, kernel.version_tuple),
                         config=files.config, audit_file=files.audit, out_md=files.report_md,
-                        out_json=files.report_json, drifts=drifts, hardening=hardening)
+                        out_json=files.report_json, drifts=drifts, hardening=hardening,
+                        probes=load_probe_table(project.guest_dir / PROBES).for_target(row),
+                        boot=read_optional(files.boot))
+    if quiet:
+        return
     landed = sum(r["status"] == "landed" for r in rows)
     if hardening:
         failing = ", ".join(r["symbol"] for r in hardening["failing"])

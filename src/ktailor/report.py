@@ -10,8 +10,10 @@ import json
 from pathlib import Path
 
 from .dotconfig import final_value, parse_dotconfig, same_value
-from .evidence import read_report
+from .download import sha256_of
+from .evidence import read_report, write_text_atomically
 from .fragments import Fragment
+from .probes import Probe
 
 
 def report_rows(fragments: list[Fragment], requested_symbols: dict, final: dict[str, str], audit: dict) -> list[dict]:
@@ -76,22 +78,57 @@ def render_drift(version: str, drifts: dict[str, tuple[list, list]]) -> str:
     return "\n".join(lines)
 
 
+def observed_rows(probes: list[Probe], hardening: dict | None, final: dict[str, str], boot: dict | None,
+                  config_sha256: str) -> list[dict]:
+    """The hardening the booted guest reported beside what the .config says: every probe of the target that
+    reads runtime state a hardening check is about (requirement "hardening", or a checked symbol). Observed
+    values come from boot.json only when it judged this very .config; otherwise "not booted yet"."""
+    checked = {r["symbol"] for r in (hardening or {}).get("checks", [])}
+    judged = boot is not None and (boot.get("evidence") or {}).get("config") == config_sha256
+    results = {p["name"]: p for p in (boot or {}).get("probes", [])} if judged else {}
+    rows = []
+    for probe in probes:
+        if probe.requirement != "hardening" and not checked & set(probe.symbols):
+            continue
+        result = results.get(probe.name)
+        rows.append({"probe": probe.name,
+                     "configured": {f"CONFIG_{s}": final_value(final, s) for s in probe.symbols},
+                     "observed": result.get("detail", "") if result else "not booted yet",
+                     "status": result.get("status", "") if result else "not booted"})
+    return rows
+
+
+def render_observed(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    lines = ["## Hardening observed in the booted guest (boot.json)", "",
+             "| probe | configured | observed | status |", "|---|---|---|---|"]
+    lines += [f"| {r['probe']} | {_cell(', '.join(f'{k}={v}' for k, v in r['configured'].items()))} | "
+              f"{_cell(r['observed'])} | {r['status']} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def write_report(*, target: str, version: str, fragments: list[Fragment], requested: dict, config: Path,
                  audit_file: Path, out_md: Path, out_json: Path,
-                 drifts: dict[str, tuple[list, list]] | None = None, hardening: dict | None = None) -> list[dict]:
+                 drifts: dict[str, tuple[list, list]] | None = None, hardening: dict | None = None,
+                 probes: list[Probe] | None = None, boot: dict | None = None) -> list[dict]:
     """`drifts`: other version -> (configdiff changes, must-stay losses) of this target; `hardening`: the
-    hardening audit of its final .config (hardening.py)."""
+    hardening audit of its final .config (hardening.py); `probes` and `boot`: the target's probes and its
+    boot.json, for the configured / observed table (the boot stage writes the report again once it has run)."""
     from .configdiff import to_json as drift_json
     from .hardening import render_hardening
 
     audit = read_report(audit_file, "config") if audit_file.is_file() else {}
-    rows = report_rows(fragments, requested, parse_dotconfig(config), audit)
+    final = parse_dotconfig(config)
+    rows = report_rows(fragments, requested, final, audit)
+    observed = observed_rows(probes or [], hardening, final, boot, sha256_of(config))
     drifts = drifts or {}
-    out_md.write_text(render_markdown(target, version, rows) + "\n" + render_drift(version, drifts)
-                      + ("\n" + render_hardening(hardening) if hardening else ""))
-    out_json.write_text(json.dumps({
+    write_text_atomically(out_md, render_markdown(target, version, rows) + "\n" + render_drift(version, drifts)
+                          + ("\n" + render_hardening(hardening) if hardening else "")
+                          + ("\n" + render_observed(observed) if observed else ""))
+    write_text_atomically(out_json, json.dumps({
         "target": target, "version": version, "rows": rows,
         "config_drift": {other: drift_json(*pair) for other, pair in drifts.items()},
-        "hardening": hardening,
+        "hardening": hardening, "hardening_observed": observed,
     }, indent=2) + "\n")
     return rows
