@@ -36,7 +36,7 @@ TARBALL = os.environ.get("KTAILOR_TEST_TARBALL")
 CONFIGURED_ONLY = {"6.12": os.environ.get("KTAILOR_TEST_TARBALL_6_12"), "7.2": os.environ.get("KTAILOR_TEST_TARBALL_7_2")}
 TARBALLS = {"5.10": os.environ.get("KTAILOR_TEST_TARBALL_5_10"), "6.1": TARBALL}
 OLD_6_1 = os.environ.get("KTAILOR_TEST_TARBALL_6_1_OLD")  # an older 6.1 point release: the real upgrade pair
-ALL_TARGETS = ["x86_64-micro", "x86_64-mini", "aarch64-micro", "aarch64-mini", "x86_64-micro-ebpf"]
+ALL_TARGETS = ["x86_64-micro", "x86_64-mini", "aarch64-micro", "aarch64-mini", "x86_64-micro-ebpf", "aarch64-micro-ebpf"]
 # Built, verified, booted and installed: both micro targets on the default kernel (5.10); on 6.1 the
 # x86_64 one (CI's time: every kernel build is minutes on 2 cores). Every target is configured on both.
 BUILT = {"5.10": ["x86_64-micro", "aarch64-micro"], "6.1": ["x86_64-micro"]}
