@@ -121,6 +121,19 @@ def _virtiofsd() -> str:
                       "later releases: apt-get install virtiofsd)")
 
 
+def start_daemon(argv: list[str], sock: Path, log_path: Path, stack: contextlib.ExitStack, wait_s: float = 10) -> None:
+    """Start a vhost-user backend for the length of the stack and wait until its socket exists."""
+    log = log_path.open("w")
+    stack.callback(log.close)
+    process = processes.start(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    stack.callback(processes.stop, process)
+    deadline = time.monotonic() + wait_s
+    while not sock.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise Unavailable(f"{Path(argv[0]).name} did not start ({' '.join(argv)}; see {log_path})")
+        time.sleep(0.05)
+
+
 def virtiofs(context: Context, stack: contextlib.ExitStack) -> Attachment:
     """A vhost-user-fs device served by virtiofsd (started here, stopped after the VM) over a token share."""
     _need_device(context, f"vhost-user-fs-{context.suffix}")
@@ -133,15 +146,7 @@ def virtiofs(context: Context, stack: contextlib.ExitStack) -> Attachment:
     sock = context.sockets / "virtiofs.sock"
     argv = ([daemon, f"--socket-path={sock}", "-o", f"source={share}", "-o", "cache=none"] if legacy else
             [daemon, "--socket-path", str(sock), "--shared-dir", str(share), "--cache", "never", "--sandbox", "none"])
-    log = (context.files / "virtiofsd.log").open("w")
-    stack.callback(log.close)
-    process = processes.start(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    stack.callback(processes.stop, process)
-    deadline = time.monotonic() + 10
-    while not sock.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise Unavailable(f"virtiofsd did not start ({' '.join(argv)}; see {context.files / 'virtiofsd.log'})")
-        time.sleep(0.05)
+    start_daemon(argv, sock, context.files / "virtiofsd.log", stack)
     return Attachment(args=["-chardev", f"socket,id=ktailor-vfs,path={sock}",
                             "-device", f"vhost-user-fs-{context.suffix},chardev=ktailor-vfs,tag=ktailorfs"],
                       words=[f"ktailor_virtiofs_token={token}"], shared_memory=True)
@@ -170,15 +175,7 @@ def vsock_backend(context: Context, stack: contextlib.ExitStack, cid: int = GUES
                           "Debian 12 scripts/setup installs sid's package, which needs only libc6 >= 2.34)")
     sock, uds = context.sockets / "vsock-vhu.sock", context.sockets / "vsock.uds"
     argv = [daemon, "--guest-cid", str(cid), "--socket", str(sock), "--uds-path", str(uds)]
-    log = (context.files / "vhost-device-vsock.log").open("w")
-    stack.callback(log.close)
-    process = processes.start(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    stack.callback(processes.stop, process)
-    deadline = time.monotonic() + 10
-    while not sock.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise Unavailable(f"{VSOCK_BACKEND} did not start ({' '.join(argv)}; see {log.name})")
-        time.sleep(0.05)
+    start_daemon(argv, sock, context.files / "vhost-device-vsock.log", stack)
     attachment = Attachment(args=["-chardev", f"socket,id=ktailor-vsock,path={sock}",
                                   "-device", f"vhost-user-vsock-{context.suffix},chardev=ktailor-vsock"],
                             words=[f"ktailor_vsock_cid={cid}"], shared_memory=True)
