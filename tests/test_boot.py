@@ -556,8 +556,8 @@ def test_real_kernel_missing_capabilities_are_traced_to_fragment_lines(tmp_path)
     not_passed = {p["name"]: p["status"] for p in saved["probes"] if p["status"] != "pass"}
     # everything mini adds is missing from the micro kernel except CPU hotplug (micro has SMP + HOTPLUG_CPU);
     # pmem cannot even be attached over MMIO when QEMU has no virtio-pmem-device model: skipped, not passed
-    missing = {"pci", "acpi", "modules", "virtio-scsi", "xfs-mount", "9p-mount", "virtiofs-mount", "fs-nfs", "fs-nfs4",
-               "ipv6-lo", "vlan", "nft-table", "nft-compat", "fs-hugetlbfs", "loop-device"}
+    missing = {"pci", "acpi", "modules", "module-sig-enforce", "virtio-scsi", "xfs-mount", "9p-mount", "virtiofs-mount",
+               "fs-nfs", "fs-nfs4", "ipv6-lo", "vlan", "nft-table", "nft-compat", "fs-hugetlbfs", "loop-device"}
     pmem = "fail" if "virtio-pmem-device" in qemu_devices(micro.arch.qemu) else "skip"
     assert not_passed == {**dict.fromkeys(missing, "fail"), "pmem": pmem}
 
