@@ -20,6 +20,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
+from .dotconfig import parse_dotconfig
 from .errors import BuildFailed
 from .targets import MODULES_ARCHIVE as ARCHIVE  # relative to the kbuild dir, as the arch's images are
 
@@ -101,7 +102,7 @@ def check_archive(path: Path, kernel_arch: str) -> str | None:
     if not modules:
         return "holds no module (.ko): the type builds modules, but no option of its fragments is =m"
     config = path.parent / ".config"
-    enforced = config.is_file() and "CONFIG_MODULE_SIG_FORCE=y" in config.read_text().splitlines()
+    enforced = config.is_file() and parse_dotconfig(config).get("MODULE_SIG_FORCE") == "y"
     unsigned = sorted(name for name, signed in modules.items() if not signed)
     if enforced and unsigned:
         return (f"holds {len(unsigned)} unsigned module(s) ({', '.join(unsigned[:3])}) while MODULE_SIG_FORCE is on: "

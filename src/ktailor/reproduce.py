@@ -78,10 +78,11 @@ def reproduce_target(*, srctree: Path, files: Artifacts, variables: dict[str, st
     shutil.copy2(files.config, files.rebuild_kbuild / ".config")
     carried = carry_signing_key(files.kbuild, files.rebuild_kbuild)  # the same certificate in both images
     started = time.monotonic()
-    run_make(srctree, files.rebuild_kbuild, stamped(variables, srctree, env), goals, jobs, files.rebuild_log,
-             f"{label} again", {"CCACHE_DISABLE": "1"})
+    variables = stamped(variables, srctree, env)
+    run_make(srctree, files.rebuild_kbuild, variables, goals, jobs, files.rebuild_log, f"{label} again",
+             {"CCACHE_DISABLE": "1"})
     if "modules" in goals:
-        make_modules(srctree, files.rebuild_kbuild, stamped(variables, srctree, env), jobs,
+        make_modules(srctree, files.rebuild_kbuild, variables, jobs,
                      files.rebuild_dir / MODULES_LOG, f"{label} again", {"CCACHE_DISABLE": "1"}, env)
     images = {}
     for name, path in files.images.items():
