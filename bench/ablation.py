@@ -8,16 +8,24 @@ A group other fragments depend on fails its config audit and is reported as such
 booted N times interleaved with the full kernel under the target's QEMU flags (its probes may fail: they
 test what was removed) and the table gives Δ image bytes, Δ memory and Δ time-to-init (median [min–max]).
 
+With --options the variants are single requests instead of groups: each is the target with one option line
+(or several joined by `+`, for options that only make sense together) taken out of its fragment — an overlay
+copy of that fragment without the line — so the option falls back to what Kconfig gives without the request
+(its default, or off). That is what one hardening option costs on its own.
+
     .venv/bin/python bench/ablation.py [--target x86_64-micro] [--version 5.10.262] [--boots 5] [--groups a,b]
+    .venv/bin/python bench/ablation.py --options INIT_ON_FREE_DEFAULT_ON,STATIC_USERMODEHELPER+STATIC_USERMODEHELPER_PATH
 
 Run it after `doit build:<target>[@version]` with the same KTAILOR_* environment; results go to
-build/bench/<version>/ablation/<target>/ablation.json and the table to stdout.
+build/bench/<version>/ablation/<target>/ablation.json (options-ablation.json with --options) and the table to
+stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,6 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from reference import boot_once  # noqa: E402
 
+from ktailor.dotconfig import parse_dotconfig  # noqa: E402
 from ktailor.fragments import load_fragments, resolve_list  # noqa: E402
 from ktailor.layout import Project  # noqa: E402
 
@@ -48,6 +57,45 @@ def variant_env(project: Project, kernel, target, group: str, paths: list[Path],
     kept = [p for p in resolve_list(project.fragments_dir, target.list_name) if p not in paths]
     (overlay / target.list_name).write_text(f"# {target.name} without the {group} group (bench/ablation.py)\n"
                                             + "".join(f"ktailor:{p.name}\n" for p in kept))
+    return overlay_env(project, kernel, target, overlay, work)
+
+
+def option_lines(project: Project, target) -> dict[str, tuple[Path, int]]:
+    """symbol -> (the fragment file that requests it for this target, its line)."""
+    paths = resolve_list(project.fragments_dir, target.list_name)
+    return {option.symbol: (path, option.line)
+            for fragment, path in zip(load_fragments(paths, project.root), paths, strict=True)
+            for option in fragment.options}
+
+
+def option_variant_env(project: Project, kernel, target, symbols: list[str], work: Path) -> dict[str, str]:
+    """A ktailor environment that builds `target` with the lines requesting `symbols` (and their reason
+    comments) taken out of overlay copies of their fragments; every other fragment is the project's."""
+    where = option_lines(project, target)
+    missing = [s for s in symbols if s not in where]
+    if missing:
+        raise SystemExit(f"E: {target.name} requests no {', '.join('CONFIG_' + s for s in missing)}; name options "
+                         "its fragments set (see `invoke explain`).")
+    overlay = work / "fragments"
+    shutil.rmtree(overlay, ignore_errors=True)
+    overlay.mkdir(parents=True)
+    for path in sorted({where[s][0] for s in symbols}):
+        lines = path.read_text().splitlines(keepends=True)
+        drop: set[int] = set()
+        for symbol in symbols:
+            fragment, number = where[symbol]
+            if fragment != path:
+                continue
+            index = number - 1
+            drop.add(index)
+            while index > 0 and lines[index - 1].startswith("#") and not lines[index - 1].startswith("# CONFIG_"):
+                index -= 1
+                drop.add(index)
+        (overlay / path.name).write_text("".join(line for i, line in enumerate(lines) if i not in drop))
+    return overlay_env(project, kernel, target, overlay, work)
+
+
+def overlay_env(project: Project, kernel, target, overlay: Path, work: Path) -> dict[str, str]:
     versions = work / "versions.toml"
     versions.write_text(f'[[kernel]]\nsource = "{project.source_tree(kernel)}"\ntargets = ["{target.name}"]\n')
     return dict(project.env, KTAILOR_FRAGMENTS=str(overlay), KTAILOR_VERSIONS=str(versions),
@@ -98,12 +146,39 @@ def delta(variant: tuple | None, full: tuple | None, scale: float = 1.0, unit: s
             f"{(variant[2] - full[0]) / scale:+.1f}]")
 
 
+class Plan:
+    """What one run varies: requirement groups (the default) or single option requests (--options)."""
+
+    def __init__(self, args, project: Project, kernel, target, work: Path) -> None:
+        self.work = work
+        if args.options:
+            where = option_lines(project, target)
+            self.kind, self.record_file = "options", work / "options-ablation.json"
+            self.wanted = args.options.replace("CONFIG_", "").split(",")
+            self.labels = {item: ", ".join(f"{where[s][0].name}:{where[s][1]}" if s in where else "not requested"
+                                           for s in item.split("+")) for item in self.wanted}
+            self.environment = lambda item, directory: option_variant_env(project, kernel, target, item.split("+"),
+                                                                          directory)
+        else:
+            groups = groups_of(project, target)
+            self.kind, self.record_file = "groups", work / "ablation.json"
+            self.wanted = args.groups.split(",") if args.groups else list(groups)
+            self.labels = {group: ", ".join(p.name for p in groups.get(group, [])) for group in self.wanted}
+            self.environment = lambda item, directory: variant_env(project, kernel, target, item, groups[item],
+                                                                   directory)
+
+    def variant_dir(self, item: str) -> Path:
+        return self.work / ("options" if self.kind == "options" else "") / item.replace("/", "-")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default="x86_64-micro")
     parser.add_argument("--version", help="kernel version in versions.toml (default: the default kernel)")
     parser.add_argument("--boots", type=int, default=5)
     parser.add_argument("--groups", help="comma-separated groups to measure (default: all)")
+    parser.add_argument("--options", help="comma-separated options to measure one by one instead of groups "
+                        "(A+B: taken out together)")
     parser.add_argument("--report", action="store_true", help="print the last run's table again (no builds or boots)")
     args = parser.parse_args()
 
@@ -115,29 +190,27 @@ def main() -> None:
         raise SystemExit(f"E: build {target.name} {kernel.version} first (doit build:{target.name}, same KTAILOR_* "
                          "environment): the full kernel is the baseline.")
     work = project.build_dir / "bench" / kernel.version / "ablation" / target.name
-    groups = groups_of(project, target)
+    plan = Plan(args, project, kernel, target, work)
     if args.report:  # the last run's table again, with the reasons re-read from each variant's audit
         last_boot = json.loads((work / "boots" / "full" / "boot.json").read_text())
         record = {"target": target.name, "version": kernel.version, "boots": args.boots,
-                  "accel": last_boot.get("accel", "?")} | json.loads((work / "ablation.json").read_text())
-        for group, row in record["groups"].items():
+                  "accel": last_boot.get("accel", "?")} | json.loads(plan.record_file.read_text())
+        for item, row in record[plan.kind].items():
             if not row["removable"]:
-                audit = work / group.replace("/", "-") / "build" / kernel.version / target.name / "audit.json"
+                audit = plan.variant_dir(item) / "build" / kernel.version / target.name / "audit.json"
                 row["why"] = needed_by(audit) or row["why"]
-        print_table(record, target, groups)
+        print_table(record, target, plan.kind, plan.labels)
         return
-    wanted = args.groups.split(",") if args.groups else list(groups)
     variants: dict[str, Path] = {}
     results: dict[str, dict] = {}
-    for group in wanted:
-        variant_dir = work / group.replace("/", "-")
-        env = variant_env(project, kernel, target, group, groups[group], variant_dir)
-        built, why = build_variant(env, target, kernel.version, variant_dir / "build.log")
-        print(f"{group}: {'built' if built else 'not removable: ' + why}", file=sys.stderr)
+    for item in plan.wanted:
+        env = plan.environment(item, plan.variant_dir(item))
+        built, why = build_variant(env, target, kernel.version, plan.variant_dir(item) / "build.log")
+        print(f"{item}: {'built' if built else 'not removable: ' + why}", file=sys.stderr)
         if built:
-            variants[group] = variant_dir / "build" / kernel.version / target.name / "kbuild"
+            variants[item] = plan.variant_dir(item) / "build" / kernel.version / target.name / "kbuild"
         else:
-            results[group] = {"removable": False, "why": why}
+            results[item] = {"removable": False, "why": why}
     boots: dict[str, list[dict]] = {name: [] for name in ["full", *variants]}
     for round_number in range(args.boots):
         for name, done in boots.items():  # interleaved: machine noise hits every kernel alike
@@ -145,31 +218,38 @@ def main() -> None:
             done.append(boot_once(target, kbuild, work / "boots" / name.replace("/", "-")))
         print(f"round {round_number + 1}/{args.boots} done", file=sys.stderr)
     base = figures(boots["full"], full.kbuild, list(target.arch.images))
-    for group, kbuild in variants.items():
-        results[group] = {"removable": True} | figures(boots[group], kbuild, list(target.arch.images))
+    for item, kbuild in variants.items():
+        results[item] = {"removable": True} | figures(boots[item], kbuild, list(target.arch.images))
+        if plan.kind == "options":  # what each option fell back to without its request
+            config = parse_dotconfig(kbuild / ".config")
+            results[item]["without"] = {s: config.get(s, "n") for s in item.split("+")}
     record = {"target": target.name, "version": kernel.version, "boots": args.boots,
-              "accel": boots["full"][-1].get("accel", "?"), "full": base, "groups": results}
-    (work / "ablation.json").write_text(json.dumps(record, indent=2) + "\n")
-    print_table(record, target, groups)
+              "accel": boots["full"][-1].get("accel", "?"), "full": base, plan.kind: results}
+    plan.record_file.write_text(json.dumps(record, indent=2) + "\n")
+    print_table(record, target, plan.kind, plan.labels)
 
 
-def print_table(record: dict, target, groups: dict[str, list[Path]]) -> None:
+def print_table(record: dict, target, kind: str, labels: dict[str, str]) -> None:
     images = list(target.arch.images)
     base = record["full"]
+    what = "the group" if kind == "groups" else "the option's request"
     print(f"{record['target']} on Linux {record['version']}, QEMU under {record['accel'].upper()}, {record['boots']} "
-          "interleaved boots each; Δ = without the group − full kernel (median [min–max])\n")
-    print(f"| group (fragments) | Δ {' | Δ '.join(Path(p).name for p in images)} | Δ time-to-init ms | "
+          f"interleaved boots each; Δ = without {what} − full kernel (median [min–max])\n")
+    head = "group (fragments)" if kind == "groups" else "option (fragment:line) → without the request"
+    print(f"| {head} | Δ {' | Δ '.join(Path(p).name for p in images)} | Δ time-to-init ms | "
           "Δ used at init KiB | Δ kernel overhead KiB | probes failing without it |")
     print("|---|" + "---|" * (len(images) + 4))
-    for group, row in record["groups"].items():
-        names = ", ".join(p.name for p in groups.get(group, []))
+    for item, row in record[kind].items():
+        fallback = " → " + ", ".join(f"{s}={v}" for s, v in row["without"].items()) if row.get("without") else ""
+        name = f"{item} ({labels.get(item, '')}){fallback}"
         if not row["removable"]:
-            print(f"| {group} ({names}) | " + " | ".join(["—"] * (len(images) + 3)) + f" | not removable: {row['why']} |")
+            print(f"| {name} | " + " | ".join(["—"] * (len(images) + 3)) + f" | not removable: {row['why']} |")
             continue
         sizes = " | ".join(f"{row['images'][p] - base['images'][p]:+,} B" for p in images)
-        print(f"| {group} ({names}) | {sizes} | {delta(row['init_ms'], base['init_ms'])} | "
+        print(f"| {name} | {sizes} | {delta(row['init_ms'], base['init_ms'])} | "
               f"{delta(row['used_kib'], base['used_kib'])} | {delta(row['overhead_kib'], base['overhead_kib'])} | "
               f"{', '.join(row['probes_failed']) or '—'} |")
+
 
 if __name__ == "__main__":
     main()

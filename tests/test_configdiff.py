@@ -91,3 +91,114 @@ def test_bad_must_stay_entries_name_the_file(tmp_path: Path, text: str) -> None:
     path.write_text(text)
     with pytest.raises(InputError, match=r"must-stay\.toml"):
         load_must_stay(path)
+
+
+OLD_KCONFIG = """\
+config EXPERT
+\tbool "Expert"
+config OOB
+\tdef_bool y
+config SYSFS_SYSCALL
+\tbool "sysfs(2)" if EXPERT
+\tdefault y
+config EXT4
+\tbool "ext4"
+\tselect CRC
+config CRC
+\tbool "crc32c"
+choice
+\tprompt "TSX mode"
+\tdefault TSX_OFF
+config TSX_OFF
+\tbool "off"
+config TSX_AUTO
+\tbool "auto"
+endchoice
+config VMEMMAP
+\tbool "vmemmap"
+\tdefault y
+config PREEMPTION
+\tbool
+config INLINE_UNLOCK
+\tdef_bool y
+\tdepends on !PREEMPTION
+config INLINE_LOCK
+\tdef_bool y
+\tdepends on !PREEMPTION
+"""
+
+NEW_KCONFIG = """\
+config EXPERT
+\tbool "Expert"
+config OOB
+\tbool "out-of-band messages"
+\tdefault y
+config SYSFS_SYSCALL
+\tbool "sysfs(2)"
+\tdefault y
+config EXT4
+\tbool "ext4"
+config CRC
+\tbool "crc32c"
+choice
+\tprompt "TSX mode"
+\tdefault TSX_AUTO
+config TSX_OFF
+\tbool "off"
+config TSX_AUTO
+\tbool "auto"
+endchoice
+config VMEMMAP
+\tdef_bool y
+config PREEMPTION
+\tbool
+config ARCH_INLINE_UNLOCK
+\tbool
+config INLINE_UNLOCK
+\tdef_bool y
+\tdepends on !PREEMPTION && ARCH_INLINE_UNLOCK
+config ARCH_INLINE_LOCK
+\tbool
+config INLINE_LOCK
+\tdef_bool y
+\tdepends on !PREEMPTION && ARCH_INLINE_LOCK
+"""
+
+
+def test_drift_says_why_each_unrequested_symbol_changed_from_both_trees(tmp_path: Path) -> None:
+    """Each reason the forecast 6.12.118 → 7.2.13 met on the real trees (AF_UNIX_OOB, SYSFS_SYSCALL,
+    CRYPTO_CRC32C, X86_INTEL_TSX_MODE_*, SPARSEMEM_VMEMMAP, INLINE_*), in miniature."""
+    from ktailor.configdiff import drift
+
+    configs = {"old": "CONFIG_OOB=y\nCONFIG_SYSFS_SYSCALL=y\nCONFIG_EXT4=y\nCONFIG_CRC=y\nCONFIG_TSX_OFF=y\n"
+                      "# CONFIG_VMEMMAP is not set\nCONFIG_INLINE_UNLOCK=y\nCONFIG_INLINE_LOCK=y\n",
+               "new": "# CONFIG_OOB is not set\n# CONFIG_SYSFS_SYSCALL is not set\nCONFIG_EXT4=y\n"
+                      "# CONFIG_CRC is not set\nCONFIG_TSX_AUTO=y\nCONFIG_VMEMMAP=y\n"}
+    for name, kconfig in (("old", OLD_KCONFIG), ("new", NEW_KCONFIG)):
+        tree = tmp_path / name / "linux"
+        tree.mkdir(parents=True)
+        (tree / "Kconfig").write_text(kconfig)
+        (tree / "Makefile").write_text("VERSION = 7\nPATCHLEVEL = 2\nSUBLEVEL = 0\nEXTRAVERSION =\n")
+        (tmp_path / name / ".config").write_text(configs[name])
+    changes, missing = drift(old_config=tmp_path / "old" / ".config", new_config=tmp_path / "new" / ".config",
+                             requested={"EXT4"}, arch="x86_64", old_tree=tmp_path / "old" / "linux",
+                             new_tree=tmp_path / "new" / "linux", kernel_arch="x86", cross_compile="",
+                             must_stay=[], versions=("6.12.118", "7.2.13"))
+    because = {c.symbol: c.because for c in changes}
+    assert because["OOB"].startswith("its prompt shows in 7.2.13 (none in 6.12.118, where its default decided)")
+    assert because["SYSFS_SYSCALL"].startswith("its prompt shows in 7.2.13 (hidden in 6.12.118")
+    assert because["CRC"] == ("in 6.12.118 it was selected by EXT4(=y); EXT4 no longer selects it in 7.2.13; "
+                              "no fragment requests it, so allnoconfig answers its prompt n")
+    assert "it takes TSX_AUTO in 7.2.13 (TSX_OFF in 6.12.118)" in because["TSX_OFF"]
+    assert because["VMEMMAP"] == "its prompt is gone or hidden in 7.2.13: its default decides now"
+    assert because["INLINE_UNLOCK"].startswith("its dependency changed from `!PREEMPTION(=n)` to "
+                                               "`!PREEMPTION(=n) && ARCH_INLINE_UNLOCK(=n)`; INLINE_UNLOCK depends on")
+    assert missing == []
+    shown = render_changes("6.12.118", "7.2.13", changes)
+    assert "  why (from the Kconfig of both trees):" in shown
+    reasons = shown.split("  why (from the Kconfig of both trees):\n")[1].splitlines()
+    assert "    CRC y→n: " + because["CRC"] in reasons
+    # INLINE_LOCK and INLINE_UNLOCK read alike once their own names are taken out: one line for both
+    assert len(reasons) == 7
+    assert "    INLINE_LOCK y→n, INLINE_UNLOCK y→n: its dependency changed from `!PREEMPTION(=n)` to " \
+           "`!PREEMPTION(=n) && ARCH_<symbol>(=n)`" in "\n".join(reasons)

@@ -107,6 +107,45 @@ def test_every_target_configures_with_zero_unexplained_drops(pipeline):
         assert all(d["status"] == "expected" for d in audit["differences"])
 
 
+NEXT_SERIES = {"5.10": TARBALL, "6.1": CONFIGURED_ONLY["7.2"]}  # the forecast: 5.10 → 6.1, 6.x → 7.x
+
+
+def test_the_forecast_of_the_next_series_explains_every_change_on_the_real_trees(pipeline):
+    """`invoke security-update --forecast` as the weekly job runs it, from the configured default kernel to the
+    next series' real tree (5.10.262 → 6.1.192, 6.1.192 → 7.2.13): signed-off download from the mirror,
+    config and audit of every target in the scratch dir, and the whole-config drift with a reason for every
+    unrequested symbol that turned off or on, read from both trees' Kconfig (7.x's needs kconfig_syntax)."""
+    series = ".".join(pipeline.version.split(".")[:2])
+    if not NEXT_SERIES[series]:
+        pytest.skip(f"needs the next series' tarball after {series} (scripts/test sets it)")
+    new_version, _, _ = add_to_mirror(Path(NEXT_SERIES[series]), pipeline.mirror)
+    released = {"timestamp": int(time.time()) - 3600, "isodate": time.strftime("%Y-%m-%d")}
+    (pipeline.mirror / "releases.json").write_text(json.dumps({"releases": [
+        {"moniker": "longterm", "version": version, "iseol": False, "released": released}
+        for version in (pipeline.version, new_version)]}))
+    summary = pipeline.work / "forecast.json"
+    run = subprocess.run([str(REPO / ".venv" / "bin" / "invoke"), "-r", str(REPO), "security-update", "--forecast",
+                          "--insecure-skip-signature", "--releases-url", f"{pipeline.url}/releases.json",
+                          "--json-out", str(summary)], env=pipeline.env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    (kernel,) = json.loads(summary.read_text())["kernels"]
+    forecast = kernel["forecast"]
+    assert (forecast["to"], forecast["ok"]) == (new_version, True), forecast
+    targets = forecast["preflight"]["targets"]
+    assert sorted(t["target"] for t in targets) == sorted(ALL_TARGETS)
+    for target in targets:
+        assert target["audit"] == "passed" and not target["no_longer_land"], target["target"]
+        drift = target["config_drift"]
+        assert drift is not None and drift["errors"] == 0, target["target"]  # compared, no must-stay loss
+        changed = [c for c in drift["changes"] if c["kind"] in ("lost", "gained", "changed")]
+        assert changed, target["target"]  # a series move always changes some unrequested defaults
+        assert [c["symbol"] for c in changed if not c["because"]] == [], target["target"]
+    assert run.stdout.count("why (from the Kconfig of both trees):") == len(ALL_TARGETS)
+    assert "explanation unavailable" not in run.stdout + run.stderr
+    assert f"forecast {series} → {new_version}: every requested option lands" in run.stdout
+    assert not (pipeline.work / "build" / "forecast" / series / "build" / new_version / "linux").exists()
+
+
 def test_the_shipped_unit_upgrades_builds_boots_and_installs_unattended(pipeline):
     """`invoke security-update --apply` exactly as contrib/ktailor-security-update.service runs it, on a
     fresh machine (empty cache and state dirs, no keyring), from 6.1.187 — Debian's archive keeps it — to

@@ -11,7 +11,8 @@ or removed), never as losses.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .dotconfig import final_value, parse_dotconfig
@@ -45,6 +46,7 @@ class Change:
     kind: str  # "lost" (y/m → n), "gained" (n → y/m), "changed" (y ↔ m), "removed" (gone from the new tree),
     #            "added" (new in the new tree)
     must_stay: str = ""  # the must-stay.toml why, when the symbol is in that set
+    because: str = ""  # why it changed, from both trees' Kconfig (drift_reason), for lost/gained/changed
 
     @property
     def error(self) -> bool:
@@ -139,6 +141,7 @@ def render_changes(old_version: str, new_version: str, changes: list[Change], mi
             by_menu.setdefault(change.menu, []).append(change)
     for menu in sorted(by_menu):
         lines.append(f"  {menu}: " + ", ".join(f"{c.symbol} {c.old}→{c.new}" for c in by_menu[menu]))
+    lines += _reasons(by_menu)
     gone = [c.symbol for c in changes if c.kind == "removed" and c.must_stay]
     if gone:
         lines.append(f"  W: must-stay option(s) no longer in {new_version}: {', '.join(gone)}; check what replaced "
@@ -146,9 +149,26 @@ def render_changes(old_version: str, new_version: str, changes: list[Change], mi
     return "\n".join(lines)
 
 
+def _reasons(by_menu: dict[str, list[Change]]) -> list[str]:
+    """The changes' reasons, one line per reason: symbols whose reasons read alike once their own names are
+    taken out (INLINE_READ_UNLOCK and INLINE_SPIN_UNLOCK, each depending on !PREEMPTION) share a line."""
+    grouped: dict[str, list[Change]] = {}
+    for change in (c for menu in sorted(by_menu) for c in by_menu[menu] if c.because):
+        grouped.setdefault(re.sub(rf"\b(\w*){change.symbol}\b", r"\1<symbol>", change.because), []).append(change)
+    if not grouped:
+        return []
+    lines = ["  why (from the Kconfig of both trees):"]
+    for reason, members in grouped.items():
+        names = ", ".join(f"{c.symbol} {c.old}→{c.new}" for c in members)
+        lines.append(f"    {names}: {reason if len(members) > 1 else members[0].because}")
+    return lines
+
+
 def drift(*, old_config: Path, new_config: Path, requested: set[str], arch: str, old_tree: Path, new_tree: Path,
-          kernel_arch: str, cross_compile: str, must_stay: list[MustStay]) -> tuple[list[Change], list[MustStay]]:
-    """Compare two final .config files of one target (the trees give which symbols exist, and the menus)."""
+          kernel_arch: str, cross_compile: str, must_stay: list[MustStay],
+          versions: tuple[str, str] = ("the old kernel", "the new kernel")) -> tuple[list[Change], list[MustStay]]:
+    """Compare two final .config files of one target (the trees give which symbols exist, the menus, and why
+    each unrequested symbol changed). `versions`: the two kernels' names, for the reasons."""
     from .explain import ExplainUnavailable, load_kconfig, tree_symbols
 
     old, new = parse_dotconfig(old_config), parse_dotconfig(new_config)
@@ -160,14 +180,84 @@ def drift(*, old_config: Path, new_config: Path, requested: set[str], arch: str,
     old_symbols, new_symbols = symbols(old_tree, old), symbols(new_tree, new)
     changed = {s for s in set(old) | set(new) if final_value(old, s) != final_value(new, s)}
     menus: dict[str, str] = {}
-    for tree in (old_tree, new_tree):  # the new tree's menus win
+    kconfs = {}
+    for which, tree, config in (("old", old_tree, old_config), ("new", new_tree, new_config)):  # new menus win
         try:
-            menus |= menus_of(load_kconfig(tree, kernel_arch, cross_compile, None), changed)
+            kconfs[which] = load_kconfig(tree, kernel_arch, cross_compile, config)
         except ExplainUnavailable:
             continue
+        menus |= menus_of(kconfs[which], changed)
     changes = compare_configs(old, new, requested, arch=arch, old_symbols=old_symbols, new_symbols=new_symbols,
                               must_stay=must_stay, menus=menus)
+    if "new" in kconfs:
+        changes = [replace(c, because=drift_reason(kconfs.get("old"), kconfs["new"], c, new_tree=new_tree,
+                                                   kernel_arch=kernel_arch, versions=versions))
+                   if c.kind in ("lost", "gained", "changed") else c for c in changes]
     return changes, must_stay_missing(new, must_stay, arch, new_symbols)
+
+
+def drift_reason(old_kconf, new_kconf, change: Change, *, new_tree: Path, kernel_arch: str,
+                 versions: tuple[str, str]) -> str:
+    """Why an unrequested symbol has another value on the new kernel: what its Kconfig entry changed (a
+    prompt added or removed, other dependencies, a select gone, a choice's default), else the new tree's
+    own explanation of its value."""
+    from kconfiglib import expr_value
+
+    from .explain import explain, has_prompt, render_expression
+
+    old_name, new_name = versions
+    new_sym = new_kconf.syms.get(change.symbol)
+    old_sym = old_kconf.syms.get(change.symbol) if old_kconf is not None else None
+    if new_sym is None or not new_sym.nodes:
+        return ""
+    if old_sym is None or not old_sym.nodes:
+        old_sym = None
+    said = []
+    if old_sym is not None:
+        had, has = has_prompt(old_sym) and old_sym.visibility, has_prompt(new_sym) and new_sym.visibility
+        if not had and has and change.kind == "lost":
+            hidden = f"hidden in {old_name}" if has_prompt(old_sym) else f"none in {old_name}"
+            return (f"its prompt shows in {new_name} ({hidden}, where its default decided): "
+                    "allnoconfig answers a visible prompt n unless a fragment requests it")
+        if had and not has and change.kind == "gained":
+            return f"its prompt is gone or hidden in {new_name}: its default decides now"
+        before, after = render_expression(old_sym.direct_dep), render_expression(new_sym.direct_dep)
+        if _names_in(before) != _names_in(after):
+            said.append(f"its dependency changed from `{before}` to `{after}`")
+    if new_sym.choice is not None:
+        title = next((node.prompt[0] for node in new_sym.choice.nodes if node.prompt), "a choice")
+        now = new_sym.choice.selection.name if new_sym.choice.selection else "nothing"
+        before = old_sym.choice.selection.name if old_sym is not None and old_sym.choice and \
+            old_sym.choice.selection else "another member"
+        said.append(f"no fragment picks a member of choice '{title}': it takes {now} in {new_name} "
+                    f"({before} in {old_name})")
+        return "; ".join(said)
+    if old_sym is not None and change.kind == "lost" and expr_value(old_sym.rev_dep) \
+            and not expr_value(new_sym.rev_dep):
+        active = _active_selectors(old_sym)
+        gone = [s for s in active if (new_kconf.syms.get(s.name) or s).tri_value]
+        said.append(f"in {old_name} it was selected by {', '.join(f'{s.name}(={s.str_value})' for s in active)}"
+                    + (f"; {', '.join(s.name for s in gone)} no longer select{'s' if len(gone) == 1 else ''} it in "
+                       f"{new_name}" if gone else f", which {new_name} turns off"))
+        if has_prompt(new_sym):
+            said.append("no fragment requests it, so allnoconfig answers its prompt n")
+        return "; ".join(said)
+    if change.kind == "lost" and has_prompt(new_sym) and new_sym.visibility and not expr_value(new_sym.rev_dep):
+        said.append("it has a visible prompt that no fragment requests, so allnoconfig answers it n")
+    else:
+        said.append(explain(new_kconf, change.symbol, change.old, change.new, srctree=new_tree,
+                            kernel_arch=kernel_arch).detail.rstrip("."))
+    return "; ".join(said)
+
+
+def _active_selectors(sym) -> list:
+    from .explain import selectors
+
+    return [s for s, value in selectors(sym.rev_dep) if value]
+
+
+def _names_in(rendered: str) -> frozenset[str]:
+    return frozenset(re.findall(r"[A-Z][A-Z0-9_]+", rendered))
 
 
 def to_json(changes: list[Change], missing: list[MustStay]) -> dict:
@@ -195,4 +285,4 @@ def target_drift(project, target, old_version: str, kernel) -> tuple[list[Change
     return drift(old_config=old_config, new_config=new_config, requested=set(requested), arch=target.arch.name,
                  old_tree=project.source_tree_of(old_version), new_tree=project.source_tree(kernel),
                  kernel_arch=target.arch.kernel_arch, cross_compile=make_vars(target, project.env)["CROSS_COMPILE"],
-                 must_stay=load_must_stay(project.fragments_dir / MUST_STAY_FILE))
+                 must_stay=load_must_stay(project.fragments_dir / MUST_STAY_FILE), versions=(old_version, kernel.version))
