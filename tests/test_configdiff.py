@@ -125,6 +125,8 @@ config INLINE_UNLOCK
 config INLINE_LOCK
 \tdef_bool y
 \tdepends on !PREEMPTION
+config ARCH_FLATMEM_ENABLE
+\tdef_bool y
 """
 
 NEW_KCONFIG = """\
@@ -163,6 +165,10 @@ config INLINE_LOCK
 \tdef_bool y
 \tdepends on !PREEMPTION && ARCH_INLINE_LOCK
 """
+OTHER_ARCH_KCONFIG = """\
+config ARCH_FLATMEM_ENABLE
+\tdef_bool y
+"""
 
 
 def test_drift_says_why_each_unrequested_symbol_changed_from_both_trees(tmp_path: Path) -> None:
@@ -171,7 +177,8 @@ def test_drift_says_why_each_unrequested_symbol_changed_from_both_trees(tmp_path
     from ktailor.configdiff import drift
 
     configs = {"old": "CONFIG_OOB=y\nCONFIG_SYSFS_SYSCALL=y\nCONFIG_EXT4=y\nCONFIG_CRC=y\nCONFIG_TSX_OFF=y\n"
-                      "# CONFIG_VMEMMAP is not set\nCONFIG_INLINE_UNLOCK=y\nCONFIG_INLINE_LOCK=y\n",
+                      "# CONFIG_VMEMMAP is not set\nCONFIG_INLINE_UNLOCK=y\nCONFIG_INLINE_LOCK=y\n"
+                      "CONFIG_ARCH_FLATMEM_ENABLE=y\n",
                "new": "# CONFIG_OOB is not set\n# CONFIG_SYSFS_SYSCALL is not set\nCONFIG_EXT4=y\n"
                       "# CONFIG_CRC is not set\nCONFIG_TSX_AUTO=y\nCONFIG_VMEMMAP=y\n"}
     for name, kconfig in (("old", OLD_KCONFIG), ("new", NEW_KCONFIG)):
@@ -180,6 +187,9 @@ def test_drift_says_why_each_unrequested_symbol_changed_from_both_trees(tmp_path
         (tree / "Kconfig").write_text(kconfig)
         (tree / "Makefile").write_text("VERSION = 7\nPATCHLEVEL = 2\nSUBLEVEL = 0\nEXTRAVERSION =\n")
         (tmp_path / name / ".config").write_text(configs[name])
+    # 5.10 → 6.1 on arm64: ARCH_FLATMEM_ENABLE is gone from arch/arm64 but other arches still define it
+    (tmp_path / "new" / "linux" / "arch" / "riscv").mkdir(parents=True)
+    (tmp_path / "new" / "linux" / "arch" / "riscv" / "Kconfig").write_text(OTHER_ARCH_KCONFIG)
     changes, missing = drift(old_config=tmp_path / "old" / ".config", new_config=tmp_path / "new" / ".config",
                              requested={"EXT4"}, arch="x86_64", old_tree=tmp_path / "old" / "linux",
                              new_tree=tmp_path / "new" / "linux", kernel_arch="x86", cross_compile="",
@@ -193,12 +203,14 @@ def test_drift_says_why_each_unrequested_symbol_changed_from_both_trees(tmp_path
     assert because["VMEMMAP"] == "its prompt is gone or hidden in 7.2.13: its default decides now"
     assert because["INLINE_UNLOCK"].startswith("its dependency changed from `!PREEMPTION(=n)` to "
                                                "`!PREEMPTION(=n) && ARCH_INLINE_UNLOCK(=n)`; INLINE_UNLOCK depends on")
+    assert because["ARCH_FLATMEM_ENABLE"] == ("7.2.13 no longer defines it for this architecture (other "
+                                              "architectures keep it)")
     assert missing == []
     shown = render_changes("6.12.118", "7.2.13", changes)
     assert "  why (from the Kconfig of both trees):" in shown
     reasons = shown.split("  why (from the Kconfig of both trees):\n")[1].splitlines()
     assert "    CRC y→n: " + because["CRC"] in reasons
     # INLINE_LOCK and INLINE_UNLOCK read alike once their own names are taken out: one line for both
-    assert len(reasons) == 7
+    assert len(reasons) == 8
     assert "    INLINE_LOCK y→n, INLINE_UNLOCK y→n: its dependency changed from `!PREEMPTION(=n)` to " \
            "`!PREEMPTION(=n) && ARCH_<symbol>(=n)`" in "\n".join(reasons)

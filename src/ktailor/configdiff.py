@@ -208,8 +208,8 @@ def drift_reason(old_kconf, new_kconf, change: Change, *, new_tree: Path, kernel
     old_name, new_name = versions
     new_sym = new_kconf.syms.get(change.symbol)
     old_sym = old_kconf.syms.get(change.symbol) if old_kconf is not None else None
-    if new_sym is None or not new_sym.nodes:
-        return ""
+    if new_sym is None or not new_sym.nodes:  # the tree still has it, for other architectures only
+        return f"{new_name} no longer defines it for this architecture (other architectures keep it)"
     if old_sym is None or not old_sym.nodes:
         old_sym = None
     said = []
