@@ -22,6 +22,8 @@ def test_lines_come_whole_however_the_child_writes_them():
 def test_a_ctrl_c_that_another_thread_receives_stops_a_silent_make_within_a_second():
     """The kernel may hand SIGINT to any thread (tqdm's monitor is one); a read blocked on a silent make
     would not see it until make printed again."""
+    # as in a terminal, even when the test run itself was started with SIGINT ignored (`cmd &`, nohup)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     child = subprocess.Popen(["sh", "-c", "echo first; exec sleep 30"], stdout=subprocess.PIPE)
     lines = []
     timer = threading.Timer(0.5, lambda: signal.pthread_kill(threading.get_ident(), signal.SIGINT))
@@ -37,3 +39,4 @@ def test_a_ctrl_c_that_another_thread_receives_stops_a_silent_make_within_a_seco
         child.kill()
         child.wait()
         timer.join()
+        signal.signal(signal.SIGINT, previous)

@@ -266,6 +266,10 @@ def test_a_tarball_that_holds_another_release_never_becomes_that_version(project
 
 
 def doit_process(root: Path, *args: str, **env: str) -> subprocess.Popen:
+    # Ctrl-C as a terminal user sends it: a test run started in the background (`cmd &`, nohup) inherits SIGINT
+    # ignored, and an ignored signal stays ignored across exec; a handled one is reset to its default there
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     return subprocess.Popen([sys.executable, "-m", "doit", "-f", str(root / "dodo.py"), "-d", str(root), *args],
                             cwd=root, env=os.environ | env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
