@@ -93,6 +93,17 @@ def test_bad_must_stay_entries_name_the_file(tmp_path: Path, text: str) -> None:
         load_must_stay(path)
 
 
+TSX_CHOICE = """\
+choice
+\tprompt "TSX mode"
+\tdefault {default}
+config TSX_OFF
+\tbool "off"
+config TSX_AUTO
+\tbool "auto"
+endchoice
+"""
+
 OLD_KCONFIG = """\
 config EXPERT
 \tbool "Expert"
@@ -106,14 +117,7 @@ config EXT4
 \tselect CRC
 config CRC
 \tbool "crc32c"
-choice
-\tprompt "TSX mode"
-\tdefault TSX_OFF
-config TSX_OFF
-\tbool "off"
-config TSX_AUTO
-\tbool "auto"
-endchoice
+""" + TSX_CHOICE.format(default="TSX_OFF") + """\
 config VMEMMAP
 \tbool "vmemmap"
 \tdefault y
@@ -142,14 +146,7 @@ config EXT4
 \tbool "ext4"
 config CRC
 \tbool "crc32c"
-choice
-\tprompt "TSX mode"
-\tdefault TSX_AUTO
-config TSX_OFF
-\tbool "off"
-config TSX_AUTO
-\tbool "auto"
-endchoice
+""" + TSX_CHOICE.format(default="TSX_AUTO") + """\
 config VMEMMAP
 \tdef_bool y
 config PREEMPTION
