@@ -203,7 +203,7 @@ def drift_reason(old_kconf, new_kconf, change: Change, *, new_tree: Path, kernel
     own explanation of its value."""
     from kconfiglib import expr_value
 
-    from .explain import explain, has_prompt, render_expression
+    from .explain import choice_title, explain, has_prompt, render_expression
 
     old_name, new_name = versions
     new_sym = new_kconf.syms.get(change.symbol)
@@ -225,12 +225,11 @@ def drift_reason(old_kconf, new_kconf, change: Change, *, new_tree: Path, kernel
         if _names_in(before) != _names_in(after):
             said.append(f"its dependency changed from `{before}` to `{after}`")
     if new_sym.choice is not None:
-        title = next((node.prompt[0] for node in new_sym.choice.nodes if node.prompt), "a choice")
         now = new_sym.choice.selection.name if new_sym.choice.selection else "nothing"
-        before = old_sym.choice.selection.name if old_sym is not None and old_sym.choice and \
+        then = old_sym.choice.selection.name if old_sym is not None and old_sym.choice and \
             old_sym.choice.selection else "another member"
-        said.append(f"no fragment picks a member of choice '{title}': it takes {now} in {new_name} "
-                    f"({before} in {old_name})")
+        said.append(f"no fragment picks a member of choice '{choice_title(new_sym.choice)}': it takes {now} in "
+                    f"{new_name} ({then} in {old_name})")
         return "; ".join(said)
     if old_sym is not None and change.kind == "lost" and expr_value(old_sym.rev_dep) \
             and not expr_value(new_sym.rev_dep):

@@ -498,9 +498,14 @@ def _explain_hidden_prompt(sym: Symbol, want: int, planner: FixPlanner) -> Expla
     )
 
 
+def choice_title(choice: kconfiglib.Choice) -> str:
+    """A choice's prompt, as menuconfig shows it."""
+    return next((node.prompt[0] for node in choice.nodes if node.prompt), choice.name or "a choice")
+
+
 def _explain_choice(sym: Symbol) -> Explanation:
     choice = sym.choice
-    title = next((node.prompt[0] for node in choice.nodes if node.prompt), choice.name or "a choice")
+    title = choice_title(choice)
     winner = choice.selection
     if winner is sym:
         others = [s for s in choice.syms if s is not sym and s.visibility]
