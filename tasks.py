@@ -147,8 +147,8 @@ def upgrade(c: Context, version: str = "", latest: bool = False, replace: str = 
     if not version and not latest:
         raise Exit("E: say which release: --version X.Y.Z, or --latest for the newest of the tracked series.", code=2)
     project = _project()
-    with contextlib.nullcontext() if dry_run else holding_build_dir(project.build_dir, project.env):
-        result = run_upgrade(ROOT, version or None, latest=latest, replace=replace or None, dry_run=dry_run,
+    with contextlib.nullcontext(project.env) if dry_run else holding_build_dir(project.build_dir, project.env) as env:
+        result = run_upgrade(ROOT, version or None, env=env, latest=latest, replace=replace or None, dry_run=dry_run,
                              allow_downgrade=allow_downgrade, allow_series_change=allow_series_change,
                              insecure_skip_signature=insecure_skip_signature, keyring=Path(keyring) if keyring else None,
                              expected_fingerprint=pinned_fingerprint())
@@ -186,15 +186,14 @@ def security_update(c: Context, apply: bool = False, releases_url: str = "", jso
     from ktailor.security_update import security_update as run
     from ktailor.signature import pinned_fingerprint
 
-    if no_wait:
-        os.environ[NO_WAIT_ENV] = "1"  # for this process and the doit runs it starts
+    env = {**os.environ, NO_WAIT_ENV: "1"} if no_wait else dict(os.environ)  # for this run and the doit runs it starts
     try:
         fingerprint = pinned_fingerprint()
     except KtailorError as exc:
         raise Exit(f"E: {exc}", code=exit_code_for(exc)) from None
     code = run(ROOT, apply=apply, releases_url=releases_url or None, json_out=Path(json_out) if json_out else None,
                keyring=Path(keyring) if keyring else None, insecure_skip_signature=insecure_skip_signature,
-               vulns=vulns or None, fail_on=fail_on, forecast=forecast, expected_fingerprint=fingerprint)
+               vulns=vulns or None, fail_on=fail_on, forecast=forecast, expected_fingerprint=fingerprint, env=env)
     if code:
         raise Exit(code=code)
 

@@ -94,7 +94,8 @@ def assert_refused(code: int, err: str, what: str) -> None:
 
 
 # --- the helpers -------------------------------------------------------------------------------------------------
-def test_build_dir_lock_tells_this_process_doit_children_and_restores_the_variable(project_factory, monkeypatch, tmp_path):
+def test_build_dir_lock_tells_the_doit_children_it_starts_and_leaves_the_process_environment_alone(
+        project_factory, monkeypatch, tmp_path):
     factory = project_factory()
     factory.versions([("6.1.1", factory.kernel("6.1.1"))], targets=["x86_64-micro"])
     install_dodo(factory.root)
@@ -102,13 +103,15 @@ def test_build_dir_lock_tells_this_process_doit_children_and_restores_the_variab
     build_dir = tmp_path / "build"
     lock = (build_dir / ".lock").resolve()
     monkeypatch.setenv(BUILD_LOCK_ENV, "/some/other/build/.lock")
-    with holding_build_dir(build_dir, os.environ) as held:
-        assert held == lock and os.environ[BUILD_LOCK_ENV] == str(lock)
-        with holding_build_dir(build_dir, os.environ):  # re-entrant within the process
-            pass
-        assert os.environ[BUILD_LOCK_ENV] == str(lock)
+    with holding_build_dir(build_dir, os.environ) as children:
+        assert children[BUILD_LOCK_ENV] == str(lock) and children["KTAILOR_NO_WAIT"] == "1"
+        assert os.environ[BUILD_LOCK_ENV] == "/some/other/build/.lock"
+        with holding_build_dir(build_dir, children) as again:  # re-entrant within the process
+            assert again == children
         assert subprocess.run(["flock", "--nonblock", str(lock), "true"]).returncode != 0  # really held
-        child = run_doit(factory.root, "config:x86_64-micro", capture=True)
+        refused = run_doit(factory.root, "config:x86_64-micro", capture=True)  # the process's environment: refused
+        assert refused.returncode != 0 and "in use by" in refused.stderr, refused.stderr
+        child = run_doit(factory.root, "config:x86_64-micro", env=children, capture=True)
         assert child.returncode == 0, child.stderr
     assert os.environ[BUILD_LOCK_ENV] == "/some/other/build/.lock"
     monkeypatch.delenv(BUILD_LOCK_ENV)

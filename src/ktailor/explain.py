@@ -12,10 +12,8 @@ lines into their older equivalents before tokenizing.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import functools
-import io
 import os
 import re
 import shutil
@@ -92,15 +90,14 @@ def _join(items: list[str]) -> str:
 def load_kconfig(srctree: Path, kernel_arch: str, cross_compile: str, config: Path | None) -> kconfiglib.Kconfig:
     """Parse the kernel's Kconfig for one arch and load a .config; raise ExplainUnavailable on failure."""
     srctree = srctree.resolve()
-    config = config.resolve() if config is not None else None  # we parse from a scratch directory
+    config = config.resolve() if config is not None else None
     if not (srctree / "Kconfig").is_file():
         raise ExplainUnavailable(f"{srctree} has no top-level Kconfig; it is not an extracted kernel source tree.")
-    # $(shell,…) probes such as cc-option create scratch files in the current directory.
-    with tempfile.TemporaryDirectory(prefix="ktailor-kconfig-") as scratch, contextlib.chdir(scratch), \
-            _environment(kbuild_environment(srctree, kernel_arch, cross_compile)), \
-            contextlib.redirect_stdout(io.StringIO()):
+    env = {**os.environ, **kbuild_environment(srctree, kernel_arch, cross_compile)}
+    # $(shell,…) probes such as cc-option create scratch files in the directory they run in.
+    with tempfile.TemporaryDirectory(prefix="ktailor-kconfig-") as scratch:
         try:
-            kconf = KernelKconfig(str(srctree / "Kconfig"), warn_to_stderr=False)
+            kconf = KernelKconfig(str(srctree / "Kconfig"), env=env, workdir=Path(scratch), warn_to_stderr=False)
             if config is not None:
                 kconf.load_config(str(config))
         except (kconfiglib.KconfigError, OSError, UnicodeDecodeError) as exc:
@@ -158,17 +155,6 @@ def _first_output_line(argv: list[str]) -> str:
         return ""
     result = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"}, check=False)
     return (result.stdout.splitlines() or [""])[0]
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    saved = dict(os.environ)
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 # --- other architectures and names -----------------------------------------------------------

@@ -22,6 +22,9 @@ Anything else kconfiglib cannot parse still fails loudly (explain.ExplainUnavail
 from __future__ import annotations
 
 import re
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import kconfiglib
@@ -59,17 +62,31 @@ def is_transitional(line: str) -> bool:
 
 
 class KernelKconfig(kconfiglib.Kconfig):
-    """kconfiglib reading a Linux Kconfig of any supported series (see the module docstring).
+    """kconfiglib reading a Linux Kconfig of any supported series (see the module docstring), with its
+    environment given rather than taken from the process: `env` answers `$(VAR)` and `srctree`, and
+    `$(shell,…)` runs with that environment in `workdir` (cc-option & co. leave scratch files there).
+    The process's os.environ, working directory and stdout are never touched; `$(info,…)` is dropped.
 
     `transitional` holds the names of the symbols the tree declares transitional.
     """
 
-    __slots__ = ("_entry", "transitional")
+    __slots__ = ("_entry", "_env", "_workdir", "transitional")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, filename: str, *, env: Mapping[str, str], workdir: Path, **kwargs: Any) -> None:
         self.transitional: set[str] = set()
         self._entry = ""
-        super().__init__(*args, **kwargs)
+        self._env = dict(env)
+        self._workdir = workdir
+        super().__init__(filename, **kwargs)
+
+    # kconfiglib sets srctree from os.getenv("srctree") before parsing; ours comes from `env`.
+    @property  # type: ignore[override]
+    def srctree(self) -> str:
+        return self._env.get("srctree", "")
+
+    @srctree.setter
+    def srctree(self, _from_process_environment: str) -> None:
+        pass
 
     def _tokenize(self, s: str) -> Any:
         if entry := ENTRY_RE.match(s):
@@ -77,6 +94,31 @@ class KernelKconfig(kconfiglib.Kconfig):
         elif is_transitional(s) and self._entry:
             self.transitional.add(self._entry)
         return super()._tokenize(rewrite_line(s))
+
+    def _fn_val(self, args: list[str]) -> str:
+        name = args[0]
+        if name in self.variables:  # a Kconfig-defined macro: kconfiglib expands it
+            return super()._fn_val(args)
+        if name == "shell" and len(args) == 2:
+            return self._shell(args[1])
+        if name == "info" and len(args) == 2:
+            return ""
+        if name in self._functions:
+            return super()._fn_val(args)
+        if name in self._env:
+            self.env_vars.add(name)
+            return self._env[name]
+        return ""
+
+    def _shell(self, command: str) -> str:
+        """kconfiglib's $(shell,…), run with this Kconfig's environment in its workdir."""
+        result = subprocess.run(command, shell=True, capture_output=True, env=self._env, cwd=self._workdir,
+                                check=False)
+        stdout = result.stdout.decode(self._encoding, errors="replace")
+        stderr = result.stderr.decode(self._encoding, errors="replace")
+        if stderr:
+            self._warn(f"'{command}' wrote to stderr: {' '.join(stderr.splitlines())}", self.filename, self.linenr)
+        return "\n".join(stdout.splitlines()).rstrip("\n").replace("\n", " ")
 
 
 def successors_of(kconf: kconfiglib.Kconfig, name: str) -> list[str]:

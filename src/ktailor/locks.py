@@ -24,7 +24,7 @@ from .errors import EnvironmentProblem
 from .progress import warn
 
 NO_WAIT_ENV = "KTAILOR_NO_WAIT"
-BUILD_LOCK_ENV = "KTAILOR_BUILD_LOCK_HELD"  # holding_build_dir sets it for its doit children (they must not wait for it)
+BUILD_LOCK_ENV = "KTAILOR_BUILD_LOCK_HELD"  # in the environment holding_build_dir gives its doit children
 BUILD_LOCK_NAME = ".lock"  # <build dir>/.lock
 PREFIX_LOCK_NAME = ".ktailor.lock"  # <prefix>/.ktailor.lock
 
@@ -106,30 +106,25 @@ def build_lock_path(build_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def holding_build_dir(build_dir: Path, env: Mapping[str, str]) -> Iterator[Path]:
+def holding_build_dir(build_dir: Path, env: Mapping[str, str]) -> Iterator[dict[str, str]]:
     """Hold `<build_dir>/.lock` for the with-block (waiting for the holder, or LockBusy at once with
-    KTAILOR_NO_WAIT=1 in `env`), and meanwhile set BUILD_LOCK_ENV in os.environ so that the doit runs this
-    process starts go ahead (dag.lock_build_dir) instead of waiting for their own parent; its previous value
-    is put back after. When `env` says a parent process holds this very lock for us, nothing is taken:
-    waiting for it would wait forever."""
+    KTAILOR_NO_WAIT=1 in `env`) and yield the environment for the doit runs started meanwhile: `env` with
+    BUILD_LOCK_ENV naming this lock, so that they go ahead (dag.lock_build_dir) instead of waiting for their
+    own parent. The process's environment is left alone. When `env` says a parent process holds this very
+    lock for us, nothing is taken: waiting for it would wait forever."""
     lock = build_lock_path(build_dir)
+    children = {**env, BUILD_LOCK_ENV: str(lock)}
     if env.get(BUILD_LOCK_ENV) == str(lock) and lock not in _held:
-        yield lock
+        yield children
         return
     try:
         acquire(lock, f"the build dir {build_dir}", wait=not no_wait(env))
     except OSError as exc:
         raise EnvironmentProblem(f"cannot use the build dir {build_dir} ({exc.strerror or exc}: {exc.filename or lock}); "
                                  "check KTAILOR_BUILD_DIR and its permissions.") from None
-    previous = os.environ.get(BUILD_LOCK_ENV)
-    os.environ[BUILD_LOCK_ENV] = str(lock)
     try:
-        yield lock
+        yield children
     finally:
-        if previous is None:
-            os.environ.pop(BUILD_LOCK_ENV, None)
-        else:
-            os.environ[BUILD_LOCK_ENV] = previous
         release(lock)
 
 

@@ -86,8 +86,8 @@ def edit_target_config(project: Project, kernel: Kernel, row: Target, *, save_as
     save_changes); all of it under the build dir's lock, which the doit child is told it may use."""
     name = task_name("config", row.name, kernel.version, project.versions.default.version)
     files = project.artifacts(kernel, row)
-    with holding_build_dir(project.build_dir, project.env):
-        if run_doit(project.root, name).returncode != 0:
+    with holding_build_dir(project.build_dir, project.env) as env:
+        if run_doit(project.root, name, env=env).returncode != 0:
             raise InputError(f"`doit {name}` failed; fix that first.")
         before = files.dir / "menuconfig.before"
         shutil.copy2(files.config, before)

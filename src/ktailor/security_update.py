@@ -15,9 +15,11 @@ exit code is the worst outcome over all kernels (EXIT_* below, worst first: 2, 1
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -136,17 +138,16 @@ def end_of_life_banner(report: KernelReport, url: str, others: tuple[str, ...] =
     return "\n".join([bar, *(f"!!! {line}" for line in lines), bar])
 
 
-def build_and_install(root: Path, version: str, report: KernelReport) -> None:
+def build_and_install(project: Project, version: str, report: KernelReport) -> None:
     """`doit install` for every target of `version`: doit runs whatever stage is stale before it (build,
     verify, boot, …), and the install gate decides; this run only reports what the stages' results say."""
     from .install import is_current
 
-    project = Project.from_env(root)
     kernel = project.versions.get(version)
     default = project.versions.default.version
     installs = [task_name("install", target, version, default) for target in kernel.targets]
     info(f"building, checking and installing {version}: doit {' '.join(installs)}")
-    done = run_doit(root, "--continue", *installs)
+    done = run_doit(project.root, "--continue", *installs, env=project.env)
     for name in kernel.targets:
         row = project.catalog.targets[name]
         files = project.artifacts(kernel, row)
@@ -172,11 +173,11 @@ def build_and_install(root: Path, version: str, report: KernelReport) -> None:
     report.code = EXIT_END_OF_LIFE if report.eol else EXIT_UPDATED
 
 
-def apply_one(root: Path, report: KernelReport, *, keyring: Path | None, insecure_skip_signature: bool,
+def apply_one(project: Project, report: KernelReport, *, keyring: Path | None, insecure_skip_signature: bool,
               expected_fingerprint: str) -> None:
     """Upgrade (when there is a newer point release) and build, check and install one kernel; fills in `report`."""
     try:
-        _apply(root, report, keyring=keyring, insecure_skip_signature=insecure_skip_signature,
+        _apply(project, report, keyring=keyring, insecure_skip_signature=insecure_skip_signature,
                expected_fingerprint=expected_fingerprint)
     except KtailorError as exc:
         print(f"E: {exc}", file=sys.stderr, flush=True)
@@ -184,15 +185,16 @@ def apply_one(root: Path, report: KernelReport, *, keyring: Path | None, insecur
         report.action, report.code = "failed", exit_code_for(exc)
 
 
-def _apply(root: Path, report: KernelReport, *, keyring: Path | None, insecure_skip_signature: bool,
+def _apply(project: Project, report: KernelReport, *, keyring: Path | None, insecure_skip_signature: bool,
            expected_fingerprint: str) -> None:
     version = report.version
     if report.code == EXIT_UNREACHABLE:
         return  # the source is stale or replayed (assess said why): nothing is decided from it
     if report.update:
         assert report.latest is not None
-        result = upgrade(root, report.latest, replace=report.version, keyring=keyring,
-                         insecure_skip_signature=insecure_skip_signature, expected_fingerprint=expected_fingerprint)
+        result = upgrade(project.root, report.latest, replace=report.version, keyring=keyring,
+                         insecure_skip_signature=insecure_skip_signature, expected_fingerprint=expected_fingerprint,
+                         env=project.env)
         report.upgrade = result.to_json()
         report.new_version = version = result.new_version
         if not result.ok:
@@ -204,7 +206,12 @@ def _apply(root: Path, report: KernelReport, *, keyring: Path | None, insecure_s
         return
     else:
         info(f"{version} is current but not installed in the prefix: building and installing it")
-    build_and_install(root, version, report)
+    build_and_install(_reloaded(project), version, report)
+
+
+def _reloaded(project: Project) -> Project:
+    """The same project read afresh (versions.toml as an upgrade left it), with the same environment."""
+    return Project(project.root, project.env)
 
 
 def describe(report: KernelReport, apply: bool) -> str:
@@ -229,13 +236,13 @@ def _checks(report: KernelReport) -> str:
                      for name, t in report.targets.items())
 
 
-def forecast_move(root: Path, report: KernelReport, releases: list[Release], *, keyring: Path | None,
+def forecast_move(project: Project, report: KernelReport, releases: list[Release], *, keyring: Path | None,
                   insecure_skip_signature: bool, expected_fingerprint: str) -> None:
     """The pre-flight of moving this kernel to the next longterm series: config + audit + whole-config drift
     of the new series' newest release, nothing built or installed. When versions.toml already tracks that
     series, its entry is configured and compared; otherwise a scratch copy of versions.toml is upgraded in a
     scratch build dir (build/forecast/<series>/), whose ~1.4 GB source tree is removed afterwards."""
-    project = Project.from_env(root)
+    project = _reloaded(project)  # an --apply before may have rewritten versions.toml
     move_to = next_longterm(releases, report.series)
     if move_to is None:
         report.forecast = {"to": None, "ok": None, "problem": "kernel.org lists no newer longterm series"}
@@ -245,7 +252,7 @@ def forecast_move(root: Path, report: KernelReport, releases: list[Release], *, 
     try:
         if tracked:
             info(f"forecast: pre-flight of {old} → {tracked[0].version} (the next longterm series, already tracked)")
-            preflight = run_preflight(root, tracked[0].version, old)
+            preflight = run_preflight(project.root, tracked[0].version, old, env=project.env)
             print(render_preflight(preflight))
             report.forecast = {"to": tracked[0].version, "ok": preflight.ok, "tracked": True,
                                "preflight": preflight.to_json()}
@@ -322,14 +329,14 @@ def add_cve_figures(database, project: Project, kernels: list[Kernel], reports: 
             report.cves = upgrade_fixes(database, project, kernel, report.latest)
 
 
-def check_exposure(database, root: Path, kernels: list[Kernel], reports: list[KernelReport], severity: str) -> None:
+def check_exposure(database, project: Project, kernels: list[Kernel], reports: list[KernelReport], severity: str) -> None:
     """--fail-on, in every mode: the kernel each target has *installed* in the prefix (the upgrade's when it
     was installed, else the one before it), judged by the sources.json installed with it."""
     from .cvereport import installed_exposure
 
     if database is None:
         return
-    project = Project.from_env(root)
+    project = _reloaded(project)
     for kernel, report in zip(kernels, reports, strict=True):
         versions = [v for v in (report.new_version, report.version) if v]
         try:
@@ -346,17 +353,18 @@ def check_exposure(database, root: Path, kernels: list[Kernel], reports: list[Ke
 def security_update(root: Path, *, apply: bool = False, releases_url: str | None = None, json_out: Path | None = None,
                     keyring: Path | None = None, insecure_skip_signature: bool = False,
                     expected_fingerprint: str = AUTOSIGNER_FINGERPRINT, vulns: str | None = None,
-                    fail_on: str = "", forecast: bool = False) -> int:
+                    fail_on: str = "", forecast: bool = False, env: Mapping[str, str] | None = None) -> int:
     """Check every tracked series against kernel.org (and with `apply`, patch it); return the exit code.
     The whole run holds the build dir's lock (a person's `doit` waits for it, and it for them); its own
-    doit children are told they may use the build dir."""
-    project = Project.from_env(root)
+    doit children are told they may use the build dir (through the environment they are given: `env`,
+    the process's when None, plus the lock's name)."""
+    project = Project(root.resolve(), dict(os.environ if env is None else env))
     if fail_on and fail_on not in FAIL_ON:
         print(f"E: --fail-on {fail_on!r} is not a policy; use one of {', '.join(FAIL_ON)}.", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        with holding_build_dir(project.build_dir, project.env):
-            return _security_update(root, project, apply=apply, releases_url=releases_url, json_out=json_out,
+        with holding_build_dir(project.build_dir, project.env) as children:
+            return _security_update(Project(project.root, children), apply=apply, releases_url=releases_url, json_out=json_out,
                                     keyring=keyring, insecure_skip_signature=insecure_skip_signature,
                                     expected_fingerprint=expected_fingerprint, vulns=vulns, fail_on=fail_on,
                                     forecast=forecast)
@@ -365,7 +373,7 @@ def security_update(root: Path, *, apply: bool = False, releases_url: str | None
         return exit_code_for(exc)
 
 
-def _security_update(root: Path, project: Project, *, apply: bool, releases_url: str | None, json_out: Path | None,
+def _security_update(project: Project, *, apply: bool, releases_url: str | None, json_out: Path | None,
                      keyring: Path | None, insecure_skip_signature: bool, expected_fingerprint: str,
                      vulns: str | None, fail_on: str, forecast: bool) -> int:
     url = resolve_releases_url(releases_url, project.env)
@@ -391,13 +399,13 @@ def _security_update(root: Path, project: Project, *, apply: bool, releases_url:
     add_cve_figures(database, project, list(kernels), reports)  # before apply: the old builds say what they compiled
     if apply:
         for report in reports:
-            apply_one(root, report, keyring=keyring, insecure_skip_signature=insecure_skip_signature,
+            apply_one(project, report, keyring=keyring, insecure_skip_signature=insecure_skip_signature,
                       expected_fingerprint=expected_fingerprint)
     if fail_on:
-        check_exposure(database, root, list(kernels), reports, FAIL_ON[fail_on])
+        check_exposure(database, project, list(kernels), reports, FAIL_ON[fail_on])
     for report in reports:  # always for an end-of-life series, on request for the others
         if report.eol or forecast:
-            forecast_move(root, report, releases, keyring=keyring, insecure_skip_signature=insecure_skip_signature,
+            forecast_move(project, report, releases, keyring=keyring, insecure_skip_signature=insecure_skip_signature,
                           expected_fingerprint=expected_fingerprint)
     print("security-update: " + ("applied" if apply else "report only (no --apply)") + f", releases from {url}")
     for report in reports:
