@@ -273,7 +273,7 @@ def boot(c: Context, target: str, version: str = "", initramfs: bool = False) ->
     missing = missing_tool(row, mode)  # QEMU first; else the shell's "command not found" would be the only word
     if missing:
         raise EnvironmentProblem(f"{missing}, or run scripts/setup (it installs QEMU and the build tools).")
-    with qemu_command(row, project.kbuild(kernel, row), project.target_dir(kernel, row) / "boot-interactive",
+    with qemu_command(row, project.artifacts(kernel, row).kbuild, project.artifacts(kernel, row).dir / "boot-interactive",
                       interactive=True, mode=mode) as argv:
         print(shlex.join(argv), file=sys.stderr)
         result = c.run(shlex.join(argv), pty=True, warn=True)

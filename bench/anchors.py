@@ -12,7 +12,8 @@ import os
 import tomllib
 from pathlib import Path
 
-from ktailor.download import fetch, sha256_of
+from ktailor.download import fetch
+from ktailor.records import sha256_of
 
 PINS = Path(__file__).resolve().parent / "anchors.toml"
 URL_ENV = "KTAILOR_ANCHORS_URL"

@@ -171,7 +171,7 @@ def main() -> None:
     srctree = project.source_tree(kernel)
     bench_dir = project.build_dir / "bench" / kernel.version
     anchors = anchors_dir(args, project)
-    ours = project.kbuild(kernel, target)
+    ours = project.artifacts(kernel, target).kbuild
     if not (ours / ".config").is_file():
         raise SystemExit(f"E: {ours / '.config'} does not exist: run `doit config:x86_64-micro` (same KTAILOR_* "
                          "environment) first.")

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from ktailor.accept import ACCEPTANCE, accept_target, load_acceptance
 from ktailor.boot import StderrLog
-from ktailor.evidence import read_optional
 from ktailor.layout import Project
+from ktailor.records import read_optional
 
 ROOT = Path(__file__).resolve().parents[1]
 SECONDS = re.compile(r"(?:(\d+)min )?([\d.]+)(ms|s)")

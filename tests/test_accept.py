@@ -129,7 +129,7 @@ class Checked:
         self.images = {"vmlinux": self.kbuild / "vmlinux"}
         self.dir = tmp_path
         evidence = fingerprint(self.images, self.kbuild / ".config")
-        from ktailor.download import sha256_of
+        from ktailor.records import sha256_of
 
         (tmp_path / "audit.json").write_text(json.dumps({"status": "passed",
                                                          "config_sha256": sha256_of(self.kbuild / ".config")}))

@@ -371,7 +371,7 @@ def test_build_records_compiled_files_and_install_writes_openvex(farm) -> None:
     for target, applicable in (("x86_64-micro", {"CVE-2026-0001", "CVE-2026-0004", "CVE-2026-0006"}),
                                ("aarch64-micro", {"CVE-2026-0001", "CVE-2026-0004", "CVE-2026-0005", "CVE-2026-0006"})):
         row = project.catalog.target(target)
-        installed = project.install_dir(kernel, row)
+        installed = project.artifacts(kernel, row).install
         sources = json.loads((installed / "sources.json").read_text())
         arch = row.arch.kernel_arch
         assert sources["sources"] == sorted(["drivers/md/dm-crypt.c", "fs/ext4/inode.c", f"arch/{arch}/kernel/setup.c"])

@@ -118,8 +118,8 @@ def test_verify_fails_on_an_unwaived_check_and_passes_once_it_is_waived(two_kern
 
 def test_the_report_puts_what_the_booted_guest_observed_beside_the_configured_value(tmp_path):
     """report.md's configured / observed table: from boot.json only when it judged this very .config."""
-    from ktailor.download import sha256_of
     from ktailor.probes import load_probe_table
+    from ktailor.records import sha256_of
     from ktailor.report import observed_rows, render_observed
     from ktailor.targets import load_catalog
 

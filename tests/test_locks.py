@@ -182,7 +182,7 @@ def built(project_factory):
     kernel = project.versions.default
     for row in project.catalog.targets.values():
         if row.name in kernel.targets:
-            project.kbuild(kernel, row).mkdir(parents=True)
+            project.artifacts(kernel, row).kbuild.mkdir(parents=True)
     project.source_tree(kernel).mkdir(parents=True)
     (project.build_dir / ".doit-state.json").write_text("{}")
     (project.build_dir / ".lock").touch()
@@ -292,7 +292,7 @@ def test_menuconfig_holds_the_build_dir_while_make_menuconfig_runs(project_facto
     lock = (project.build_dir / ".lock").resolve()
     with (project.source_tree(kernel) / "Makefile").open("a") as makefile:  # the fake tree's stand-in for the TUI
         makefile.write(MENUCONFIG_RULE.format(lock=lock))
-    state = project.kbuild(kernel, row) / "lock-state"
+    state = project.artifacts(kernel, row).kbuild / "lock-state"
     monkeypatch.setenv("KTAILOR_NO_WAIT", "1")  # its doit config child must be let through, not refused
 
     text, saved = edit_target_config(Project.from_env(factory.root), kernel, row, save_as=None, add_to_list=False)

@@ -67,14 +67,14 @@ def test_clean_plans_build_dirs_only_unless_asked(project_factory, tmp_path):
     project = Project.from_env(factory.root)
     kernel = project.versions.default
     for target in ("x86_64-micro", "aarch64-micro"):
-        (project.target_dir(kernel, project.catalog.targets[target]) / "kbuild").mkdir(parents=True)
+        (project.artifacts(kernel, project.catalog.targets[target]).dir / "kbuild").mkdir(parents=True)
     project.source_tree(kernel).mkdir(parents=True)
     project.tarball(kernel).parent.mkdir(parents=True)
     project.tarball(kernel).write_text("tarball")
     (project.prefix / "6.1.1").mkdir(parents=True)
 
     only_x86 = plan_clean(project, target="x86_64-micro")
-    assert only_x86.paths == [project.target_dir(kernel, project.catalog.targets["x86_64-micro"])]
+    assert only_x86.paths == [project.artifacts(kernel, project.catalog.targets["x86_64-micro"]).dir]
     run_clean(plan_clean(project))
     assert [p.name for p in (project.build_dir / "6.1.1").iterdir()] == ["linux"]  # the tree stays
     assert project.source_tree(kernel).exists() and project.tarball(kernel).exists()
@@ -97,7 +97,7 @@ def test_clean_removes_a_killed_extractions_leftover_and_reports_what_it_cannot_
     run_clean(plan_clean(project))
     assert not leftover.exists()
 
-    project.target_dir(kernel, project.catalog.targets["x86_64-micro"]).mkdir(parents=True)
+    project.artifacts(kernel, project.catalog.targets["x86_64-micro"]).dir.mkdir(parents=True)
 
     def refuse(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
@@ -145,8 +145,8 @@ def test_boot_without_qemu_names_the_binary_and_the_fix_and_fails(project_factor
     factory.versions([("6.1.1", factory.kernel("6.1.1"))], targets=["x86_64-micro"])
     project = Project.from_env(factory.root)
     kernel, row = project.versions.default, project.catalog.target("x86_64-micro")
-    project.kbuild(kernel, row).mkdir(parents=True)
-    (project.kbuild(kernel, row) / "vmlinux").write_bytes(b"\x7fELF")  # a built kernel, as far as boot can tell
+    project.artifacts(kernel, row).kbuild.mkdir(parents=True)
+    (project.artifacts(kernel, row).kbuild / "vmlinux").write_bytes(b"\x7fELF")  # a built kernel, as far as boot can tell
     shutil.copy(Path(__file__).resolve().parents[1] / "tasks.py", factory.root / "tasks.py")
     # This host's tools, less QEMU.
     tools = tmp_path / "bin-without-qemu"

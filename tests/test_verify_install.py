@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from ktailor.download import sha256_of
 from ktailor.errors import EnvironmentProblem, KtailorError, VerificationFailed
 from ktailor.evidence import check_install, fingerprint
 from ktailor.install import install_target, prune
+from ktailor.records import sha256_of
 from ktailor.verify import check_arm64_image, check_bzimage, check_elf, verify_target
 
 

@@ -46,11 +46,12 @@ from .boot import (
 )
 from .dotconfig import parse_dotconfig
 from .errors import InputError, VerificationFailed, line_of
-from .evidence import SKIP_ACCEPT_ENV, accept_skip_asked, fingerprint, read_optional, write_json_atomically
+from .evidence import SKIP_ACCEPT_ENV, accept_skip_asked, fingerprint
 from .fragments import Option
 from .guest_devices import Attached, Attachment, Context, vsock_backend
 from .guest_devices import Unavailable as DeviceUnavailable
 from .probes import Probe, ProbeResult, explain_failure
+from .records import read_optional, write_json_atomically
 from .rootfs import RootfsSpec, Unavailable, root_image
 from .targets import MODULES_ARCHIVE, Target
 

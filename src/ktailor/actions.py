@@ -18,15 +18,16 @@ from pathlib import Path
 from .build import build_target
 from .config import configure_target, lint_target
 from .configdiff import MUST_STAY_FILE, error_count, render_changes, target_drift
-from .download import MIN_RATE, RATE_WINDOW, check_cached, fetch, is_verified, sha256_of
+from .download import MIN_RATE, RATE_WINDOW, check_cached, fetch, is_verified
 from .errors import KtailorError, number_setting
-from .evidence import SKIP_BOOT_ENV, read_optional
+from .evidence import SKIP_BOOT_ENV
 from .extract import extract_tarball
 from .fragments import EXPECTED_DROPS, load_expected_drops, load_fragments, requested_options
 from .install import install_kernel, is_current
 from .layout import Project
 from .progress import info, warn
-from .source_tree import describe, read_identity, record_identity, unchanged
+from .records import read_optional, sha256_of
+from .source_tree import describe, record_identity, unchanged
 from .toolchain import compiler_version, jobs_from_env, make_vars, require_tools
 from .verify import verify_target
 
@@ -127,7 +128,7 @@ def lint(root: str) -> None:
 
 def checked_make_vars(project: Project, kernel, row) -> dict[str, str]:
     """The make variables config, build and reproduce run with, once the tools they name are there."""
-    variables = make_vars(row, project.env, srctree=project.source_tree(kernel), kbuild=project.kbuild(kernel, row))
+    variables = make_vars(row, project.env, srctree=project.source_tree(kernel), kbuild=project.artifacts(kernel, row).kbuild)
     require_tools(row, variables, project.env)
     return variables
 
@@ -180,7 +181,7 @@ def build_env(project: Project, kernel) -> dict[str, str]:
     tarball's by its newest file, extract.source_date), unless SOURCE_DATE_EPOCH says otherwise."""
     if kernel.source is None or project.env.get("SOURCE_DATE_EPOCH"):
         return project.env
-    recorded = read_identity(project.source_stamp(kernel)) or {}
+    recorded = read_optional(project.source_stamp(kernel)) or {}
     stamp = recorded.get("commit_time")
     return project.env | {"SOURCE_DATE_EPOCH": str(stamp)} if isinstance(stamp, int) else project.env
 

@@ -22,11 +22,11 @@ from .compile_farm import engine_record, redacted
 from .compile_farm import make_env as farm_env
 from .compiled import write_sources
 from .errors import BuildFailed
-from .evidence import write_json_atomically
 from .extract import source_date
 from .layout import Artifacts
 from .processes import reaped
 from .progress import bar, info
+from .records import write_json_atomically
 from .toolchain import ccache_counts, ccache_env, make_argv
 
 STEP_RE = re.compile(r"^\s{2}([A-Z][A-Z0-9_]*)\s+(\S+)")

@@ -36,7 +36,7 @@ def plan_clean(project: Project, *, target: str | None = None, version: str | No
     for kernel in kernels:
         for name in kernel.targets:
             if target is None or name == target:
-                plan.add(project.target_dir(kernel, project.catalog.targets[name]))
+                plan.add(project.artifacts(kernel, project.catalog.targets[name]).dir)
         tree, version_dir = project.source_tree(kernel), project.version_dir_of(kernel.version)
         if target is None and (sources or everything):
             plan.add(version_dir)

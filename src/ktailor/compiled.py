@@ -74,7 +74,7 @@ class Compiled:
 
 def read_sources(path: Path) -> Compiled:
     """A build's sources.json (through evidence.read_report: a missing or broken one is one paragraph)."""
-    from .evidence import read_report
+    from .records import read_report
 
     data = read_report(path, "build")
     return Compiled(frozenset(data.get("sources", [])), frozenset(data.get("headers", [])))

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from .audit import AuditResult, Difference, compare, mark_expected, render_causes, render_table
 from .dotconfig import final_value, parse_dotconfig, same_value
-from .download import sha256_of
 from .errors import ConfigAuditFailed, EnvironmentProblem
 from .fragments import Option, fragment_text
 from .layout import Artifacts
 from .progress import info, warn
+from .records import sha256_of
 from .toolchain import make_argv
 
 

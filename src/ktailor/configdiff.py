@@ -275,8 +275,8 @@ def target_drift(project, target, old_version: str, kernel) -> tuple[list[Change
     from .fragments import load_fragments, requested_options
     from .toolchain import make_vars
 
-    old_config = project.kbuild_of(old_version, target.name) / ".config"
-    new_config = project.kbuild(kernel, target) / ".config"
+    old_config = project.artifacts_of(old_version, target.name).kbuild / ".config"
+    new_config = project.artifacts(kernel, target).kbuild / ".config"
     if not old_config.is_file() or not new_config.is_file():
         return None
     requested = requested_options(load_fragments(project.fragment_paths(target), project.root), target.arch.name,

@@ -11,11 +11,10 @@ import json
 
 from .compiled import Compiled, read_sources
 from .cves import SEVERITIES, Database, exposure, exposure_json, open_database, render_exposure, split, unknown_of
-from .download import sha256_of
 from .errors import InputError, KtailorError
-from .evidence import read_optional, write_json_atomically
 from .layout import Project
 from .progress import warn
+from .records import read_optional, sha256_of, write_json_atomically
 from .targets import Target
 from .versions import Kernel
 from .vex import openvex
@@ -23,8 +22,8 @@ from .vex import openvex
 
 def compiled_of(project: Project, kernel: Kernel, target: Target) -> tuple[Compiled, str]:
     """What this kernel compiled, preferring the installed copy; (compiled, where it was read)."""
-    installed = project.install_dir(kernel, target) / project.SOURCES
-    path = installed if installed.is_file() else project.sources_file(kernel, target)
+    installed = project.artifacts(kernel, target).installed_sources
+    path = installed if installed.is_file() else project.artifacts(kernel, target).sources
     return read_sources(path), str(project.display(path))
 
 
@@ -108,7 +107,7 @@ def installed_exposure(database: Database, project: Project, versions: list[str]
             files = project.artifacts_of(version, name)
             if read_optional(files.manifest) is None:
                 continue
-            result = exposure(database, name, version, read_sources(files.install / project.SOURCES))
+            result = exposure(database, name, version, read_sources(files.installed_sources))
             found[name] = {"version": version, "cves": [c.id for c in result.applicable if c.rank >= floor]}
             break
     return found

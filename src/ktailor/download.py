@@ -8,7 +8,6 @@ the partial file and says which URL gave which hash. file:// mirrors are copied 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import socket
@@ -22,6 +21,7 @@ import requests
 from .errors import ChecksumMismatch, DownloadError
 from .locks import locked, no_wait
 from .progress import bar, info
+from .records import sha256_of
 
 CHUNK = 1 << 20
 READ_BLOCK = 64 << 10  # HTTP reads: small enough that a slow but acceptable link still shows progress often
@@ -31,14 +31,6 @@ RETRY_STATUSES = {429, 500, 502, 503, 504}
 # KTAILOR_DOWNLOAD_MIN_RATE / KTAILOR_DOWNLOAD_RATE_WINDOW change them (see actions.download).
 MIN_RATE = 10 * 1024
 RATE_WINDOW = 60.0
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verified_marker(path: Path) -> Path:

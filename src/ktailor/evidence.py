@@ -8,13 +8,11 @@ hand, or an old "pass" left behind by a boot that crashed can never be installed
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from .download import sha256_of
-from .errors import InputError, VerificationFailed
+from .errors import VerificationFailed
+from .records import read_optional, read_report, sha256_of
 
 SKIP_BOOT_ENV = "KTAILOR_SKIP_BOOT"  # farms without QEMU: recorded as "skipped", which install refuses by default
 ALLOW_UNBOOTED_ENV = "KTAILOR_ALLOW_UNBOOTED"  # =1: install kernels whose boot was skipped (never a failed one)
@@ -37,34 +35,6 @@ def allow_unaccepted(env: Mapping[str, str]) -> bool:
 def accept_skip_asked(env: Mapping[str, str]) -> bool:
     """Acceptance is skipped on purpose: asked for, or the boot it follows is skipped."""
     return _yes(env, SKIP_ACCEPT_ENV) or bool(env.get(SKIP_BOOT_ENV))
-
-
-def read_report(path: Path, stage: str) -> dict:
-    """A stage's JSON result; a truncated or hand-broken one is a one-paragraph error, not a traceback."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise VerificationFailed(f"{path} does not exist: the {stage} stage has not run for this build; "
-                                 "run `doit` first.") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"is not valid JSON ({exc}); it was truncated or edited. Delete it and run `doit` again "
-                         f"to redo the {stage} stage.", path=path) from None
-    except OSError as exc:
-        raise InputError(f"cannot be read ({exc.strerror}).", path=path) from None
-    if not isinstance(data, dict):
-        raise InputError(f"is not a {stage} report (a JSON object was expected); delete it and run `doit` again.",
-                         path=path)
-    return data
-
-
-def read_optional(path: Path) -> dict | None:
-    """A stage's JSON result where its absence or damage is an answer, not an error (up-to-date checks,
-    "is it installed?"): the object, or None when it is missing, unreadable or not a JSON object."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def status_of(path: Path, missing: str = "not reached") -> str:
@@ -153,16 +123,3 @@ def _check_accept(accept: Path, current: dict, booted: dict, rerun: str, *, unbo
         raise VerificationFailed(f"refusing to install: accept.json does not vouch for these files ({'; '.join(problems)}). "
                                  f"Run `{rerun}` to accept the files as they are now.")
     return accepted
-
-
-def write_text_atomically(path: Path, text: str, mode: int | None = None) -> None:
-    """Write `text` to a temp file beside `path` (with `mode` if given) and rename it over `path`."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(text)
-    if mode is not None:
-        temp.chmod(mode)
-    temp.replace(path)
-
-
-def write_json_atomically(path: Path, data: dict) -> None:
-    write_text_atomically(path, json.dumps(data, indent=2) + "\n")

@@ -30,22 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .download import sha256_of
 from .errors import EnvironmentProblem, VerificationFailed
-from .evidence import (
-    ALLOW_UNBOOTED_ENV,
-    allow_unaccepted,
-    allow_unbooted,
-    check_install,
-    fingerprint,
-    hash_or_missing,
-    read_optional,
-    write_json_atomically,
-    write_text_atomically,
-)
+from .evidence import ALLOW_UNBOOTED_ENV, allow_unaccepted, allow_unbooted, check_install, fingerprint, hash_or_missing
 from .layout import Project
 from .locks import prefix_lock
 from .progress import info, warn
+from .records import read_optional, sha256_of, write_json_atomically, write_text_atomically
 from .vmconfig import install_configs
 
 REQUIRE_REPRODUCIBLE_ENV = "KTAILOR_REQUIRE_REPRODUCIBLE"  # =1: install only images `doit reproduce` rebuilt bit for bit

@@ -108,23 +108,6 @@ class Project:
         """build/<version>: the source tree and every target's dir of one release."""
         return self.build_dir / version
 
-    def target_dir(self, kernel: Kernel, target: Target) -> Path:
-        """ktailor's files for one target (logs, audit.json, verify.json, boot.json)."""
-        return self.target_dir_of(kernel.version, target.name)
-
-    def target_dir_of(self, version: str, target_name: str) -> Path:
-        return self.version_dir_of(version) / target_name
-
-    def kbuild(self, kernel: Kernel, target: Target) -> Path:
-        """The kernel's own out-of-tree build directory (make O=…)."""
-        return self.kbuild_of(kernel.version, target.name)
-
-    def kbuild_of(self, version: str, target_name: str) -> Path:
-        return self.target_dir_of(version, target_name) / "kbuild"
-
-    def install_dir(self, kernel: Kernel, target: Target) -> Path:
-        return self.artifacts(kernel, target).install
-
     # --- per-(kernel, target) documents ---------------------------------------------------------
     SOURCES = "sources.json"  # the files a build compiled (compiled.py); also copied into the install
     VEX = "vex.openvex.json"  # OpenVEX for the install (vex.py)
@@ -137,14 +120,8 @@ class Project:
     def artifacts_of(self, version: str, target_name: str) -> Artifacts:
         """By version string: also for a kernel versions.toml no longer lists (the one an upgrade replaced)."""
         target = self.catalog.target(target_name)
-        return Artifacts(version, target_name, self.target_dir_of(version, target_name), self.prefix,
+        return Artifacts(version, target_name, self.version_dir_of(version) / target_name, self.prefix,
                          tuple(target.images))
-
-    def sources_file(self, kernel: Kernel, target: Target) -> Path:
-        return self.artifacts(kernel, target).sources
-
-    def vex_file(self, kernel: Kernel, target: Target) -> Path:
-        return self.artifacts(kernel, target).vex
 
     # --- fragments of a target ---------------------------------------------------------------
     def fragment_paths(self, target: Target) -> list[Path]:
@@ -304,6 +281,11 @@ class Artifacts:
     @property
     def manifest(self) -> Path:
         return self.install / Project.MANIFEST
+
+    @property
+    def installed_sources(self) -> Path:
+        """The sources.json installed with the build (what the installed kernel compiled)."""
+        return self.install / Project.SOURCES
 
     @property
     def current(self) -> Path:

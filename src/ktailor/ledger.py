@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import EnvironmentProblem
-from .evidence import write_text_atomically
+from .records import write_text_atomically
 
 CORE = "core"
 LINK = "link-time"  # what the final link adds: kallsyms, linker tables, section alignment padding, head objects
@@ -263,7 +263,7 @@ def option_cost(ledger: dict, option: str) -> dict | None:
 
 def cost_text(ledger_path: Path, label: str, option: str | None = None, top: int = 20) -> str:
     """`invoke cost`: the ledger's tables, or one option's bytes and its largest objects."""
-    from .evidence import read_report
+    from .records import read_report
 
     ledger = read_report(ledger_path, "ledger")
     if option is None:

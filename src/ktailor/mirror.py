@@ -20,8 +20,8 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from .download import sha256_of
 from .errors import InputError, KtailorError
+from .records import sha256_of
 
 
 def kernel_version_of_tarball(tarball: Path) -> str:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from .configdiff import Change, MustStay, error_count, render_changes, target_drift
 from .configdiff import to_json as drift_json
-from .evidence import read_optional
 from .layout import Project
+from .records import read_optional
 from .runner import run_doit, task_name
 
 

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 from . import __version__
-from .download import sha256_of
+from .records import sha256_of
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"

@@ -10,10 +10,9 @@ import json
 from pathlib import Path
 
 from .dotconfig import final_value, parse_dotconfig, same_value
-from .download import sha256_of
-from .evidence import read_report, write_text_atomically
 from .fragments import Fragment
 from .probes import Probe
+from .records import read_report, sha256_of, write_text_atomically
 
 
 def report_rows(fragments: list[Fragment], requested_symbols: dict, final: dict[str, str], audit: dict) -> list[dict]:

@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 
 from .build import MODULES_LOG, make_modules, run_make, stamped
-from .download import sha256_of
 from .errors import VerificationFailed
-from .evidence import write_json_atomically
 from .layout import Artifacts
 from .modules import carry_signing_key
 from .progress import info
+from .records import sha256_of, write_json_atomically
 
 SHT_NOBITS = 8  # .bss and friends: no bytes in the file
 

@@ -23,9 +23,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .download import sha256_of
 from .errors import EnvironmentProblem
 from .progress import info
+from .records import read_report, sha256_of
 
 ROOTFS_ENV = "KTAILOR_ROOTFS_{arch}"  # a prebuilt root filesystem tarball per arch (air-gapped farms)
 MIRROR_ENV = "KTAILOR_DEBIAN_MIRROR"  # e.g. http://deb.internal/debian; default: mmdebstrap's own choice
@@ -130,7 +130,7 @@ def root_image(spec: RootfsSpec, arch: str, cache_dir: Path, guest_dir: Path, wo
     packages_file = image.with_suffix(".packages.json")
     if not image.is_file() or not packages_file.is_file():
         _make_image(tarball, image, packages_file, spec, guest_dir, workloads)
-    return RootImage(image, key, source, json.loads(packages_file.read_text()))
+    return RootImage(image, key, source, read_report(packages_file, "acceptance root filesystem"))
 
 
 def _make_image(tarball: Path, image: Path, packages_file: Path, spec: RootfsSpec, guest_dir: Path,

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from doit.reporter import ConsoleReporter
 
-from .evidence import read_optional
 from .layout import Artifacts
 from .progress import duration
+from .records import read_optional
 
 STAGE_ORDER = ("config", "report", "build", "ledger", "verify", "boot", "accept", "reproduce", "install")
 

@@ -25,11 +25,12 @@ from pathlib import Path
 
 from .cvereport import describe_fixes
 from .errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_ERROR, EXIT_UNREACHABLE, DownloadError, KtailorError, exit_code_for
-from .evidence import ALLOW_UNACCEPTED_ENV, ALLOW_UNBOOTED_ENV, allow_unbooted, status_of, write_json_atomically
+from .evidence import ALLOW_UNACCEPTED_ENV, ALLOW_UNBOOTED_ENV, allow_unbooted, status_of
 from .layout import Project
 from .locks import holding_build_dir
 from .preflight import render_preflight, run_preflight
 from .progress import info, warn
+from .records import write_json_atomically
 from .releases import RELEASES_URL_ENV, Release, fetch_releases, newest_on_mirror, next_longterm, series_of, series_status
 from .releases import releases_url as resolve_releases_url
 from .runner import run_doit, task_name

@@ -15,14 +15,13 @@ rewritten only when it changes, so that config and build rerun exactly then):
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import subprocess
 from pathlib import Path
 
 from .errors import InputError
-from .evidence import write_json_atomically
+from .records import read_optional, write_json_atomically
 
 IN_TREE_BUILD = (".config", "include/config")  # what an in-tree build leaves, and kbuild's O= refuses
 
@@ -109,19 +108,11 @@ def _git_identity(tree: Path) -> dict:
             "digest": digest.hexdigest(), "commit_time": int(commit_time) if commit_time.isdigit() else None}
 
 
-def read_identity(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def record_identity(tree: Path, out: Path) -> dict:
     """The identify step of a source kernel: check the tree, write its identity if it changed."""
     refuse_in_tree_build(tree)
     now = identity(tree)
-    if read_identity(out) != now:
+    if read_optional(out) != now:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomically(out, now)
     return now
@@ -129,7 +120,7 @@ def record_identity(tree: Path, out: Path) -> dict:
 
 def unchanged(tree: Path, out: Path) -> bool:
     """doit's up-to-date check of the identify step: the recorded identity is the tree's now."""
-    recorded = read_identity(out)
+    recorded = read_optional(out)
     return recorded is not None and tree.is_dir() and recorded == identity(tree)
 
 

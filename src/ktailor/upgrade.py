@@ -30,10 +30,10 @@ from tomlkit.items import Item
 
 from .download import fetch
 from .errors import ChecksumMismatch, DownloadError, InputError, line_of
-from .evidence import write_json_atomically
 from .layout import Project
 from .preflight import Preflight, render_preflight, run_preflight
 from .progress import info, warn
+from .records import write_json_atomically
 from .releases import check_signed_recently, fetch_releases, newest_on_mirror, series_of, series_status
 from .releases import releases_url as resolve_releases_url
 from .remote import NotOnMirror, read_url

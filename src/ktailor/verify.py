@@ -11,8 +11,9 @@ import struct
 from pathlib import Path
 
 from .errors import VerificationFailed
-from .evidence import fingerprint, read_report, write_json_atomically
+from .evidence import fingerprint
 from .modules import check_archive
+from .records import read_report, write_json_atomically
 
 ELF_MACHINES = {"x86": 62, "arm64": 183}  # EM_X86_64, EM_AARCH64
 

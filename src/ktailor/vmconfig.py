@@ -23,8 +23,8 @@ from pathlib import Path
 
 from .boot import RESTRICTED_NET, GuestFiles, boot_settings, build_qemu_argv, vmm_cmdline_words
 from .errors import InputError
-from .evidence import read_optional
 from .layout import Project
+from .records import read_optional
 from .targets import VMMS, Target
 
 ROOTFS_PLACEHOLDER = "/path/to/rootfs.ext4"  # Firecracker's JSON: the user fills it in

@@ -20,7 +20,7 @@ def explain_option(project: Project, option: str, target: str, version: str | No
     symbol = option.removeprefix("CONFIG_").upper()
     kernel = project.versions.get_or_default(version)
     row = project.catalog.target(target)
-    config = project.kbuild(kernel, row) / ".config"
+    config = project.artifacts(kernel, row).kbuild / ".config"
     if not config.is_file():
         raise InputError(f"{config} does not exist; run `doit config:{row.name}` first.")
     from .actions import other_trees, providers_of
