@@ -94,13 +94,12 @@ def test_console_lines_give_each_workloads_status_output_and_time():
 def test_failed_workloads_name_their_requirement_and_the_fragment_lines_behind_it(tmp_path):
     target = CATALOG.target("x86_64-micro")
     workloads = [w for w in SPEC.for_target(target) if w.name in ("systemd", "crun", "runc", "veth")]
-    from ktailor.actions import requested_for
     from ktailor.layout import Project
+    from ktailor.stage import Context
 
     project = Project(REPO, {})
-    kernel = project.versions.default
-    entries, problems = judge_run(target, workloads, VmRun(lines=CONSOLE), tmp_path, requested_for(project, kernel, target),
-                                  600)
+    requested = Context(project, project.versions.default, target).requested()
+    entries, problems = judge_run(target, workloads, VmRun(lines=CONSOLE), tmp_path, requested, 600)
     status = {e["name"]: e["status"] for e in entries}
     assert status == {"systemd": "pass", "crun": "fail", "runc": "fail", "veth": "missing"}
     crun = next(p for p in problems if p.startswith("workload crun"))

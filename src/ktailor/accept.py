@@ -18,6 +18,7 @@ requirement and the fragment:line of each kconfig symbol it needs.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import secrets
 import shutil
@@ -32,6 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from . import tables
 from .boot import (
     STANDARD_DEVICES,
     TRANSPORTS,
@@ -52,7 +54,9 @@ from .guest_devices import Attached, Attachment, Context, vsock_backend
 from .guest_devices import Unavailable as DeviceUnavailable
 from .probes import Probe, ProbeResult, explain_failure
 from .records import read_optional, write_json_atomically
-from .rootfs import RootfsSpec, Unavailable, root_image
+from .rootfs import RootfsSpec, Unavailable, root_image, rootfs_setting
+from .stage import Context as StageContext
+from .stage import Stage, removes
 from .targets import MODULES_ARCHIVE, Target
 
 ACCEPTANCE = "acceptance.toml"  # in the guest dir
@@ -430,3 +434,32 @@ def accept_settled(report: dict | None, env: dict[str, str]) -> bool:
     status = report.get("status")
     return status == "pass" or (status == "skipped" and accept_skip_asked(env))
 
+
+# --- the stage ---------------------------------------------------------------------------------
+def run(ctx: StageContext) -> None:
+    from .boot import StderrLog
+
+    project, files = ctx.project, ctx.files
+    accept_target(ctx.the_target, files.kbuild, files.accept_dir, files.accept, files.boot,
+                  load_acceptance(project.guest_dir / ACCEPTANCE), ctx.requested(), StderrLog(),
+                  cache_dir=project.cache_dir, guest_dir=project.guest_dir, env=project.env)
+
+
+def accept_is_settled(task, values, accept_json: str) -> bool:  # doit uptodate callable
+    """A skipped acceptance reruns once the skip is no longer asked for; one without file hashes reruns."""
+    return accept_settled(read_optional(Path(accept_json)), dict(os.environ))
+
+
+STAGE = Stage(
+    "accept", "boot each target with a stock Debian userspace and run the workloads users run (guest/acceptance.toml)",
+    doc=lambda ctx: f"accept {ctx.label}: systemd, LUKS2, crun/runc, … on a Debian root filesystem",
+    run=run,
+    inputs=lambda ctx: [*ctx.files.images.values(), ctx.files.boot, *sorted((ctx.project.guest_dir / "accept").glob("*"))],
+    outputs=lambda ctx: [ctx.files.accept],
+    state=lambda ctx: {"boot": ctx.the_target.boot, "cmdline": ctx.the_target.cmdline,
+                       "skip": accept_skip_asked(ctx.project.env),
+                       "acceptance": tables.acceptance_state(ctx.project.guest_dir, ctx.the_target),
+                       "rootfs": rootfs_setting(ctx.project.env, ctx.the_target.arch.name)},
+    check=lambda ctx: (accept_is_settled, [str(ctx.files.accept)]),
+    clean=lambda ctx: removes(ctx.files.accept_dir),
+)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import tables as guest_tables
 from .dotconfig import parse_dotconfig
 from .errors import EnvironmentProblem, InputError, VerificationFailed
 from .evidence import SKIP_BOOT_ENV, fingerprint
@@ -49,6 +50,9 @@ from .probes import (
 )
 from .processes import reaped
 from .progress import bar, info, warn
+from .records import read_optional
+from .stage import Context as StageContext
+from .stage import Stage, removes
 from .tables import CMDLINE_UNDOES, PROBES
 from .targets import Target
 from .toolchain import TOOL_PACKAGES
@@ -616,3 +620,40 @@ def boot_target(target: Target, kbuild: Path, workdir: Path, requested: dict[str
              f"{metrics['time_to_init_ms']} ms, VM done in {metrics['host_wall_to_exit_ms']} ms, "
              f"{guest.mem_used_kb} KiB used at init")
     return BootResult(target.name, "pass", "", report, _write(workdir, report))
+
+
+# --- the stage ---------------------------------------------------------------------------------
+def run(ctx: StageContext) -> None:
+    from .report import write_target_report
+
+    files = ctx.files
+    try:
+        boot_target(ctx.the_target, files.kbuild, files.boot_dir, ctx.requested(), StderrLog(),
+                    guest_dir=ctx.project.guest_dir)
+    finally:
+        if files.boot.is_file() and files.config.is_file():
+            write_target_report(ctx, quiet=True)  # with the observed hardening
+
+
+def boot_settled(task, values, boot_json: str) -> bool:  # doit uptodate callable
+    """A skipped boot is never up to date unless the skip is still asked for: once QEMU is installed
+    (or KTAILOR_SKIP_BOOT unset) the next run boots. A boot.json without file hashes reruns too."""
+    report = read_optional(Path(boot_json)) or {}
+    status = report.get("status")
+    settled = status == "pass" or (status == "skipped" and bool(os.environ.get(SKIP_BOOT_ENV)))
+    return settled and bool(report.get("evidence"))
+
+
+STAGE = Stage(
+    "boot", "boot each target in QEMU (its VMM's device model) and run the capability probes",
+    doc=lambda ctx: f"boot {ctx.label} in QEMU and run the capability probes",
+    run=run,
+    # the probe table and cmdline-undoes are entries of the boot's state
+    inputs=lambda ctx: [*ctx.files.images.values(), ctx.files.verify, ctx.project.guest_dir / "init.c"],
+    outputs=lambda ctx: [ctx.files.boot],
+    state=lambda ctx: {"boot": ctx.the_target.boot, "cmdline": ctx.the_target.cmdline,
+                       "skip": bool(ctx.project.env.get(SKIP_BOOT_ENV)),
+                       "guest": guest_tables.guest_state(ctx.project.guest_dir, ctx.the_target)},
+    check=lambda ctx: (boot_settled, [str(ctx.files.boot)]),
+    clean=lambda ctx: removes(ctx.files.boot_dir),
+)

@@ -26,8 +26,9 @@ from .extract import source_date
 from .layout import Artifacts
 from .processes import reaped
 from .progress import bar, info
-from .records import write_json_atomically
-from .toolchain import ccache_counts, ccache_env, make_argv
+from .records import read_optional, write_json_atomically
+from .stage import Context, Stage
+from .toolchain import ccache_counts, ccache_env, compiler_version, jobs_from_env, make_argv
 
 STEP_RE = re.compile(r"^\s{2}([A-Z][A-Z0-9_]*)\s+(\S+)")
 COUNT_FILE = "build.steps"
@@ -160,3 +161,38 @@ def build_target(*, srctree: Path, files: Artifacts, variables: dict[str, str], 
     write_json_atomically(files.build_json, record)
     info(f"built {label} in {elapsed:.0f}s ({len(compiled['sources'])} source files compiled)")
     return record
+
+
+# --- the stage ---------------------------------------------------------------------------------
+def run(ctx: Context) -> None:
+    variables = ctx.checked_make_vars()
+    build_target(srctree=ctx.source_tree, files=ctx.files, variables=variables, goals=ctx.the_target.make_goals,
+                 jobs=jobs_from_env(ctx.project.env), label=ctx.label,
+                 compiler=compiler_version(ctx.the_target, variables), env=build_env(ctx),
+                 cache_dir=ctx.project.cache_dir, build_dir=ctx.project.build_dir)
+
+
+def build_env(ctx: Context) -> dict[str, str]:
+    """The environment of a build: a git source tree's builds are dated by its HEAD commit (an extracted
+    tarball's by its newest file, extract.source_date), unless SOURCE_DATE_EPOCH says otherwise."""
+    env = ctx.project.env
+    if ctx.the_kernel.source is None or env.get("SOURCE_DATE_EPOCH"):
+        return env
+    stamp = (read_optional(ctx.source_stamp) or {}).get("commit_time")
+    return env | {"SOURCE_DATE_EPOCH": str(stamp)} if isinstance(stamp, int) else env
+
+
+def _state(ctx: Context) -> dict:
+    from .config import toolchain_state
+
+    return toolchain_state(ctx)
+
+
+STAGE = Stage(
+    "build", "compile each target's images out of tree (make O=…)",
+    doc=lambda ctx: f"make {' '.join(ctx.the_target.make_goals)} for {ctx.label.replace(' ', ' on ')}",
+    run=run,
+    inputs=lambda ctx: [ctx.files.config, ctx.source_stamp],
+    outputs=lambda ctx: [*ctx.files.images.values(), ctx.files.system_map, ctx.files.sources],
+    state=_state,
+)

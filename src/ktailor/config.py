@@ -13,14 +13,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+from . import tables
 from .audit import AuditResult, Difference, compare, mark_expected, render_causes, render_table
 from .dotconfig import final_value, parse_dotconfig, same_value
 from .errors import ConfigAuditFailed, EnvironmentProblem
-from .fragments import Option, fragment_text
+from .fragments import EXPECTED_DROPS, Option, fragment_text, load_expected_drops
 from .layout import Artifacts
 from .progress import info, warn
-from .records import sha256_of
-from .toolchain import make_argv
+from .records import read_optional, sha256_of
+from .stage import Context, Stage, removes
+from .toolchain import compiler_fingerprint, make_argv
 
 
 def run_allnoconfig(srctree: Path, kbuild: Path, variables: dict[str, str], fragment_file: Path, log: Path) -> Path:
@@ -176,3 +178,69 @@ def configure_target(*, name: str, version: str, version_tuple: tuple[int, int, 
             f"{render_causes(causes)}{render_table(result.unexpected)}"
         )
     return result
+
+
+# --- the stage ---------------------------------------------------------------------------------
+def run(ctx: Context) -> None:
+    project, kernel, row = ctx.project, ctx.the_kernel, ctx.the_target
+    lint_target(project.fragments_dir, project.root, project.catalog, row.list_name, kernel.version_tuple)
+    variables = ctx.checked_make_vars()
+    configure_target(
+        name=row.name, version=kernel.version, version_tuple=kernel.version_tuple, arch=row.arch.name,
+        kernel_arch=row.arch.kernel_arch, cross_compile=variables["CROSS_COMPILE"],
+        srctree=ctx.source_tree, files=ctx.files, requested=ctx.requested(),
+        expected_drops=load_expected_drops(project.fragments_dir / EXPECTED_DROPS), variables=variables,
+        providers=providers_of(ctx), other_trees=other_trees(ctx),
+    )
+
+
+def providers_of(ctx: Context) -> dict[str, list[str]]:
+    """symbol -> the targets whose fragments turn it on at this kernel version (where an option belongs)."""
+    from .stage import Context as Other
+
+    project = ctx.project
+    found: dict[str, list[str]] = {}
+    for target in project.catalog.targets.values():
+        if not (project.fragments_dir / target.list_name).is_file():
+            continue
+        for symbol, option in Other(project, ctx.kernel, target).requested().items():
+            if option.value not in ("n", ""):
+                found.setdefault(symbol, []).append(target.name)
+    return found
+
+
+def other_trees(ctx: Context) -> list[tuple[str, Path]]:
+    """(version, source tree) of every other kernel in versions.toml that is extracted here."""
+    project = ctx.project
+    return [(other.version, project.source_tree(other)) for other in project.versions.kernels
+            if other.version != ctx.the_kernel.version and (project.source_tree(other) / "Kconfig").is_file()]
+
+
+def config_matches_audit(task, values, config: str, audit: str) -> bool:  # doit uptodate callable
+    """False when .config is not the file the audit judged (menuconfig or a hand edit): config reruns."""
+    recorded = (read_optional(Path(audit)) or {}).get("config_sha256")
+    return Path(config).is_file() and recorded == sha256_of(Path(config))
+
+
+def toolchain_state(ctx: Context) -> dict:
+    """The make variables and the compiler's identity: what config, build and reproduce depend on."""
+    return {"make_vars": ctx.make_vars(), "compiler": compiler_fingerprint(ctx.the_target, ctx.project.env)}
+
+
+def _state(ctx: Context) -> dict:
+    return {"version": ctx.the_kernel.version, "arch": ctx.the_target.arch.name,
+            "expected_drops": tables.expected_drops_state(ctx.project.fragments_dir, ctx.the_target,
+                                                          ctx.the_kernel.version_tuple)} | toolchain_state(ctx)
+
+
+STAGE = Stage(
+    "config", "merge each target's fragments with the kernel's kconfig and audit the result",
+    doc=lambda ctx: f"allnoconfig + {ctx.the_target.list_name} for {ctx.the_target.name} on {ctx.the_kernel.version}; "
+                    "audit requested vs final",
+    run=run,
+    inputs=lambda ctx: [ctx.source_stamp, *ctx.project.fragment_paths(ctx.the_target), *ctx.project.list_paths(ctx.the_target)],
+    outputs=lambda ctx: [ctx.files.config, ctx.files.audit],
+    state=_state,
+    check=lambda ctx: (config_matches_audit, [str(ctx.files.config), str(ctx.files.audit)]),
+    clean=lambda ctx: removes(ctx.files.dir),
+)

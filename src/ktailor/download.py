@@ -18,10 +18,11 @@ from urllib.parse import unquote, urlparse
 
 import requests
 
-from .errors import ChecksumMismatch, DownloadError
+from .errors import ChecksumMismatch, DownloadError, number_setting
 from .locks import locked, no_wait
 from .progress import bar, info
 from .records import sha256_of
+from .stage import PER_KERNEL, Context, Stage
 
 CHUNK = 1 << 20
 READ_BLOCK = 64 << 10  # HTTP reads: small enough that a slow but acceptable link still shows progress often
@@ -218,3 +219,33 @@ def _attempt(url: str, part: Path, timeout: float, session: requests.Session,
         if total and part.stat().st_size < total:
             raise _Retryable(f"connection closed after {part.stat().st_size} of {total} bytes")
     return True
+
+
+# --- the stage ---------------------------------------------------------------------------------
+def run(ctx: Context) -> None:
+    kernel, env = ctx.the_kernel, ctx.project.env
+    fetch(kernel.url, ctx.project.tarball(kernel), kernel.sha256,
+          min_rate=_number(env, "KTAILOR_DOWNLOAD_MIN_RATE", MIN_RATE),
+          rate_window=_number(env, "KTAILOR_DOWNLOAD_RATE_WINDOW", RATE_WINDOW))
+
+
+def _number(env: dict[str, str], variable: str, default: float) -> float:
+    return number_setting(env, variable, default,
+                          f"is not a number of bytes/seconds; unset it or give e.g. {variable}={default:g}.")
+
+
+def tarball_verified(task, values, tarball: str, sha256: str) -> bool:  # doit uptodate callable
+    return is_verified(Path(tarball), sha256)
+
+
+STAGE = Stage(
+    "download", "fetch kernel tarballs into the download cache (sha256-checked)",
+    doc=lambda ctx: f"download {ctx.the_kernel.tarball_name} from {ctx.the_kernel.mirror}",
+    run=run, per=PER_KERNEL,
+    applies=lambda ctx: ctx.the_kernel.source is None,  # the user's own tree: nothing to download
+    inputs=lambda ctx: [],  # never up to date by inputs alone: the pinned sha256 and the file decide
+    outputs=lambda ctx: [ctx.project.tarball(ctx.the_kernel)],
+    state=lambda ctx: {"sha256": ctx.the_kernel.sha256},
+    check=lambda ctx: (tarball_verified, [str(ctx.project.tarball(ctx.the_kernel)), ctx.the_kernel.sha256]),
+    clean=lambda ctx: [],  # the cache outlives `doit clean`; `invoke clean --downloads` empties it
+)

@@ -26,12 +26,13 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from .errors import EnvironmentProblem, InputError
+from .layout import STAMP
 from .processes import start, stop
-from .progress import bar
-from .source_tree import makefile_fields
+from .progress import bar, info
+from .source_tree import describe, makefile_fields, record_identity, unchanged
+from .stage import PER_KERNEL, Context, Stage, removes
 
 CHUNK = 1 << 20
-STAMP = ".ktailor-extracted"
 SOURCE_DATE = ".ktailor-source-date"  # newest member mtime of the tarball (Unix time): the build's timestamp
 
 
@@ -410,3 +411,50 @@ def is_extracted(tree: Path) -> bool:
 
 __all__ = ["KERNEL_LIMITS", "STAMP", "Limits", "apply_patches", "extract_tarball", "is_extracted", "leftovers",
            "patches_for", "survey_tarball", "tree_version", "unsafe_reason"]
+
+
+# --- the stage ---------------------------------------------------------------------------------
+def run(ctx: Context) -> None:
+    """Unpack the tarball (and apply patches/<series>/) once for all the kernel's targets; a kernel built
+    from the user's own tree is identified instead (git HEAD and changes, or a stat digest), never written."""
+    from .download import check_cached
+
+    project, kernel = ctx.project, ctx.the_kernel
+    if kernel.source is not None:
+        record = record_identity(project.source_tree(kernel), project.source_stamp(kernel))
+        info(f"source of {kernel.version}{kernel.extraversion}: {project.source_tree(kernel)} ({describe(record)})")
+        return
+    started = time.monotonic()
+    check_cached(project.tarball(kernel), kernel.sha256)
+    tree = extract_tarball(project.tarball(kernel), project.source_tree(kernel), project.patches_root / kernel.series,
+                           version=kernel.version)
+    info(f"extracted {kernel.tarball_name} into {project.display(tree)} in {time.monotonic() - started:.1f}s")
+
+
+def source_unchanged(task, values, tree: str, identity: str) -> bool:  # doit uptodate callable
+    return unchanged(Path(tree), Path(identity))
+
+
+def _doc(ctx: Context) -> str:
+    tree = ctx.project.display(ctx.project.source_tree(ctx.the_kernel))
+    if ctx.the_kernel.source is not None:
+        return f"identify the source tree {tree} (git HEAD and changes, or a stat digest)"
+    return f"extract linux-{ctx.the_kernel.version} into {tree}"
+
+
+def _inputs(ctx: Context) -> list[Path]:
+    kernel = ctx.the_kernel
+    if kernel.source is not None:
+        return []
+    return [ctx.project.tarball(kernel), *sorted((ctx.project.patches_root / kernel.series).glob("*.patch"))]
+
+
+STAGE = Stage(
+    "extract", "unpack each kernel (and apply patches/<series>/) once, shared by its targets",
+    doc=_doc, run=run, per=PER_KERNEL, inputs=_inputs,
+    outputs=lambda ctx: [ctx.project.source_stamp(ctx.the_kernel)],
+    check=lambda ctx: ((source_unchanged, [str(ctx.project.source_tree(ctx.the_kernel)),
+                                           str(ctx.project.source_stamp(ctx.the_kernel))])
+                       if ctx.the_kernel.source is not None else None),
+    clean=lambda ctx: [] if ctx.the_kernel.source is not None else removes(ctx.project.source_tree(ctx.the_kernel)),
+)

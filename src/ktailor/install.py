@@ -30,12 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .errors import EnvironmentProblem, VerificationFailed
+from .errors import EnvironmentProblem, KtailorError, VerificationFailed
 from .evidence import ALLOW_UNBOOTED_ENV, allow_unaccepted, allow_unbooted, check_install, fingerprint, hash_or_missing
 from .layout import Project
 from .locks import prefix_lock
 from .progress import info, warn
 from .records import read_optional, sha256_of, write_json_atomically, write_text_atomically
+from .stage import Context, Stage
 from .vmconfig import install_configs
 
 REQUIRE_REPRODUCIBLE_ENV = "KTAILOR_REQUIRE_REPRODUCIBLE"  # =1: install only images `doit reproduce` rebuilt bit for bit
@@ -358,3 +359,35 @@ def prune(prefix: Path, *, dry_run: bool = False) -> PrunePlan:
             except OSError as exc:
                 raise _prefix_problem(prefix, exc) from None
     return plan
+
+
+# --- the stage ---------------------------------------------------------------------------------
+def run(ctx: Context) -> None:
+    install_kernel(ctx.project, ctx.the_kernel, ctx.the_target)
+
+
+def install_current(task, values, root: str, version: str, target: str) -> bool:  # doit uptodate callable
+    """is_current: the one definition of "installed", shared with security-update."""
+    from .stage import load_context
+
+    try:
+        ctx = load_context(root, version, target)
+        return is_current(ctx.project, ctx.the_kernel, ctx.the_target)
+    except (KtailorError, OSError):
+        return False
+
+
+STAGE = Stage(
+    "install", "install verified kernels into the prefix (KTAILOR_PREFIX, default /usr/share/ktailor)",
+    doc=lambda ctx: f"install {ctx.label} into the prefix and switch its links",
+    run=run,
+    inputs=lambda ctx: [*ctx.files.images.values(), ctx.files.config, ctx.files.audit, ctx.files.verify, ctx.files.boot,
+                        ctx.files.accept, ctx.files.sources,
+                        *([ctx.files.reproduce] if reproduce_required(ctx.project.env) else [])],
+    outputs=lambda ctx: [ctx.files.manifest],
+    state=lambda ctx: {"prefix": str(ctx.project.prefix), "unbooted_ok": allow_unbooted(ctx.project.env),
+                       "unaccepted_ok": allow_unaccepted(ctx.project.env),
+                       "current": current_version(ctx.project, ctx.the_target.name)},
+    check=lambda ctx: (install_current, [str(ctx.project.root), ctx.the_kernel.version, ctx.the_target.name]),
+    clean=lambda ctx: [],  # never remove installed kernels: running VMs may use them
+)

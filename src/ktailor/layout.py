@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from .extract import STAMP
 from .fragment_dirs import FragmentDirs
 from .fragments import list_files_of, resolve_list
 from .targets import Catalog, Target, load_catalog
 from .versions import Kernel, VersionsFile, load_versions
+
+STAMP = ".ktailor-extracted"  # in an extracted tree: written last by the extract stage, so its presence means complete
 
 DEFAULT_PREFIX = "/usr/share/ktailor"
 

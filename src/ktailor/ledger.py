@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import EnvironmentProblem
+from .progress import info
 from .records import write_text_atomically
+from .stage import Context, Stage
 
 CORE = "core"
 LINK = "link-time"  # what the final link adds: kallsyms, linker tables, section alignment padding, head objects
@@ -277,3 +279,29 @@ def cost_text(ledger_path: Path, label: str, option: str | None = None, top: int
             f"text {found['text']:,}, data {found['data']:,}, bss {found['bss']:,}) in {found['objects']} objects, "
             f"group {found['group']}{', ' + found['where'] if found['where'] else ''}\n"
             f"largest: {', '.join(found['largest'])}\n")
+
+
+# --- the stage ---------------------------------------------------------------------------------
+def run(ctx: Context) -> None:
+    from .fragments import load_fragments, requested_options
+
+    project, row, files = ctx.project, ctx.the_target, ctx.files
+    fragments = load_fragments(project.fragment_paths(row), project.root)
+    wanted = requests_of(fragments, requested_options(fragments, row.arch.name, ctx.the_kernel.version_tuple))
+    result = build_ledger(kbuild=files.kbuild, srctree=ctx.source_tree, vmlinux=files.kbuild / "vmlinux",
+                          requested=wanted)
+    write_ledger(result, files.ledger_json, files.ledger_md, ctx.label)
+    costliest = next((o for o in result["options"] if o["option"].startswith("CONFIG_")), None)
+    info(f"ledger {ctx.label}: {100 * result['attributed_share']:.1f} % of vmlinux attributed"
+         + (f"; costliest option {costliest['option']} {costliest['bytes']:,} B" if costliest else "")
+         + f" ({project.display(files.ledger_md)})")
+
+
+STAGE = Stage(
+    "ledger", "attribute each target's vmlinux bytes to the options that pulled them in (ledger.json, ledger.md)",
+    doc=lambda ctx: f"what each option costs in {ctx.label}'s vmlinux",
+    run=run,
+    inputs=lambda ctx: [*ctx.files.images.values(), ctx.files.sources, *ctx.project.fragment_paths(ctx.the_target),
+                        *ctx.project.list_paths(ctx.the_target)],
+    outputs=lambda ctx: [ctx.files.ledger_json, ctx.files.ledger_md],
+)

@@ -18,6 +18,8 @@ from . import explain
 from .errors import InputError
 from .fragment_dirs import entry_name, locate
 from .fragments import REASON_PLACEHOLDER, Fragment, Option, Scope, parse_fragment, resolve_list
+from .progress import info
+from .stage import ONCE, Context, Stage
 from .targets import Catalog
 
 Version = tuple[int, int, int]
@@ -313,3 +315,29 @@ def _unknown_finding(option: Option, known: list[str], version_text: str) -> Fin
 
 def lint_failed(count: int) -> InputError:
     return InputError(f"lint found {count} error(s) in the fragments (listed above); fix them and run `doit lint` again.")
+
+
+# --- the stage ---------------------------------------------------------------------------------
+def run(ctx: Context) -> None:
+    """Every target's list that exists (versions.toml already insists on the lists of the kernels' targets)."""
+    import sys
+
+    project = ctx.project
+    names = sorted({t.list_name for t in project.catalog.targets.values() if (project.fragments_dir / t.list_name).is_file()})
+    findings = lint_fragments(project.fragments_dir, project.root, project.catalog, names)
+    if findings:
+        print(format_findings(findings), file=sys.stderr)
+    errors = [f for f in findings if f.severity == "error"]
+    if errors:
+        raise lint_failed(len(errors))
+    info(f"lint: {len(names)} lists, {len(list(project.fragments_dir.glob('*.conf')))} fragments, "
+         f"{len(findings)} finding(s)")
+
+
+STAGE = Stage(
+    "lint", "check every fragment and list (format, reasons, duplicates, conflicts) before any make",
+    doc=lambda ctx: "check every fragment and list (format, reasons, duplicates, conflicts) before any make",
+    run=run, per=ONCE,
+    inputs=lambda ctx: sorted(ctx.project.fragments_dir.glob("*.conf")) + sorted(ctx.project.fragments_dir.glob("*.list")),
+    outputs=lambda ctx: [],
+)

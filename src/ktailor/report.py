@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .configdiff import error_count, render_changes, target_drift
 from .dotconfig import final_value, parse_dotconfig, same_value
 from .fragments import Fragment
 from .probes import Probe
-from .records import read_report, sha256_of, write_text_atomically
+from .progress import info, warn
+from .records import read_optional, read_report, sha256_of, write_text_atomically
+from .stage import Context, Stage
 
 
 def report_rows(fragments: list[Fragment], requested_symbols: dict, final: dict[str, str], audit: dict) -> list[dict]:
@@ -131,3 +134,69 @@ def write_report(*, target: str, version: str, fragments: list[Fragment], reques
         "hardening": hardening, "hardening_observed": observed,
     }, indent=2) + "\n")
     return rows
+
+
+# --- the stage ---------------------------------------------------------------------------------
+def run(ctx: Context) -> None:
+    write_target_report(ctx)
+
+
+def write_target_report(ctx: Context, *, quiet: bool = False) -> None:
+    """report.md/report.json: the report stage's, and the boot stage's again once boot.json holds the
+    observed hardening (the configured / observed table)."""
+    from .fragments import load_fragments, requested_options
+    from .probes import load_probe_table
+    from .tables import PROBES
+    from .verify import hardening_of
+
+    project, kernel, row, files = ctx.project, ctx.the_kernel, ctx.the_target, ctx.files
+    fragments = load_fragments(project.fragment_paths(row), project.root)
+    drifts = {}
+    for other in project.versions.kernels:
+        if other.version != kernel.version and row.name in other.targets:
+            drifted = target_drift(project, row, other.version, kernel)
+            if drifted is not None:
+                drifts[other.version] = drifted
+    hardening = hardening_of(ctx)
+    rows = write_report(target=row.name, version=kernel.version, fragments=fragments,
+                        requested=requested_options(fragments, row.arch.name, kernel.version_tuple),
+                        config=files.config, audit_file=files.audit, out_md=files.report_md,
+                        out_json=files.report_json, drifts=drifts, hardening=hardening,
+                        probes=load_probe_table(project.guest_dir / PROBES).for_target(row),
+                        boot=read_optional(files.boot))
+    if quiet:
+        return
+    landed = sum(r["status"] == "landed" for r in rows)
+    if hardening:
+        failing = ", ".join(r["symbol"] for r in hardening["failing"])
+        info(f"hardening {ctx.label}: {hardening['score']} checks pass, {hardening['waived']} waived"
+             + (f"; failing: {failing}" if failing else ""))
+    errors = sum(error_count(*pair) for pair in drifts.values())
+    compared = f"; whole .config compared with {', '.join(drifts)}: {errors} must-stay loss(es)" if drifts else ""
+    info(f"report {ctx.label}: {landed}/{len(rows)} landed{compared} → {project.display(files.report_md)}")
+    for other, (changes, missing) in drifts.items():
+        if error_count(changes, missing):
+            warn(f"{row.name}: {other} → {kernel.version} loses what must stay:\n"
+                 f"{render_changes(other, kernel.version, changes, missing)}")
+
+
+def _other_configs(ctx: Context) -> list[Path]:
+    """The same target's final .config on the other kernels: the report compares the whole config with them."""
+    return [ctx.project.artifacts(other, ctx.the_target).config for other in ctx.project.versions.kernels
+            if other.version != ctx.the_kernel.version and ctx.the_target.name in other.targets]
+
+
+def _state(ctx: Context) -> dict:
+    from .verify import verdict_state
+
+    return verdict_state(ctx)
+
+
+STAGE = Stage(
+    "report", "write each target's requirement → option → final value table (report.md, report.json)",
+    doc=lambda ctx: f"requirement → option → final value table for {ctx.label.replace(' ', ' on ')}",
+    run=run,
+    inputs=lambda ctx: [ctx.files.config, ctx.files.audit, *ctx.project.fragment_paths(ctx.the_target), *_other_configs(ctx)],
+    outputs=lambda ctx: [ctx.files.report_md, ctx.files.report_json],
+    state=_state,
+)

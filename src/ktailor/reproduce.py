@@ -20,6 +20,8 @@ from .layout import Artifacts
 from .modules import carry_signing_key
 from .progress import info
 from .records import sha256_of, write_json_atomically
+from .stage import Context, Stage, removes
+from .toolchain import jobs_from_env
 
 SHT_NOBITS = 8  # .bss and friends: no bytes in the file
 
@@ -119,3 +121,29 @@ def _where(difference: dict | None) -> str:
         also = f"; also {', '.join(others)}" if others else ""
         return f"first differing ELF section {difference['section']}: {difference['why']}{also}"
     return f"first differing byte at offset {difference['offset']}"
+
+
+# --- the stage ---------------------------------------------------------------------------------
+def run(ctx: Context) -> None:
+    from .build import build_env
+
+    reproduce_target(srctree=ctx.source_tree, files=ctx.files, variables=ctx.checked_make_vars(),
+                     goals=ctx.the_target.make_goals, jobs=jobs_from_env(ctx.project.env), label=ctx.label,
+                     env=build_env(ctx))
+
+
+def _state(ctx: Context) -> dict:
+    from .config import toolchain_state
+
+    return toolchain_state(ctx)
+
+
+STAGE = Stage(
+    "reproduce", "build each target again in a second build dir, without the compile cache, and compare images",
+    doc=lambda ctx: f"rebuild {ctx.label} elsewhere and compare every image's sha256 (reproduce.json)",
+    run=run,
+    inputs=lambda ctx: [*ctx.files.images.values(), ctx.files.config, ctx.source_stamp],
+    outputs=lambda ctx: [ctx.files.reproduce],
+    state=_state,
+    clean=lambda ctx: removes(ctx.files.rebuild_dir),
+)
