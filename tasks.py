@@ -13,8 +13,8 @@ from pathlib import Path
 
 from invoke import Context, Exit, task
 
-from ktailor.errors import KtailorError, exit_code_for
-from ktailor.layout import Project
+from ktailor.core.errors import KtailorError, exit_code_for
+from ktailor.project.layout import Project
 
 ROOT = Path(__file__).resolve().parent
 
@@ -55,7 +55,7 @@ def clean(c: Context, target: str = "", version: str = "", sources: bool = False
           all: bool = False, dry_run: bool = False) -> None:
     """Remove build dirs (and, when asked, sources and downloads). Never touches installed kernels.
     Waits for a running doit (KTAILOR_NO_WAIT=1: fails at once instead)."""
-    from ktailor.clean import clean_outputs
+    from ktailor.commands.clean import clean_outputs
 
     removed = clean_outputs(_project(), target=target or None, version=version or None, sources=sources,
                             downloads=downloads, everything=all, dry_run=dry_run)
@@ -71,8 +71,8 @@ def clean(c: Context, target: str = "", version: str = "", sources: bool = False
 def prune(c: Context, dry_run: bool = False) -> None:
     """Remove installed kernel directories that no link in the prefix points to any more (old rebuilds).
     Waits for a running install (KTAILOR_NO_WAIT=1: fails at once instead)."""
-    from ktailor.install import prune as run_prune
-    from ktailor.locks import prefix_lock
+    from ktailor.core.locks import prefix_lock
+    from ktailor.stages.install import prune as run_prune
 
     project = _project()
     if dry_run or not project.prefix.is_dir():  # changes nothing: no lock to wait for, no prefix to create
@@ -94,7 +94,7 @@ def prune(c: Context, dry_run: bool = False) -> None:
 def menuconfig(c: Context, target: str, version: str = "", save_as: str = "", add_to_list: bool = False) -> None:
     """Run the kernel's menuconfig on a target's config and turn your edits into a fragment.
     Holds the build dir for the session: a doit or security-update run waits until you are done."""
-    from ktailor.menuconfig import edit_target_config
+    from ktailor.commands.menuconfig import edit_target_config
 
     project = _project()
     kernel, row = _kernel_and_target(project, target, version or None)
@@ -118,7 +118,7 @@ def menuconfig(c: Context, target: str, version: str = "", save_as: str = "", ad
 @edge
 def explain(c: Context, option: str, target: str, version: str = "") -> None:
     """Why an option has its value in a target: fragment and reason, dependencies, selects."""
-    from ktailor.why import explain_option
+    from ktailor.commands.why import explain_option
 
     print(explain_option(_project(), option, target, version or None))
 
@@ -140,9 +140,9 @@ def upgrade(c: Context, version: str = "", latest: bool = False, replace: str = 
             keyring: str = "") -> None:
     """Move a kernel in versions.toml to another point release: signed checksum, rewrite, pre-flight audit.
     Holds the build dir (a running doit makes it wait; KTAILOR_NO_WAIT=1: fail at once), except a dry run."""
-    from ktailor.locks import holding_build_dir
-    from ktailor.signature import pinned_fingerprint
-    from ktailor.upgrade import upgrade as run_upgrade
+    from ktailor.commands.upgrade import upgrade as run_upgrade
+    from ktailor.core.locks import holding_build_dir
+    from ktailor.sources.signature import pinned_fingerprint
 
     if not version and not latest:
         raise Exit("E: say which release: --version X.Y.Z, or --latest for the newest of the tracked series.", code=2)
@@ -182,9 +182,9 @@ def security_update(c: Context, apply: bool = False, releases_url: str = "", jso
     30 mirror/releases.json unreachable, 40 a series is end-of-life, 50 (--fail-on) an applicable CVE
     without a working upgrade, 2 bad input, 1 other error.
     """
-    from ktailor.locks import NO_WAIT_ENV
-    from ktailor.security_update import security_update as run
-    from ktailor.signature import pinned_fingerprint
+    from ktailor.commands.security_update import security_update as run
+    from ktailor.core.locks import NO_WAIT_ENV
+    from ktailor.sources.signature import pinned_fingerprint
 
     env = {**os.environ, NO_WAIT_ENV: "1"} if no_wait else dict(os.environ)  # for this run and the doit runs it starts
     try:
@@ -208,7 +208,7 @@ def security_update(c: Context, apply: bool = False, releases_url: str = "", jso
 @edge
 def cves(c: Context, target: str, version: str = "", json: bool = False, vulns: str = "", fail_on: str = "") -> None:
     """CVEs that affect a kernel's version, split by whether their fix touches code compiled into it."""
-    from ktailor.cvereport import cves_command
+    from ktailor.security.cvereport import cves_command
 
     text, over = cves_command(_project(), target=target, version=version or None, vulns=vulns or None, as_json=json,
                               fail_on=fail_on.upper())
@@ -226,7 +226,7 @@ def cves(c: Context, target: str, version: str = "", json: bool = False, vulns: 
 @edge
 def cost(c: Context, target: str, version: str = "", option: str = "", top: int = 20) -> None:
     """What each option costs in a built kernel's vmlinux (the ledger `doit ledger:<target>` writes)."""
-    from ktailor.ledger import cost_text
+    from ktailor.stages.ledger import cost_text
 
     project = _project()
     kernel, row = _kernel_and_target(project, target, version or None)
@@ -249,7 +249,7 @@ def cost(c: Context, target: str, version: str = "", option: str = "", top: int 
 def vm_config(c: Context, target: str, vmm: str, version: str = "", rootfs: str = "", vcpus: int = 0,
               mem_mib: int = 0, tap: str = "", vsock_cid: int = -1, vsock_socket: str = "") -> None:
     """Print a ready-to-run VMM config for an installed kernel, with your paths (every install carries one)."""
-    from ktailor.vmconfig import VmShape, vm_config_command
+    from ktailor.guest.vmconfig import VmShape, vm_config_command
 
     shape = VmShape(rootfs=rootfs or None, vcpus=vcpus or None, mem_mib=mem_mib or None, tap=tap or None,
                     vsock_cid=None if vsock_cid < 0 else vsock_cid, vsock_socket=vsock_socket or None)
@@ -264,8 +264,8 @@ def vm_config(c: Context, target: str, vmm: str, version: str = "", rootfs: str 
 @edge
 def boot(c: Context, target: str, version: str = "", initramfs: bool = False) -> None:
     """Boot a built kernel in QEMU with the console attached (Ctrl-A X quits), for debugging."""
-    from ktailor.boot import missing_tool, qemu_command
-    from ktailor.errors import EnvironmentProblem
+    from ktailor.core.errors import EnvironmentProblem
+    from ktailor.stages.boot import missing_tool, qemu_command
 
     project = _project()
     kernel, row = _kernel_and_target(project, target, version or None)

@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from reference import boot_once  # noqa: E402
 
-from ktailor.dotconfig import parse_dotconfig  # noqa: E402
-from ktailor.fragments import load_fragments, resolve_list  # noqa: E402
-from ktailor.layout import Project  # noqa: E402
+from ktailor.kconfig.dotconfig import parse_dotconfig  # noqa: E402
+from ktailor.kconfig.fragments import load_fragments, resolve_list  # noqa: E402
+from ktailor.project.layout import Project  # noqa: E402
 
 
 def groups_of(project: Project, target) -> dict[str, list[Path]]:

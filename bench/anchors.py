@@ -12,8 +12,8 @@ import os
 import tomllib
 from pathlib import Path
 
-from ktailor.download import fetch
-from ktailor.records import sha256_of
+from ktailor.core.records import sha256_of
+from ktailor.stages.download import fetch
 
 PINS = Path(__file__).resolve().parent / "anchors.toml"
 URL_ENV = "KTAILOR_ANCHORS_URL"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from reference import boot_once, summarise
 
-from ktailor.layout import Project
+from ktailor.project.layout import Project
 
 ROOT = Path(__file__).resolve().parents[1]
 

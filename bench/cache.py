@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/cache.py --old 6.1.187 --new 6.1.192 [--target x86_64-micro] [--work DIR]
 
-Both versions must be in the versions file (KTAILOR_VERSIONS or versions.toml; `python -m ktailor.mirror`
+Both versions must be in the versions file (KTAILOR_VERSIONS or versions.toml; `python -m ktailor.sources.mirror`
 writes one for local tarballs: Debian's archive keeps older linux-source-6.1 releases, a real stable
 update pair). Every build is a real `doit build:` in its own build dir; the make time comes from build.json:
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from pipeline import extract_ratio  # noqa: E402
 
-from ktailor.layout import Project  # noqa: E402
+from ktailor.project.layout import Project  # noqa: E402
 
 DOIT = [sys.executable, "-m", "doit", "-f", str(ROOT / "dodo.py"), "-d", str(ROOT)]
 GOALS = {"bump": 0.3, "again": 0.15, "extract": 1.2}
@@ -73,7 +73,7 @@ def write_versions(project: Project, old: str, new: str, target: str, path: Path
     kernels = {k.version: k for k in project.versions.kernels}
     missing = [v for v in (old, new) if v not in kernels]
     if missing:
-        sys.exit(f"{project.versions_path} does not list {', '.join(missing)}; add them (python -m ktailor.mirror writes "
+        sys.exit(f"{project.versions_path} does not list {', '.join(missing)}; add them (python -m ktailor.sources.mirror writes "
                  "a versions file for local tarballs) or point KTAILOR_VERSIONS at one that does.")
     lines = [f'mirror = "{kernels[new].mirror}"', f'default = "{new}"']
     for version in (old, new):

@@ -37,7 +37,7 @@ def noop_seconds(runs: int) -> tuple[float, float, bool]:
 
 def extract_ratio(tarball: Path, rounds: int = 2, scratch_parent: Path = ROOT / "build") -> tuple[float, float]:
     """Best of `rounds` for GNU tar and for ktailor, alternating (filesystem state swings a lot here)."""
-    from ktailor.extract import extract_tarball
+    from ktailor.stages.extract import extract_tarball
 
     tar_times, our_times = [], []
     for _ in range(rounds):

@@ -35,11 +35,11 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from anchors import check_local, fetch_anchors  # noqa: E402
 
-from ktailor.boot import StderrLog, boot_target  # noqa: E402
-from ktailor.dotconfig import parse_dotconfig  # noqa: E402
-from ktailor.errors import VerificationFailed  # noqa: E402
-from ktailor.hardening import CHECKS_FILE, audit_hardening, load_checks  # noqa: E402
-from ktailor.layout import Project  # noqa: E402
+from ktailor.core.errors import VerificationFailed  # noqa: E402
+from ktailor.kconfig.dotconfig import parse_dotconfig  # noqa: E402
+from ktailor.kconfig.hardening import CHECKS_FILE, audit_hardening, load_checks  # noqa: E402
+from ktailor.project.layout import Project  # noqa: E402
+from ktailor.stages.boot import StderrLog, boot_target  # noqa: E402
 
 IMAGES = ["arch/x86/boot/bzImage", "vmlinux"]
 FLOOR = Path(__file__).resolve().parent / "floor" / "x86_64.config"

@@ -18,10 +18,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ktailor.accept import ACCEPTANCE, accept_target, load_acceptance
-from ktailor.boot import StderrLog
-from ktailor.layout import Project
-from ktailor.records import read_optional
+from ktailor.core.records import read_optional
+from ktailor.project.layout import Project
+from ktailor.stages.accept import ACCEPTANCE, accept_target, load_acceptance
+from ktailor.stages.boot import StderrLog
 
 ROOT = Path(__file__).resolve().parents[1]
 SECONDS = re.compile(r"(?:(\d+)min )?([\d.]+)(ms|s)")

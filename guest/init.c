@@ -1,7 +1,7 @@
 /*
  * ktailor guest /init: proves from inside a booted guest that the kernel has what its target promises.
  *
- * Output is one machine-readable line per fact, parsed by src/ktailor/probes.py:
+ * Output is one machine-readable line per fact, parsed by src/ktailor/guest/probes.py:
  *   KTAILOR-INIT boottime_ns=<ns> pid=<pid>          first act: CLOCK_BOOTTIME, the clock /proc/uptime reads
  *   KTAILOR-UPTIME seconds=<s>                        /proc/uptime itself (10 ms steps)
  *   KTAILOR-KMSG us=<printk time> text=<message>      kernel lines the host needs even under `quiet`

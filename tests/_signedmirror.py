@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from ktailor.mirror import QuietHandler
+from ktailor.sources.mirror import QuietHandler
 
 REPO = Path(__file__).resolve().parents[1]
 

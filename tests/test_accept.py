@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from ktailor.accept import ACCEPTANCE, judge_run, load_acceptance, parse_results
-from ktailor.boot import VmRun
-from ktailor.errors import InputError, VerificationFailed
-from ktailor.evidence import check_install, fingerprint
-from ktailor.fragments import list_files_of, load_fragments
-from ktailor.targets import load_catalog
+from ktailor.core.errors import InputError, VerificationFailed
+from ktailor.kconfig.fragments import list_files_of, load_fragments
+from ktailor.project.targets import load_catalog
+from ktailor.security.evidence import check_install, fingerprint
+from ktailor.stages.accept import ACCEPTANCE, judge_run, load_acceptance, parse_results
+from ktailor.stages.boot import VmRun
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = load_acceptance(REPO / "guest" / ACCEPTANCE)
@@ -43,7 +43,7 @@ def test_every_symbol_a_micro_workload_needs_is_requested_by_the_micro_list():
     """A failure must name a fragment line: a workload of micro needing a symbol micro never asks for is a gap."""
     target = CATALOG.target("x86_64-micro")
     paths = list_files_of(REPO / "fragments", target.list_name)
-    from ktailor.fragments import requested_options, resolve_list
+    from ktailor.kconfig.fragments import requested_options, resolve_list
 
     requested = requested_options(load_fragments(resolve_list(REPO / "fragments", target.list_name), REPO), "x86_64",
                                   (5, 10, 262))
@@ -94,8 +94,8 @@ def test_console_lines_give_each_workloads_status_output_and_time():
 def test_failed_workloads_name_their_requirement_and_the_fragment_lines_behind_it(tmp_path):
     target = CATALOG.target("x86_64-micro")
     workloads = [w for w in SPEC.for_target(target) if w.name in ("systemd", "crun", "runc", "veth")]
-    from ktailor.layout import Project
-    from ktailor.stage import Context
+    from ktailor.project.layout import Project
+    from ktailor.stages.base import Context
 
     project = Project(REPO, {})
     requested = Context(project, project.versions.default, target).requested()
@@ -128,7 +128,7 @@ class Checked:
         self.images = {"vmlinux": self.kbuild / "vmlinux"}
         self.dir = tmp_path
         evidence = fingerprint(self.images, self.kbuild / ".config")
-        from ktailor.records import sha256_of
+        from ktailor.core.records import sha256_of
 
         (tmp_path / "audit.json").write_text(json.dumps({"status": "passed",
                                                          "config_sha256": sha256_of(self.kbuild / ".config")}))
@@ -181,7 +181,7 @@ def test_the_key_server_hands_every_connection_the_key_then_stops_with_the_stack
     import contextlib
     import socket
 
-    from ktailor.accept import serve_key
+    from ktailor.stages.accept import serve_key
 
     path = tmp_path / "vsock.uds_1025"
     with contextlib.ExitStack() as stack:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ktailor.fragment_dirs import FragmentDirs
-from ktailor.fragments import load_fragments, requested_options, resolve_list
-from ktailor.layout import Project
+from ktailor.kconfig.fragment_dirs import FragmentDirs
+from ktailor.kconfig.fragments import load_fragments, requested_options, resolve_list
+from ktailor.project.layout import Project
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))

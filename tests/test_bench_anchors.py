@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ktailor.errors import ChecksumMismatch
-from ktailor.mirror import serve
+from ktailor.core.errors import ChecksumMismatch
+from ktailor.sources.mirror import serve
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from ktailor import boot, probes
-from ktailor.errors import InputError, VerificationFailed
-from ktailor.fragments import load_fragments, parse_fragment, requested_options, resolve_list, version_key
-from ktailor.guest_devices import qemu_devices
-from ktailor.targets import Target, load_catalog
+from ktailor.core.errors import InputError, VerificationFailed
+from ktailor.guest import probes
+from ktailor.guest.guest_devices import qemu_devices
+from ktailor.kconfig.fragments import load_fragments, parse_fragment, requested_options, resolve_list, version_key
+from ktailor.project.targets import Target, load_catalog
+from ktailor.stages import boot
 
 REPO = Path(__file__).resolve().parents[1]
 GUEST = REPO / "guest"
@@ -600,7 +601,7 @@ def test_real_kernel_whose_command_line_leaves_a_hardening_off_fails_its_runtime
 def test_real_kernel_boots_from_the_qemu_config_an_install_carries(tmp_path):
     """The qemu.sh every install carries, run as a user would (ROOTFS=…), starts the real kernel: it mounts the
     user's disk as / and runs its init (ours, asked for no probes: it says so and reboots, which ends QEMU)."""
-    from ktailor.vmconfig import VmShape, vm_config
+    from ktailor.guest.vmconfig import VmShape, vm_config
 
     kbuild = real_kbuild()
     target = target_named("x86_64-micro")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ktailor.build import output_lines
+from ktailor.stages.build import output_lines
 
 
 def test_lines_come_whole_however_the_child_writes_them():

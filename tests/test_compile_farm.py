@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ktailor.compile_farm import DISTCC_HOSTS_ENV, REMOTE_ENV, distcc_hosts, engine_record, redacted, remote_storage
-from ktailor.errors import InputError
-from ktailor.toolchain import jobs_from_env
+from ktailor.core.errors import InputError
+from ktailor.farm.compile_farm import DISTCC_HOSTS_ENV, REMOTE_ENV, distcc_hosts, engine_record, redacted, remote_storage
+from ktailor.farm.toolchain import jobs_from_env
 from test_dag import run_doit
 
 
@@ -199,7 +199,7 @@ def test_first_difference_reads_real_elf_objects(tmp_path):
     for name, text in sources.items():
         (tmp_path / f"{name}.c").write_text(text)
         subprocess.run(["gcc", "-c", str(tmp_path / f"{name}.c"), "-o", str(tmp_path / f"{name}.o")], check=True)
-    from ktailor.reproduce import elf_sections, first_difference
+    from ktailor.stages.reproduce import elf_sections, first_difference
 
     names = [name for name, _ in elf_sections((tmp_path / "a.o").read_bytes())]
     assert ".data" in names and ".rodata" in names and ".symtab" in names

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ktailor.configdiff import compare_configs, error_count, load_must_stay, must_stay_missing, render_changes
-from ktailor.errors import InputError
+from ktailor.core.errors import InputError
+from ktailor.kconfig.configdiff import compare_configs, error_count, load_must_stay, must_stay_missing, render_changes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -171,7 +171,7 @@ config ARCH_FLATMEM_ENABLE
 def test_drift_says_why_each_unrequested_symbol_changed_from_both_trees(tmp_path: Path) -> None:
     """Each reason the forecast 6.12.118 → 7.2.13 met on the real trees (AF_UNIX_OOB, SYSFS_SYSCALL,
     CRYPTO_CRC32C, X86_INTEL_TSX_MODE_*, SPARSEMEM_VMEMMAP, INLINE_*), in miniature."""
-    from ktailor.configdiff import drift
+    from ktailor.kconfig.configdiff import drift
 
     configs = {"old": "CONFIG_OOB=y\nCONFIG_SYSFS_SYSCALL=y\nCONFIG_EXT4=y\nCONFIG_CRC=y\nCONFIG_TSX_OFF=y\n"
                       "# CONFIG_VMEMMAP is not set\nCONFIG_INLINE_UNLOCK=y\nCONFIG_INLINE_LOCK=y\n"

@@ -21,9 +21,13 @@ from _signedmirror import (  # noqa: F401 - the fixture_* are pytest fixtures, u
     write_versions,
 )
 from _vulnsrepo import make_vulns_repo, record
-from ktailor.compiled import Compiled, compiled_files
-from ktailor.cvereport import cves_command
-from ktailor.cves import (
+from ktailor.commands.runner import run_doit
+from ktailor.commands.security_update import EXIT_EXPOSED, EXIT_UP_TO_DATE, EXIT_UPDATED, security_update
+from ktailor.core.errors import EnvironmentProblem, InputError
+from ktailor.farm.compiled import Compiled, compiled_files
+from ktailor.project.layout import Project
+from ktailor.security.cvereport import cves_command
+from ktailor.security.cves import (
     Cve,
     Database,
     Exposure,
@@ -36,11 +40,7 @@ from ktailor.cves import (
     unknown_of,
     vulns_checkout,
 )
-from ktailor.errors import EnvironmentProblem, InputError
-from ktailor.layout import Project
-from ktailor.runner import run_doit
-from ktailor.security_update import EXIT_EXPOSED, EXIT_UP_TO_DATE, EXIT_UPDATED, security_update
-from ktailor.vex import openvex
+from ktailor.security.vex import openvex
 
 TARGETS = ["x86_64-micro", "aarch64-micro"]
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from _httpserver import Reply, scripted_servers
-from ktailor import download
-from ktailor.download import fetch, is_verified, verified_marker
-from ktailor.errors import ChecksumMismatch, DownloadError
+from ktailor.core.errors import ChecksumMismatch, DownloadError
+from ktailor.stages import download
+from ktailor.stages.download import fetch, is_verified, verified_marker
 
 # Short enough that the whole file runs in a few seconds, long enough for loopback.
 FAST = {"retries": 3, "timeout": 1.0, "backoff": 0.01}

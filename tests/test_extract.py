@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from ktailor import extract
-from ktailor.errors import EnvironmentProblem, InputError
-from ktailor.extract import STAMP, extract_tarball, is_extracted, unsafe_reason
+from ktailor.core.errors import EnvironmentProblem, InputError
+from ktailor.stages import extract
+from ktailor.stages.extract import STAMP, extract_tarball, is_extracted, unsafe_reason
 
 
 @dataclass(frozen=True)
@@ -525,7 +525,7 @@ def test_future_dated_members_by_the_thousand_do_not_hang_the_extraction(tmp_pat
             info = tarfile.TarInfo(f"{top}/drivers/generated/file-with-a-long-name-{number:05d}.c")
             info.size, info.mtime = 2, future
             archive.addfile(info, io.BytesIO(b"x\n"))
-    script = ("import sys; from pathlib import Path; from ktailor.extract import extract_tarball; "
+    script = ("import sys; from pathlib import Path; from ktailor.stages.extract import extract_tarball; "
               "extract_tarball(Path(sys.argv[1]), Path(sys.argv[2]))")
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-c", script, str(tarball), str(tmp_path / "src" / top)],

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ktailor.errors import InputError
-from ktailor.fragments import (
+from ktailor.core.errors import InputError
+from ktailor.kconfig.fragments import (
     load_expected_drops,
     parse_fragment,
     parse_scope,

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from ktailor import boot, guest_devices, probes
-from ktailor.errors import InputError
-from ktailor.targets import load_catalog
+from ktailor.core.errors import InputError
+from ktailor.guest import guest_devices, probes
+from ktailor.project.targets import load_catalog
+from ktailor.stages import boot
 
 REPO = Path(__file__).resolve().parents[1]
 CATALOG = load_catalog(REPO / "targets.toml")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import test_dag
-from ktailor.errors import InputError
-from ktailor.hardening import CHECKS_FILE, audit_hardening, load_checks, render_hardening
+from ktailor.core.errors import InputError
+from ktailor.kconfig.hardening import CHECKS_FILE, audit_hardening, load_checks, render_hardening
 from test_dag import run_doit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,10 +118,10 @@ def test_verify_fails_on_an_unwaived_check_and_passes_once_it_is_waived(two_kern
 
 def test_the_report_puts_what_the_booted_guest_observed_beside_the_configured_value(tmp_path):
     """report.md's configured / observed table: from boot.json only when it judged this very .config."""
-    from ktailor.probes import load_probe_table
-    from ktailor.records import sha256_of
-    from ktailor.report import observed_rows, render_observed
-    from ktailor.targets import load_catalog
+    from ktailor.core.records import sha256_of
+    from ktailor.guest.probes import load_probe_table
+    from ktailor.project.targets import load_catalog
+    from ktailor.stages.report import observed_rows, render_observed
 
     repo = Path(__file__).resolve().parents[1]
     target = load_catalog(repo / "targets.toml").target("x86_64-mini")

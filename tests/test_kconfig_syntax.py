@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ktailor.explain import explain, load_kconfig
-from ktailor.kconfig_syntax import rewrite_line, successors_of
+from ktailor.kconfig.explain import explain, load_kconfig
+from ktailor.kconfig.kconfig_syntax import rewrite_line, successors_of
 
 
 @pytest.mark.parametrize(("line", "expected"), [

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ktailor.ledger import CORE, UNATTRIBUTED, Attributor, elf_sizes, parse_makefile
+from ktailor.stages.ledger import CORE, UNATTRIBUTED, Attributor, elf_sizes, parse_makefile
 
 MAKEFILE = """\
 # SPDX-License-Identifier: GPL-2.0

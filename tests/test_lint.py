@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ktailor.fragments import REASON_PLACEHOLDER, Scope
-from ktailor.lint import Finding, format_findings, lint_against_source, lint_fragments, sample_versions
-from ktailor.targets import Catalog, load_catalog
+from ktailor.kconfig.fragments import REASON_PLACEHOLDER, Scope
+from ktailor.project.targets import Catalog, load_catalog
+from ktailor.stages.lint import Finding, format_findings, lint_against_source, lint_fragments, sample_versions
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,19 +21,19 @@ from _signedmirror import (  # noqa: F401 - the fixture_* are pytest fixtures, u
     use_mirror,
     write_versions,
 )
-from ktailor.clean import clean_outputs
-from ktailor.errors import EnvironmentProblem
-from ktailor.layout import Project
-from ktailor.locks import BUILD_LOCK_ENV, LockBusy, holding_build_dir, prefix_lock
-from ktailor.menuconfig import edit_target_config
-from ktailor.runner import run_doit
+from ktailor.commands.clean import clean_outputs
+from ktailor.commands.menuconfig import edit_target_config
+from ktailor.commands.runner import run_doit
+from ktailor.core.errors import EnvironmentProblem
+from ktailor.core.locks import BUILD_LOCK_ENV, LockBusy, holding_build_dir, prefix_lock
+from ktailor.project.layout import Project
 
 REPO = Path(__file__).resolve().parents[1]
 
 HOLD = """
 import sys
 from pathlib import Path
-from ktailor.locks import holding_build_dir, prefix_lock
+from ktailor.core.locks import holding_build_dir, prefix_lock
 kind, where = sys.argv[1], Path(sys.argv[2])
 with (holding_build_dir if kind == "build" else prefix_lock)(where, {}):
     print("held", flush=True)
@@ -126,7 +126,7 @@ def test_a_process_the_holder_starts_is_let_through_any_other_is_refused(tmp_pat
     build_dir = tmp_path / "build"
     hold("build", build_dir)
     lock = str((build_dir / ".lock").resolve())
-    take = ("import os, sys; from pathlib import Path; from ktailor.locks import holding_build_dir\n"
+    take = ("import os, sys; from pathlib import Path; from ktailor.core.locks import holding_build_dir\n"
             "with holding_build_dir(Path(sys.argv[1]), os.environ): print('got it')")
     argv = [sys.executable, "-c", take, str(build_dir)]
     child = subprocess.run(argv, env=os.environ | {"KTAILOR_NO_WAIT": "1", BUILD_LOCK_ENV: lock},

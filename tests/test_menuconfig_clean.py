@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from ktailor.clean import plan_clean, run_clean
-from ktailor.errors import EnvironmentProblem, InputError
-from ktailor.fragments import REASON_PLACEHOLDER, parse_fragment
-from ktailor.layout import Project
-from ktailor.menuconfig import config_changes, save_changes
+from ktailor.commands.clean import plan_clean, run_clean
+from ktailor.commands.menuconfig import config_changes, save_changes
+from ktailor.core.errors import EnvironmentProblem, InputError
+from ktailor.kconfig.fragments import REASON_PLACEHOLDER, parse_fragment
+from ktailor.project.layout import Project
 
 BEFORE = "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=64\nCONFIG_D=y\n"
 AFTER = "CONFIG_A=y\nCONFIG_B=y\nCONFIG_C=128\n# CONFIG_D is not set\n"
@@ -102,7 +102,7 @@ def test_clean_removes_a_killed_extractions_leftover_and_reports_what_it_cannot_
     def refuse(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr("ktailor.clean.shutil.rmtree", refuse)
+    monkeypatch.setattr("ktailor.commands.clean.shutil.rmtree", refuse)
     with pytest.raises(EnvironmentProblem, match=r"Permission denied.*run clean as the user"):
         run_clean(plan_clean(project))
 

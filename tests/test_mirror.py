@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ktailor.download import fetch
-from ktailor.errors import InputError
-from ktailor.mirror import add_to_mirror, kernel_version_of_tarball, main, serve, version_from_makefile, versions_toml
+from ktailor.core.errors import InputError
+from ktailor.sources.mirror import add_to_mirror, kernel_version_of_tarball, main, serve, version_from_makefile, versions_toml
+from ktailor.stages.download import fetch
 
 MAKEFILE = """\
 # SPDX-License-Identifier: GPL-2.0

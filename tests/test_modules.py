@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from ktailor import modules
-from ktailor.errors import BuildFailed, VerificationFailed
-from ktailor.targets import load_catalog
-from ktailor.verify import verify_target
+from ktailor.core.errors import BuildFailed, VerificationFailed
+from ktailor.farm import modules
+from ktailor.project.targets import load_catalog
+from ktailor.stages.verify import verify_target
 
 REPO = Path(__file__).resolve().parents[1]
 SIGNED = b"\x7fELF...module body..." + b"\x00" * 12 + modules.SIGNATURE_MAGIC

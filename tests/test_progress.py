@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from tqdm import tqdm
 
-from ktailor import progress
-from ktailor.build import COUNT_FILE, estimated_steps
-from ktailor.layout import Artifacts
-from ktailor.progress import LogProgress
+from ktailor.core import progress
+from ktailor.core.progress import LogProgress
+from ktailor.project.layout import Artifacts
 from ktailor.run_summary import Summary, format_table
+from ktailor.stages.build import COUNT_FILE, estimated_steps
 
 
 class Clock:

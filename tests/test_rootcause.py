@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from ktailor.audit import Difference, compare
-from ktailor.config import configure_target, with_fixes
-from ktailor.errors import ConfigAuditFailed
-from ktailor.explain import explain, load_kconfig, version_scope
-from ktailor.fragments import Option, Scope, load_fragments, requested_options, resolve_list
-from ktailor.layout import Artifacts
-from ktailor.rootcause import find_causes
+from ktailor.core.errors import ConfigAuditFailed
+from ktailor.kconfig.audit import Difference, compare
+from ktailor.kconfig.explain import explain, load_kconfig, version_scope
+from ktailor.kconfig.fragments import Option, Scope, load_fragments, requested_options, resolve_list
+from ktailor.kconfig.rootcause import find_causes
+from ktailor.project.layout import Artifacts
+from ktailor.stages.config import configure_target, with_fixes
 
 KCONFIG = """\
 config EMBEDDED

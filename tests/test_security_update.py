@@ -33,20 +33,8 @@ from _signedmirror import (  # noqa: F401 - the fixture_* are pytest fixtures, u
 )
 from _vulnsrepo import make_vulns_repo
 from conftest import fake_tarball
-from ktailor.errors import (
-    ChecksumMismatch,
-    DownloadError,
-    EnvironmentProblem,
-    InputError,
-    VerificationFailed,
-    exit_code_for,
-)
-from ktailor.install import fragments_digest
-from ktailor.layout import Project
-from ktailor.locks import LockBusy
-from ktailor.releases import StaleSource, next_longterm, parse_releases, series_status
-from ktailor.runner import run_doit
-from ktailor.security_update import (
+from ktailor.commands.runner import run_doit
+from ktailor.commands.security_update import (
     EXIT_BAD_INPUT,
     EXIT_CHECK_FAILED,
     EXIT_END_OF_LIFE,
@@ -59,7 +47,19 @@ from ktailor.security_update import (
     security_update,
     worst,
 )
-from ktailor.signature import SignatureError
+from ktailor.core.errors import (
+    ChecksumMismatch,
+    DownloadError,
+    EnvironmentProblem,
+    InputError,
+    VerificationFailed,
+    exit_code_for,
+)
+from ktailor.core.locks import LockBusy
+from ktailor.project.layout import Project
+from ktailor.sources.releases import StaleSource, next_longterm, parse_releases, series_status
+from ktailor.sources.signature import SignatureError
+from ktailor.stages.install import fragments_digest
 
 TARGETS = ["x86_64-micro", "aarch64-micro"]
 
@@ -285,7 +285,7 @@ def test_series_status_and_next_longterm(series, latest, eol, listed, move_to):
 
 
 def test_malformed_releases_json_is_an_unreachable_source():
-    from ktailor.errors import DownloadError
+    from ktailor.core.errors import DownloadError
 
     with pytest.raises(DownloadError, match=r"not kernel\.org's releases\.json format"):
         parse_releases(b'{"releases": 3}', "http://x/releases.json")

@@ -12,9 +12,9 @@ import time
 import pytest
 
 from _signedmirror import fixture_old_key, fixture_signing_key  # noqa: F401 - pytest fixtures, used by name
-from ktailor import signature
-from ktailor.releases import MAX_AGE_ENV, StaleSource, check_signed_recently
-from ktailor.signature import SignatureError, read_verdict, run_gpgv, signature_time, verify_clearsigned
+from ktailor.sources import signature
+from ktailor.sources.releases import MAX_AGE_ENV, StaleSource, check_signed_recently
+from ktailor.sources.signature import SignatureError, read_verdict, run_gpgv, signature_time, verify_clearsigned
 
 URL = "http://mirror.example/pub/linux/kernel/v6.x/sha256sums.asc"
 SIGNED_AT = "20240101T120000"  # what old_key's clock says when it signs

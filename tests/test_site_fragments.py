@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from ktailor.errors import InputError
-from ktailor.fragment_dirs import FragmentDirs
-from ktailor.fragments import resolve_list
-from ktailor.layout import Project
+from ktailor.core.errors import InputError
+from ktailor.kconfig.fragment_dirs import FragmentDirs
+from ktailor.kconfig.fragments import resolve_list
+from ktailor.project.layout import Project
 from test_dag import run_doit
 
 SITE_FRAGMENT = """\

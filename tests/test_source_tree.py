@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from conftest import fake_tarball
-from ktailor.errors import InputError
-from ktailor.layout import Project
-from ktailor.source_tree import identity
-from ktailor.upgrade import upgrade
+from ktailor.commands.upgrade import upgrade
+from ktailor.core.errors import InputError
+from ktailor.project.layout import Project
+from ktailor.sources.source_tree import identity
 from test_dag import run_doit
 
 GIT = ["git", "-c", "user.name=Site Kernel Team", "-c", "user.email=kernel@example.org", "-c", "commit.gpgsign=false"]
@@ -129,7 +129,7 @@ def test_bad_source_entries_are_one_paragraph_naming_the_line(checkout, entry, m
 
 
 def test_upgrade_and_security_update_leave_a_source_tree_alone(checkout, capsys):
-    from ktailor.security_update import security_update
+    from ktailor.commands.security_update import security_update
 
     root, tree = checkout
     with pytest.raises(InputError, match=r"builds the source tree .* update the tree itself"):

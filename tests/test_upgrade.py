@@ -20,9 +20,10 @@ from _signedmirror import (  # noqa: F401 - the fixture_* are pytest fixtures, u
     use_mirror,
     write_versions,
 )
-from ktailor.errors import ChecksumMismatch, DownloadError, InputError
-from ktailor.runner import run_doit
-from ktailor.signature import (
+from ktailor.commands.runner import run_doit
+from ktailor.commands.upgrade import rewrite_versions, upgrade
+from ktailor.core.errors import ChecksumMismatch, DownloadError, InputError
+from ktailor.sources.signature import (
     AUTOSIGNER_FINGERPRINT,
     SignatureError,
     checksum_for,
@@ -30,7 +31,6 @@ from ktailor.signature import (
     unverified_body,
     verify_clearsigned,
 )
-from ktailor.upgrade import rewrite_versions, upgrade
 
 
 class Farm(FarmBase):
@@ -116,7 +116,7 @@ def test_good_signature_by_an_unpinned_key_is_refused(farm):
 
 def test_insecure_skip_signature_uses_the_unsigned_checksums(farm, capsys):
     (farm.mirror.folder() / "sha256sums.asc").unlink()
-    (farm.mirror.folder() / "sha256sums").write_text(farm.mirror.real_sums())  # what `python -m ktailor.mirror` writes
+    (farm.mirror.folder() / "sha256sums").write_text(farm.mirror.real_sums())  # what `python -m ktailor.sources.mirror` writes
 
     with pytest.raises(DownloadError, match=r"sha256sums\.asc does not exist"):
         farm.upgrade("6.1.5", dry_run=True)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from ktailor.errors import EnvironmentProblem, KtailorError, VerificationFailed
-from ktailor.evidence import check_install, fingerprint
-from ktailor.install import install_target, prune
-from ktailor.records import sha256_of
-from ktailor.verify import check_arm64_image, check_bzimage, check_elf, verify_target
+from ktailor.core.errors import EnvironmentProblem, KtailorError, VerificationFailed
+from ktailor.core.records import sha256_of
+from ktailor.security.evidence import check_install, fingerprint
+from ktailor.stages.install import install_target, prune
+from ktailor.stages.verify import check_arm64_image, check_bzimage, check_elf, verify_target
 
 
 def elf(machine: int, bits: int = 2) -> bytes:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ktailor.errors import InputError
-from ktailor.targets import load_catalog
-from ktailor.versions import DEFAULT_MIRROR, load_versions
+from ktailor.core.errors import InputError
+from ktailor.project.targets import load_catalog
+from ktailor.project.versions import DEFAULT_MIRROR, load_versions
 
 SHA = "131e75eb14da6fd683b3882bcd856085cfca47cc1aa89cd2deb1b48d22d29d9f"
 REPO = Path(__file__).resolve().parents[1]

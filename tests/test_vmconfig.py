@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from ktailor import boot
-from ktailor.errors import InputError
-from ktailor.layout import Project
-from ktailor.targets import load_catalog
-from ktailor.vmconfig import ROOTFS_PLACEHOLDER, VmShape, install_configs, vm_config, vm_config_command
+from ktailor.core.errors import InputError
+from ktailor.guest.vmconfig import ROOTFS_PLACEHOLDER, VmShape, install_configs, vm_config, vm_config_command
+from ktailor.project.layout import Project
+from ktailor.project.targets import load_catalog
+from ktailor.stages import boot
 
 REPO = Path(__file__).resolve().parents[1]
 CATALOG = load_catalog(REPO / "targets.toml")

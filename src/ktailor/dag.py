@@ -1,9 +1,9 @@
 """The doit task graph: download → extract → lint → config → report → build → ledger → verify → boot →
 accept → (reproduce) → install.
 
-Each stage declares its own row (`STAGE`, stage.Stage) in its own module; this module only collects them
+Each stage declares its own row (`STAGE`, stages.base.Stage) in its own module; this module only collects them
 and yields doit tasks. Task creators compute names, paths and dicts only (they run on every `doit` call,
-`doit list` included); the work happens in stage.run_stage. Stages chain through files: one stage's
+`doit list` included); the work happens in stages.base.run_stage. Stages chain through files: one stage's
 targets are the next one's file_dep. Each task's config_changed holds exactly what that task depends on,
 so editing one kernel's entry or one fragment reruns only the tasks that use it.
 """
@@ -18,13 +18,13 @@ from pathlib import Path
 from doit.exceptions import InvalidTask
 from doit.tools import config_changed
 
-from . import accept, boot, build, config, download, extract, install, ledger, lint, report, reproduce, verify
-from .errors import KtailorError, exit_code_for
-from .layout import Artifacts, Project
-from .locks import BUILD_LOCK_ENV, acquire, build_lock_path, no_wait
-from .run_summary import summary_reporter
-from .stage import ONCE, PER_KERNEL, PER_TARGET, Context, Stage
-from .versions import Kernel
+from ktailor.core.errors import KtailorError, exit_code_for
+from ktailor.core.locks import BUILD_LOCK_ENV, acquire, build_lock_path, no_wait
+from ktailor.project.layout import Artifacts, Project
+from ktailor.project.versions import Kernel
+from ktailor.run_summary import summary_reporter
+from ktailor.stages import accept, boot, build, config, download, extract, install, ledger, lint, report, reproduce, verify
+from ktailor.stages.base import ONCE, PER_KERNEL, PER_TARGET, Context, Stage
 
 Task = dict
 DEFAULT_TASKS = ["download", "extract", "lint", "config", "report", "build", "ledger", "verify", "boot", "accept"]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from doit.reporter import ConsoleReporter
 
-from .layout import Artifacts
-from .progress import duration
-from .records import read_optional
+from ktailor.core.progress import duration
+from ktailor.core.records import read_optional
+from ktailor.project.layout import Artifacts
 
 STAGE_ORDER = ("config", "report", "build", "ledger", "verify", "boot", "accept", "reproduce", "install")
 

@@ -1,0 +1,1 @@
+"""The developer commands invoke wraps: upgrade, pre-flight, security-update, clean, menuconfig."""

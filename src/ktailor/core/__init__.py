@@ -1,0 +1,1 @@
+"""The lowest layer: errors, progress output, file records (hashes, JSON reports), locks, child processes."""

@@ -1,0 +1,1 @@
+"""Compiling: toolchains, the compile cache and distcc, the record of compiled files, module archives."""

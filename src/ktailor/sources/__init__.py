@@ -1,0 +1,1 @@
+"""Where kernel sources come from: kernel.org releases, signed checksums, local mirrors, source trees."""
