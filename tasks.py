@@ -265,7 +265,8 @@ def vm_config(c: Context, target: str, vmm: str, version: str = "", rootfs: str 
 def boot(c: Context, target: str, version: str = "", initramfs: bool = False) -> None:
     """Boot a built kernel in QEMU with the console attached (Ctrl-A X quits), for debugging."""
     from ktailor.core.errors import EnvironmentProblem
-    from ktailor.stages.boot import missing_tool, qemu_command
+    from ktailor.guest.qemu import qemu_command
+    from ktailor.stages.boot import missing_tool
 
     project = _project()
     kernel, row = _kernel_and_target(project, target, version or None)

@@ -36,10 +36,11 @@ sys.path.insert(0, str(ROOT / "src"))
 from anchors import check_local, fetch_anchors  # noqa: E402
 
 from ktailor.core.errors import VerificationFailed  # noqa: E402
+from ktailor.guest.vm import StderrLog  # noqa: E402
 from ktailor.kconfig.dotconfig import parse_dotconfig  # noqa: E402
 from ktailor.kconfig.hardening import CHECKS_FILE, audit_hardening, load_checks  # noqa: E402
 from ktailor.project.layout import Project  # noqa: E402
-from ktailor.stages.boot import StderrLog, boot_target  # noqa: E402
+from ktailor.stages.boot import boot_target  # noqa: E402
 
 IMAGES = ["arch/x86/boot/bzImage", "vmlinux"]
 FLOOR = Path(__file__).resolve().parent / "floor" / "x86_64.config"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ktailor.core.errors import InputError, VerificationFailed
-from ktailor.guest import probes
+from ktailor.guest import guest_files, probes, qemu, vm
 from ktailor.guest.guest_devices import qemu_devices
 from ktailor.kconfig.fragments import load_fragments, parse_fragment, requested_options, resolve_list, version_key
 from ktailor.project.targets import Target, load_catalog
@@ -107,13 +107,13 @@ def test_parse_memory_line(line, expected):
 def test_memory_is_measured_three_ways_from_the_guests_own_figures():
     """256 MiB guest: what boot reserved (RAM − MemTotal), what the kernel holds at init (MemTotal − MemAvailable)
     and what the guest costs beyond its workload (RAM − MemAvailable − init's RSS, as Kuasar reports)."""
-    metrics = boot.metrics_of(probes.parse_console(CONSOLE), boot.VmRun(), memory_mib=256)
+    metrics = boot.metrics_of(probes.parse_console(CONSOLE), vm.VmRun(), memory_mib=256)
     assert metrics["guest_ram_kib"] == 262144
     assert metrics["boot_reserved_kib"] == 262144 - 243648
     assert metrics["guest_used_kib"] == 18356
     assert metrics["kernel_overhead_kib"] == 262144 - 225292 - 412
     older_init = [line.replace(" init_rss_kb=412", "") for line in CONSOLE]  # an init without the RSS field
-    assert "kernel_overhead_kib" not in boot.metrics_of(probes.parse_console(older_init), boot.VmRun(), memory_mib=256)
+    assert "kernel_overhead_kib" not in boot.metrics_of(probes.parse_console(older_init), vm.VmRun(), memory_mib=256)
 
 
 def test_parse_console_reads_every_kind_of_line():
@@ -222,18 +222,18 @@ def with_boot(target: Target, **changes) -> Target:
 ], ids=["bad-transport", "typo-key"])
 def test_boot_settings_reject_bad_tables(changes, message):
     with pytest.raises(InputError, match=message):
-        boot.boot_settings(with_boot(target_named("x86_64-micro"), **changes))
+        qemu.boot_settings(with_boot(target_named("x86_64-micro"), **changes))
 
 
 def test_x86_64_mini_is_also_booted_the_way_cloud_hypervisor_boots_it():
     target = target_named("x86_64-mini")
-    assert boot.boot_settings(target).kernel == "arch/x86/boot/bzImage"  # the main boot: firmware loads the bzImage
-    [(name, alternate, why)] = boot.alternate_boots(target)
+    assert qemu.boot_settings(target).kernel == "arch/x86/boot/bzImage"  # the main boot: firmware loads the bzImage
+    [(name, alternate, why)] = qemu.alternate_boots(target)
     assert name == "pvh-vmlinux" and "Cloud Hypervisor" in why and "PVH" in why
-    settings = boot.boot_settings(alternate)
+    settings = qemu.boot_settings(alternate)
     assert settings.kernel == "vmlinux" and settings.machine == "q35" and settings.devices == "pci"
-    assert boot.alternate_boots(alternate) == []  # no boot of a boot
-    assert all(boot.alternate_boots(target_named(n)) == [] for n in ("x86_64-micro", "aarch64-micro", "aarch64-mini"))
+    assert qemu.alternate_boots(alternate) == []  # no boot of a boot
+    assert all(qemu.alternate_boots(target_named(n)) == [] for n in ("x86_64-micro", "aarch64-micro", "aarch64-mini"))
 
 
 @pytest.mark.parametrize(("table", "message"), [
@@ -244,7 +244,7 @@ def test_x86_64_mini_is_also_booted_the_way_cloud_hypervisor_boots_it():
 def test_a_bad_alternate_boot_table_is_refused_with_its_name(table, message):
     target = with_boot(target_named("x86_64-micro"), also={"other": table})
     with pytest.raises(InputError, match=message) as caught:
-        boot.alternate_boots(target)
+        qemu.alternate_boots(target)
     assert "targets.toml [target.x86_64-micro.boot" in str(caught.value)
 
 
@@ -261,21 +261,21 @@ def test_choose_accel(tmp_path, case):
     kvm = tmp_path / "kvm"
     if case["kvm_ok"]:
         kvm.write_text("")
-    accel, note = boot.choose_accel(target_named("x86_64-micro"), case.get("wanted"), host=case["host"], cpuinfo=cpuinfo,
+    accel, note = qemu.choose_accel(target_named("x86_64-micro"), case.get("wanted"), host=case["host"], cpuinfo=cpuinfo,
                                     kvm_device=kvm)
     assert accel == case["expected"]
     assert case["why"] in note
-    assert boot.host_tsc_khz(cpuinfo) == 2596120
+    assert qemu.host_tsc_khz(cpuinfo) == 2596120
 
 
-FAKE_FILES = boot.GuestFiles(Path("/w/init"), Path("/w/rootfs.ext4"), Path("/w/initramfs.cpio"))
+FAKE_FILES = guest_files.GuestFiles(Path("/w/init"), Path("/w/rootfs.ext4"), Path("/w/initramfs.cpio"))
 
 
 @pytest.mark.parametrize("name", sorted(CATALOG.targets))
 def test_qemu_command_per_target(name):
     target = target_named(name)
-    settings = boot.boot_settings(target)
-    argv = boot.build_qemu_argv(target, settings, Path("/k") / settings.kernel, FAKE_FILES, accel="tcg",
+    settings = qemu.boot_settings(target)
+    argv = qemu.build_qemu_argv(target, settings, Path("/k") / settings.kernel, FAKE_FILES, accel="tcg",
                                 cmdline="console=x", mode="rootfs", vsock_cid=None)
     assert argv[0] == target.arch.qemu
     assert argv[argv.index("-M") + 1] == target.boot["machine"]
@@ -292,8 +292,8 @@ def test_qemu_command_per_target(name):
 
 def test_qemu_command_modes_and_interactive():
     target = target_named("x86_64-micro")
-    settings = boot.boot_settings(target)
-    argv = boot.build_qemu_argv(target, settings, Path("/k/vmlinux"), FAKE_FILES, accel="kvm", cmdline="c",
+    settings = qemu.boot_settings(target)
+    argv = qemu.build_qemu_argv(target, settings, Path("/k/vmlinux"), FAKE_FILES, accel="kvm", cmdline="c",
                                 mode="initramfs", vsock_cid=4242, interactive=True)
     assert argv[argv.index("-initrd") + 1] == "/w/initramfs.cpio"
     assert argv[argv.index("-serial") + 1] == "mon:stdio" and "-monitor" not in argv
@@ -303,13 +303,13 @@ def test_qemu_command_modes_and_interactive():
 
 def test_kernel_cmdline():
     target = target_named("x86_64-micro")
-    settings = boot.boot_settings(target)
-    tcg = boot.kernel_cmdline(target, settings, accel="tcg", mode="rootfs", probe_names=["a", "b"], vsock_cid=None,
+    settings = qemu.boot_settings(target)
+    tcg = qemu.kernel_cmdline(target, settings, accel="tcg", mode="rootfs", probe_names=["a", "b"], vsock_cid=None,
                               tsc_khz=2596120).split()
     assert tcg[: len(target.cmdline.split())] == target.cmdline.split()
     assert {"reboot=t", "quiet", "tsc_early_khz=2596120", "root=/dev/vda", "init=/init", "ktailor_probes=a,b"} <= set(tcg)
     assert tcg.index("reboot=t") > tcg.index("reboot=k")  # the later reboot= wins
-    kvm = boot.kernel_cmdline(target, settings, accel="kvm", mode="initramfs", probe_names=["a"], vsock_cid=4242,
+    kvm = qemu.kernel_cmdline(target, settings, accel="kvm", mode="initramfs", probe_names=["a"], vsock_cid=4242,
                               interactive=True, tsc_khz=2596120).split()
     assert "rdinit=/init" in kvm and "root=/dev/vda" not in kvm
     assert "ktailor_vsock_cid=4242" in kvm
@@ -322,7 +322,7 @@ def test_kernel_cmdline():
 def test_newc_archive_is_what_cpio_reads(tmp_path):
     init = tmp_path / "init-binary"
     init.write_bytes(b"\x7fELF" + b"x" * 1001)
-    archive = boot.make_initramfs(init, tmp_path / "initramfs.cpio")
+    archive = guest_files.make_initramfs(init, tmp_path / "initramfs.cpio")
     listing = subprocess.run(["cpio", "-itv", "--quiet"], input=archive.read_bytes(), capture_output=True, check=True).stdout
     rows = {line.split()[-1]: line for line in listing.decode().splitlines()}
     assert set(rows) == {"dev", "proc", "sys", "tmp", "dev/console", "init"}
@@ -335,7 +335,7 @@ def test_newc_archive_is_what_cpio_reads(tmp_path):
 def test_rootfs_image_holds_init(tmp_path):
     init = tmp_path / "init"
     init.write_bytes(b"\x7fELF-init")
-    image = boot.make_rootfs(init, tmp_path / "rootfs.ext4")
+    image = guest_files.make_rootfs(init, tmp_path / "rootfs.ext4")
     assert image.read_bytes()[0x438:0x43A] == b"\x53\xef"  # the ext2/3/4 superblock magic
     copied = subprocess.run(["debugfs", "-R", "cat /init", str(image)], capture_output=True, check=True).stdout
     assert copied == init.read_bytes()
@@ -350,7 +350,7 @@ needs_gcc = pytest.mark.skipif(not shutil.which("gcc"), reason="gcc is not insta
 def host_init(tmp_path_factory) -> Path:
     if not shutil.which("gcc"):
         pytest.skip("gcc is not installed")
-    return boot.build_init(target_named("x86_64-micro"), GUEST / "init.c", tmp_path_factory.mktemp("init"))
+    return guest_files.build_init(target_named("x86_64-micro"), GUEST / "init.c", tmp_path_factory.mktemp("init"))
 
 
 LINE_RES = [probes.PROBE_RE, probes.INIT_RE, probes.UPTIME_RE, probes.MEM_RE, probes.KMSG_RE, probes.CMDLINE_RE,
@@ -411,16 +411,16 @@ def test_init_is_cached_until_its_source_changes(tmp_path):
     source = tmp_path / "init.c"
     shutil.copy(GUEST / "init.c", source)
     target = target_named("x86_64-micro")
-    first = boot.build_init(target, source, tmp_path / "out")
+    first = guest_files.build_init(target, source, tmp_path / "out")
     stamp = first.stat().st_mtime_ns
-    assert boot.build_init(target, source, tmp_path / "out").stat().st_mtime_ns == stamp
+    assert guest_files.build_init(target, source, tmp_path / "out").stat().st_mtime_ns == stamp
     source.write_text(source.read_text() + "\n/* changed */\n")
-    assert boot.build_init(target, source, tmp_path / "out").stat().st_mtime_ns != stamp
+    assert guest_files.build_init(target, source, tmp_path / "out").stat().st_mtime_ns != stamp
 
 
 @pytest.mark.skipif(not shutil.which("aarch64-linux-gnu-gcc"), reason="aarch64-linux-gnu-gcc is not installed")
 def test_init_cross_compiles_for_aarch64(tmp_path):
-    init = boot.build_init(target_named("aarch64-micro"), GUEST / "init.c", tmp_path)
+    init = guest_files.build_init(target_named("aarch64-micro"), GUEST / "init.c", tmp_path)
     head = init.read_bytes()[:20]
     assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
 
@@ -429,8 +429,8 @@ def test_init_cross_compiles_for_aarch64(tmp_path):
 def test_a_broken_init_source_is_an_environment_error_with_the_compiler_message(tmp_path):
     source = tmp_path / "init.c"
     source.write_text("int main(void) { return missing_symbol; }\n")
-    with pytest.raises(boot.EnvironmentProblem, match="missing_symbol"):
-        boot.build_init(target_named("x86_64-micro"), source, tmp_path / "out")
+    with pytest.raises(guest_files.EnvironmentProblem, match="missing_symbol"):
+        guest_files.build_init(target_named("x86_64-micro"), source, tmp_path / "out")
 
 
 # --- the stage, without and with a real kernel -------------------------------------------------------
@@ -605,9 +605,9 @@ def test_real_kernel_boots_from_the_qemu_config_an_install_carries(tmp_path):
 
     kbuild = real_kbuild()
     target = target_named("x86_64-micro")
-    init = boot.build_init(target, GUEST / "init.c", tmp_path)
-    rootfs = boot.make_rootfs(init, tmp_path / "rootfs.ext4")
-    khz = boot.host_tsc_khz()
+    init = guest_files.build_init(target, GUEST / "init.c", tmp_path)
+    rootfs = guest_files.make_rootfs(init, tmp_path / "rootfs.ext4")
+    khz = qemu.host_tsc_khz()
     shape = VmShape(accel="tcg", extra_cmdline="init=/init" + (f" tsc_early_khz={khz}" if khz else ""))
     script = tmp_path / "qemu.sh"
     script.write_text(vm_config(target, "qemu", kbuild, shape, "test"))

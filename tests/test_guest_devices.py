@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from ktailor.core.errors import InputError
-from ktailor.guest import guest_devices, probes
+from ktailor.guest import guest_devices, probes, qemu
 from ktailor.project.targets import load_catalog
-from ktailor.stages import boot
 
 REPO = Path(__file__).resolve().parents[1]
 CATALOG = load_catalog(REPO / "targets.toml")
@@ -117,7 +116,7 @@ def test_boot_plan_leaves_an_unattachable_probe_out_of_the_guest_and_says_why(tm
     (kbuild / "arch/arm64/boot").mkdir(parents=True)
     (kbuild / "arch/arm64/boot/Image").write_bytes(b"not booted here")
     with contextlib.ExitStack() as stack:
-        plan = boot.plan_boot(target, kbuild, tmp_path / "work", stack, accel="tcg")
+        plan = qemu.plan_boot(target, kbuild, tmp_path / "work", stack, accel="tcg")
         cmdline = plan.argv[plan.argv.index("-append") + 1]
         wanted = cmdline.split("ktailor_probes=")[1].split()[0].split(",")
         assert "virtio-scsi" in wanted and "cpu-hotplug" in wanted

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from ktailor.core.errors import InputError
+from ktailor.guest import guest_files, qemu
 from ktailor.guest.vmconfig import ROOTFS_PLACEHOLDER, VmShape, install_configs, vm_config, vm_config_command
 from ktailor.project.layout import Project
 from ktailor.project.targets import load_catalog
-from ktailor.stages import boot
 
 REPO = Path(__file__).resolve().parents[1]
 CATALOG = load_catalog(REPO / "targets.toml")
@@ -135,12 +135,12 @@ def test_a_users_network_vsock_and_size_land_in_firecracker_and_cloud_hypervisor
 @pytest.mark.parametrize("name", ["x86_64-micro", "x86_64-mini", "aarch64-micro"], ids=str)
 def test_the_installed_qemu_command_is_the_boot_stages_with_the_users_disk(name, tmp_path):
     target = CATALOG.targets[name]
-    settings = boot.boot_settings(target)
+    settings = qemu.boot_settings(target)
     script = install_configs(target, KERNELS, "5.10.262")["qemu.sh"]
     installed = shlex.split(script.split("exec ", 1)[1].replace("\\\n", " ").replace('"$ROOTFS"', "/r.img"))
-    files = boot.GuestFiles(Path(), Path("/r.img"), Path())
-    cmdline = " ".join([*boot.vmm_cmdline_words(target, settings, accel="kvm", tsc_khz=None), "root=/dev/vda", "rw"])
-    staged = boot.build_qemu_argv(target, settings, KERNELS / Path(settings.kernel).name, files, accel="kvm",
+    files = guest_files.GuestFiles(Path(), Path("/r.img"), Path())
+    cmdline = " ".join([*qemu.vmm_cmdline_words(target, settings, accel="kvm", tsc_khz=None), "root=/dev/vda", "rw"])
+    staged = qemu.build_qemu_argv(target, settings, KERNELS / Path(settings.kernel).name, files, accel="kvm",
                                   cmdline=cmdline, mode="rootfs", vsock_cid=None)
     differing = [(a, b) for a, b in zip(installed, staged, strict=True) if a != b]
     assert differing == [("id=root,file=/r.img,format=raw,if=none", "id=root,file=/r.img,format=raw,if=none,snapshot=on")]

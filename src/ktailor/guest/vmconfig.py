@@ -23,9 +23,10 @@ from pathlib import Path
 
 from ktailor.core.errors import InputError
 from ktailor.core.records import read_optional
+from ktailor.guest.guest_files import GuestFiles
+from ktailor.guest.qemu import RESTRICTED_NET, boot_settings, build_qemu_argv, vmm_cmdline_words
 from ktailor.project.layout import Project
 from ktailor.project.targets import VMMS, Target
-from ktailor.stages.boot import RESTRICTED_NET, GuestFiles, boot_settings, build_qemu_argv, vmm_cmdline_words
 
 ROOTFS_PLACEHOLDER = "/path/to/rootfs.ext4"  # Firecracker's JSON: the user fills it in
 ROOTFS_VARIABLE = "ROOTFS"  # the scripts: `ROOTFS=img sh qemu.sh`

@@ -37,8 +37,19 @@ from ktailor.core.errors import InputError, VerificationFailed, line_of
 from ktailor.core.records import read_optional, write_json_atomically
 from ktailor.guest.guest_devices import Attached, Attachment, Context, vsock_backend
 from ktailor.guest.guest_devices import Unavailable as DeviceUnavailable
+from ktailor.guest.guest_files import GuestFiles
 from ktailor.guest.probes import Probe, ProbeResult, explain_failure
+from ktailor.guest.qemu import (
+    STANDARD_DEVICES,
+    TRANSPORTS,
+    boot_settings,
+    build_qemu_argv,
+    choose_accel,
+    host_tsc_khz,
+    vmm_cmdline_words,
+)
 from ktailor.guest.rootfs import RootfsSpec, Unavailable, root_image, rootfs_setting
+from ktailor.guest.vm import Log, run_vm
 from ktailor.kconfig.dotconfig import parse_dotconfig
 from ktailor.kconfig.fragments import Option
 from ktailor.project import tables
@@ -46,18 +57,6 @@ from ktailor.project.targets import MODULES_ARCHIVE, Target
 from ktailor.security.evidence import SKIP_ACCEPT_ENV, accept_skip_asked, fingerprint
 from ktailor.stages.base import Context as StageContext
 from ktailor.stages.base import Stage, removes
-from ktailor.stages.boot import (
-    STANDARD_DEVICES,
-    TRANSPORTS,
-    GuestFiles,
-    Log,
-    boot_settings,
-    build_qemu_argv,
-    choose_accel,
-    host_tsc_khz,
-    run_vm,
-    vmm_cmdline_words,
-)
 
 ACCEPTANCE = "acceptance.toml"  # in the guest dir
 LUKS_SIZE = 32 * 1024 * 1024
@@ -437,7 +436,7 @@ def accept_settled(report: dict | None, env: dict[str, str]) -> bool:
 
 # --- the stage ---------------------------------------------------------------------------------
 def run(ctx: StageContext) -> None:
-    from ktailor.stages.boot import StderrLog
+    from ktailor.guest.vm import StderrLog
 
     project, files = ctx.project, ctx.files
     accept_target(ctx.the_target, files.kbuild, files.accept_dir, files.accept, files.boot,
