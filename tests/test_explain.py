@@ -18,14 +18,8 @@ import kconfiglib
 import pytest
 
 from ktailor.core.errors import EnvironmentProblem
-from ktailor.kconfig.explain import (
-    ExplainUnavailable,
-    Explanation,
-    did_you_mean,
-    explain,
-    load_kconfig,
-    symbols_for_other_arches,
-)
+from ktailor.kconfig.explain import Explanation, explain
+from ktailor.kconfig.kconfig_tree import ExplainUnavailable, did_you_mean, load_kconfig, symbols_for_other_arches
 
 TOP_KCONFIG = """\
 mainmenu "Test kernel $(KERNELVERSION)"
@@ -427,7 +421,7 @@ def test_real_arm64_parses_and_knows_other_arch_symbols(series: str) -> None:
 def test_tree_symbols_reads_every_kconfig_but_none_under_hidden_directories(tmp_path: Path) -> None:
     """A user's tree is often a git checkout with a `git gc --auto` running in the background:
     the walk stays out of .git (and any hidden directory), where directories vanish under it."""
-    from ktailor.kconfig.explain import tree_symbols
+    from ktailor.kconfig.kconfig_tree import tree_symbols
 
     (tmp_path / "drivers" / "net").mkdir(parents=True)
     (tmp_path / "Kconfig").write_text("config TOP\n\tbool\n")

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ktailor.kconfig.explain import explain, load_kconfig
+from ktailor.kconfig.explain import explain
 from ktailor.kconfig.kconfig_syntax import rewrite_line, successors_of
+from ktailor.kconfig.kconfig_tree import load_kconfig
 
 
 @pytest.mark.parametrize(("line", "expected"), [

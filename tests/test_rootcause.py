@@ -15,8 +15,9 @@ import pytest
 
 from ktailor.core.errors import ConfigAuditFailed
 from ktailor.kconfig.audit import Difference, compare
-from ktailor.kconfig.explain import explain, load_kconfig, version_scope
+from ktailor.kconfig.explain import explain
 from ktailor.kconfig.fragments import Option, Scope, load_fragments, requested_options, resolve_list
+from ktailor.kconfig.kconfig_tree import load_kconfig, version_scope
 from ktailor.kconfig.rootcause import find_causes
 from ktailor.project.layout import Artifacts
 from ktailor.stages.config import configure_target, with_fixes

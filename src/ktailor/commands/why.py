@@ -15,7 +15,7 @@ from ktailor.project.layout import Project
 
 
 def explain_option(project: Project, option: str, target: str, version: str | None = None) -> str:
-    from ktailor.kconfig import explain
+    from ktailor.kconfig import explain, expressions, kconfig_tree
 
     symbol = option.removeprefix("CONFIG_").upper()
     kernel = project.versions.get_or_default(version)
@@ -39,8 +39,8 @@ def explain_option(project: Project, option: str, target: str, version: str | No
         lines.append("  not requested by any fragment of this target: its value comes from kconfig defaults/selects")
     variables = make_vars(row, project.env)
     try:
-        kconf = explain.load_kconfig(project.source_tree(kernel), row.arch.kernel_arch, variables["CROSS_COMPILE"], config)
-    except explain.ExplainUnavailable as exc:
+        kconf = kconfig_tree.load_kconfig(project.source_tree(kernel), row.arch.kernel_arch, variables["CROSS_COMPILE"], config)
+    except kconfig_tree.ExplainUnavailable as exc:
         lines.append(f"  (dependency details unavailable: {exc})")
         return "\n".join(lines)
     sym = kconf.syms.get(symbol)
@@ -53,8 +53,8 @@ def explain_option(project: Project, option: str, target: str, version: str | No
     lines.append(f"  defined at {node.filename}:{node.linenr}" + (f" — \"{node.prompt[0]}\"" if node.prompt else
                                                                     " (no prompt: only selects/defaults set it)"))
     if sym.direct_dep is not kconf.y:
-        lines.append(f"  depends on: {explain.render_expression(sym.direct_dep)}")
-    selecting = explain.selectors(sym.rev_dep)
+        lines.append(f"  depends on: {expressions.render_expression(sym.direct_dep)}")
+    selecting = expressions.selectors(sym.rev_dep)
     if selecting:
         lines.append("  selected by: " + ", ".join(f"{s.name}(={s.str_value})" for s, _ in selecting))
     if requested and not same_value(requested.value, final):

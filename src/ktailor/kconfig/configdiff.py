@@ -169,7 +169,7 @@ def drift(*, old_config: Path, new_config: Path, requested: set[str], arch: str,
           versions: tuple[str, str] = ("the old kernel", "the new kernel")) -> tuple[list[Change], list[MustStay]]:
     """Compare two final .config files of one target (the trees give which symbols exist, the menus, and why
     each unrequested symbol changed). `versions`: the two kernels' names, for the reasons."""
-    from ktailor.kconfig.explain import ExplainUnavailable, load_kconfig, tree_symbols
+    from ktailor.kconfig.kconfig_tree import ExplainUnavailable, load_kconfig, tree_symbols
 
     old, new = parse_dotconfig(old_config), parse_dotconfig(new_config)
 
@@ -203,7 +203,9 @@ def drift_reason(old_kconf, new_kconf, change: Change, *, new_tree: Path, kernel
     own explanation of its value."""
     from kconfiglib import expr_value
 
-    from ktailor.kconfig.explain import choice_title, explain, has_prompt, render_expression
+    from ktailor.kconfig.explain import choice_title, explain
+    from ktailor.kconfig.expressions import render_expression
+    from ktailor.kconfig.kconfig_tree import has_prompt
 
     old_name, new_name = versions
     new_sym = new_kconf.syms.get(change.symbol)
@@ -250,7 +252,7 @@ def drift_reason(old_kconf, new_kconf, change: Change, *, new_tree: Path, kernel
 
 
 def _active_selectors(sym) -> list:
-    from ktailor.kconfig.explain import selectors
+    from ktailor.kconfig.expressions import selectors
 
     return [s for s, value in selectors(sym.rev_dep) if value]
 

@@ -16,7 +16,7 @@ as the kernel's C implementation (scripts/kconfig/) gives it:
   n only when S is y), and `(X) || !(Y)` otherwise (exact for bool conditions; the kernel's 7.2
   Kconfig uses only the first two forms).
 
-Anything else kconfiglib cannot parse still fails loudly (explain.ExplainUnavailable), never silently.
+Anything else kconfiglib cannot parse still fails loudly (kconfig_tree.ExplainUnavailable), never silently.
 """
 
 from __future__ import annotations

@@ -21,9 +21,10 @@ from typing import Any
 import kconfiglib
 from kconfiglib import AND, BOOL, TRISTATE, Symbol, expr_items, expr_value
 
-from ktailor.kconfig.explain import FixPlanner, _tristate, is_toolchain_decided, render_expression, selectors, unmet_operands
-from ktailor.kconfig.explain import _tri_str as _tri
+from ktailor.kconfig.expressions import FixPlanner, render_expression, selectors, tristate, unmet_operands
+from ktailor.kconfig.expressions import tri_str as _tri
 from ktailor.kconfig.fragments import Option
+from ktailor.kconfig.kconfig_tree import is_toolchain_decided
 
 MAX_DEPTH = 12  # chains longer than this are reported where they stop
 
@@ -102,7 +103,7 @@ def find_causes(kconf: kconfiglib.Kconfig, differences: list, requested: dict[st
         sym = kconf.syms.get(difference.symbol)
         if sym is None or not sym.nodes:
             continue
-        for chain, root in tracer.blockers(sym, _tristate(difference.requested), _tristate(difference.final), 0):
+        for chain, root in tracer.blockers(sym, tristate(difference.requested), tristate(difference.final), 0):
             if root.symbol == difference.symbol:
                 continue
             cause = groups.setdefault(root.symbol, Cause(root, [], [], [], [], total=len(differences)))
@@ -164,7 +165,7 @@ class _Tracer:
             return [([], Root(sc.name, value, "the toolchain decides it (compiler/assembler/linker probe)"))]
         option = self.requested.get(sc.name)
         if option is not None:
-            wanted = _tristate(option.value)
+            wanted = tristate(option.value)
             if (wanted < need) if need > 0 else (wanted > need):
                 return [([], Root(sc.name, value, "this target requests it", (),
                                   f"{option.where} sets {option.text}" + (f": {option.reason}" if option.reason else "")))]

@@ -56,12 +56,12 @@ def explain_differences(differences: list[Difference], srctree: Path, kbuild: Pa
     if not differences:
         return "not needed", []
     try:
-        from ktailor.kconfig import explain
+        from ktailor.kconfig import explain, kconfig_tree
     except ImportError as exc:  # kconfiglib missing
         return f"unavailable: {exc}", []
     try:
-        kconf = explain.load_kconfig(srctree, kernel_arch, cross_compile, kbuild / ".config")
-    except explain.ExplainUnavailable as exc:
+        kconf = kconfig_tree.load_kconfig(srctree, kernel_arch, cross_compile, kbuild / ".config")
+    except kconfig_tree.ExplainUnavailable as exc:
         for difference in differences:
             difference.explanation = f"explanation unavailable for this kernel version: {exc}"
         return f"unavailable: {exc}", []

@@ -3,7 +3,7 @@
 `lint_fragments` needs only the files: malformed lines, headers, annotations, duplicates, conflicts
 between the fragments of one target, lists naming missing files, fragments no list names, missing or
 placeholder reasons. `lint_against_source` parses the kernel's Kconfig with kconfiglib (through
-explain.load_kconfig) and checks the symbols: unknown ones, other arches' ones, toolchain-decided ones.
+kconfig_tree.load_kconfig) and checks the symbols: unknown ones, other arches' ones, toolchain-decided ones.
 Every finding names file:line, what is wrong and how to fix it.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ktailor.core.errors import InputError
 from ktailor.core.progress import info
-from ktailor.kconfig import explain
+from ktailor.kconfig import kconfig_tree
 from ktailor.kconfig.fragment_dirs import entry_name, locate
 from ktailor.kconfig.fragments import REASON_PLACEHOLDER, Fragment, Option, Scope, parse_fragment, resolve_list
 from ktailor.project.targets import Catalog
@@ -247,7 +247,7 @@ def lint_against_source(
 ) -> list[Finding]:
     """Symbols the kernel at `srctree` does not know, knows only for another arch, or leaves to the toolchain.
 
-    Parses the Kconfig once per arch in use (about two seconds each); raises explain.ExplainUnavailable
+    Parses the Kconfig once per arch in use (about two seconds each); raises kconfig_tree.ExplainUnavailable
     when kconfiglib cannot parse it.
     """
     version_text = ".".join(map(str, kernel_version_tuple))
@@ -256,8 +256,8 @@ def lint_against_source(
     for arch_name, options in _options_by_arch(fragments_dir, catalog, target_names, fragments,
                                                kernel_version_tuple).items():
         arch = catalog.arches[arch_name]
-        kconf = explain.load_kconfig(srctree, arch.kernel_arch, arch.compiler_prefix(), None)
-        other_arches = explain.symbols_for_other_arches(srctree, arch.kernel_arch)
+        kconf = kconfig_tree.load_kconfig(srctree, arch.kernel_arch, arch.compiler_prefix(), None)
+        other_arches = kconfig_tree.symbols_for_other_arches(srctree, arch.kernel_arch)
         ktailor_names = {a.kernel_arch: a.name for a in catalog.arches.values()}
         known = [s.name for s in kconf.unique_defined_syms]
         for option in options:
@@ -268,7 +268,7 @@ def lint_against_source(
                     findings.append(_other_arch_finding(option, arch_name, owners, ktailor_names, version_text))
                 else:
                     findings.append(_unknown_finding(option, known, version_text))
-            elif explain.is_toolchain_decided(sym, srctree):
+            elif kconfig_tree.is_toolchain_decided(sym, srctree):
                 findings.append(Finding(option.path, option.line,
                                         f"{option.text} is decided by the toolchain in Linux {version_text}: it has "
                                         "no prompt and the kernel sets it by probing the compiler, assembler or "
@@ -306,7 +306,7 @@ def _other_arch_finding(option: Option, arch_name: str, owners: list[str], ktail
 
 
 def _unknown_finding(option: Option, known: list[str], version_text: str) -> Finding:
-    close = explain.did_you_mean(option.symbol, known)
+    close = kconfig_tree.did_you_mean(option.symbol, known)
     hint = f"did you mean {' or '.join('CONFIG_' + c for c in close)}?" if close else "check the spelling."
     return Finding(option.path, option.line,
                    f"{option.text} is not a symbol of Linux {version_text}; {hint} If it was renamed or removed "

@@ -139,7 +139,7 @@ def must_stay_of(ctx: Context) -> dict | None:
     or None without a must-stay file. Symbols come from the source tree (from .config once it is cleaned)."""
     from ktailor.kconfig.configdiff import MUST_STAY_FILE, load_must_stay, must_stay_missing
     from ktailor.kconfig.dotconfig import parse_dotconfig
-    from ktailor.kconfig.explain import tree_symbols
+    from ktailor.kconfig.kconfig_tree import tree_symbols
 
     path = ctx.project.fragments_dir / MUST_STAY_FILE
     if not path.is_file():
