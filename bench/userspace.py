@@ -20,8 +20,9 @@ from pathlib import Path
 
 from ktailor.core.records import read_optional
 from ktailor.guest.vm import StderrLog
+from ktailor.guest.workloads import ACCEPTANCE, load_acceptance
 from ktailor.project.layout import Project
-from ktailor.stages.accept import ACCEPTANCE, accept_target, load_acceptance
+from ktailor.stages.accept import accept_target
 
 ROOT = Path(__file__).resolve().parents[1]
 SECONDS = re.compile(r"(?:(\d+)min )?([\d.]+)(ms|s)")

@@ -13,10 +13,11 @@ import pytest
 
 from ktailor.core.errors import InputError, VerificationFailed
 from ktailor.guest.vm import VmRun
+from ktailor.guest.workloads import ACCEPTANCE, load_acceptance, parse_results
 from ktailor.kconfig.fragments import list_files_of, load_fragments
 from ktailor.project.targets import load_catalog
 from ktailor.security.evidence import check_install, fingerprint
-from ktailor.stages.accept import ACCEPTANCE, judge_run, load_acceptance, parse_results
+from ktailor.stages.accept import judge_run
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = load_acceptance(REPO / "guest" / ACCEPTANCE)

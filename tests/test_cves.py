@@ -22,7 +22,8 @@ from _signedmirror import (  # noqa: F401 - the fixture_* are pytest fixtures, u
 )
 from _vulnsrepo import make_vulns_repo, record
 from ktailor.commands.runner import run_doit
-from ktailor.commands.security_update import EXIT_EXPOSED, EXIT_UP_TO_DATE, EXIT_UPDATED, security_update
+from ktailor.commands.security_update import security_update
+from ktailor.commands.update_report import EXIT_EXPOSED, EXIT_UP_TO_DATE, EXIT_UPDATED
 from ktailor.core.errors import EnvironmentProblem, InputError
 from ktailor.farm.compiled import Compiled, compiled_files
 from ktailor.project.layout import Project

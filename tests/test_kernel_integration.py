@@ -24,11 +24,11 @@ from _vulnsrepo import make_vulns_repo
 from ktailor.commands.runner import run_doit
 from ktailor.core.errors import VerificationFailed
 from ktailor.guest.vm import StderrLog
+from ktailor.guest.workloads import ACCEPTANCE, load_acceptance
 from ktailor.kconfig.fragments import load_fragments, requested_options
 from ktailor.project.layout import Project
 from ktailor.project.versions import parse_version
 from ktailor.sources.mirror import add_to_mirror, serve, versions_toml
-from ktailor.stages.accept import ACCEPTANCE, load_acceptance
 from ktailor.stages.boot import boot_target
 
 REPO = Path(__file__).resolve().parents[1]

@@ -34,20 +34,20 @@ from _signedmirror import (  # noqa: F401 - the fixture_* are pytest fixtures, u
 from _vulnsrepo import make_vulns_repo
 from conftest import fake_tarball
 from ktailor.commands.runner import run_doit
-from ktailor.commands.security_update import (
-    EXIT_BAD_INPUT,
-    EXIT_CHECK_FAILED,
+from ktailor.commands.security_update import security_update
+from ktailor.commands.update_report import (
     EXIT_END_OF_LIFE,
     EXIT_EXPOSED,
-    EXIT_UNREACHABLE,
     EXIT_UP_TO_DATE,
     EXIT_UPDATED,
     KernelReport,
     end_of_life_banner,
-    security_update,
     worst,
 )
 from ktailor.core.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_CHECK_FAILED,
+    EXIT_UNREACHABLE,
     ChecksumMismatch,
     DownloadError,
     EnvironmentProblem,

@@ -63,7 +63,7 @@ def expected_drops_state(fragments_dir: Path, target: Target, version: tuple[int
 
 def acceptance_state(guest_dir: Path, target: Target) -> dict:
     """The root filesystem spec, the VM settings and the workloads this target runs."""
-    from ktailor.stages.accept import ACCEPTANCE, load_acceptance
+    from ktailor.guest.workloads import ACCEPTANCE, load_acceptance
 
     spec = load_acceptance(guest_dir / ACCEPTANCE)
     return {"rootfs": canonical(spec.rootfs), "vm": [spec.memory_mib, spec.timeout_s],
