@@ -21,6 +21,8 @@ from doit.doit_cmd import DoitMain
 
 from conftest import fake_tarball
 from ktailor import dag
+from ktailor.core.records import read_report
+from ktailor.project.layout import Artifacts, Project
 
 STAGES = ("download", "extract", "config", "report", "build", "verify", "boot", "accept", "install", "reproduce")
 
@@ -44,6 +46,11 @@ def run_doit(root: Path, *args: str) -> tuple[int, list[str], str]:
     report.unlink(missing_ok=True)
     ran = re.findall(r"^\.  (\S+)$", out, re.MULTILINE)
     return code, ran, err.getvalue() + ("" if code == 0 else out)
+
+
+def artifacts(root: Path, version: str = "6.1.1", target: str = "x86_64-micro") -> Artifacts:
+    """A target's files where the project (and KTAILOR_BUILD_DIR/KTAILOR_PREFIX as set now) puts them."""
+    return Project.from_env(root).artifacts_of(version, target)
 
 
 def generated(root: Path, stage: str) -> dict[str, dict]:
@@ -141,10 +148,10 @@ def test_dropped_option_fails_config_with_a_table_and_no_usable_config(project_f
     assert code != 0
     assert "CONFIG_VIRTIO_MMIO  y          n      fragments/micro.conf:7" in err
     assert "Traceback" not in err
-    kbuild = Path(project.root.parent / "build" / "6.1.1" / "x86_64-micro" / "kbuild")
-    assert not (kbuild / ".config").exists() and (kbuild / ".config.rejected").exists()
+    files = artifacts(project.root)
+    assert not files.config.exists() and files.rejected_config.exists()
     assert "build:x86_64-micro" not in ran
-    audit = json.loads((kbuild.parent / "audit.json").read_text())
+    audit = read_report(files.audit, "config")
     assert audit["status"] == "failed" and audit["differences"][0]["symbol"] == "VIRTIO_MMIO"
 
 
@@ -156,7 +163,7 @@ def test_install_keeps_both_versions_and_current_follows_the_default_kernel(two_
     code, _, err = run_doit(root, "install:x86_64-micro", "install:x86_64-micro@6.1.2")
     assert code == 0, err
     for version in ("6.1.1", "6.1.2"):
-        manifest = json.loads((prefix / version / "x86_64-micro" / "manifest.json").read_text())
+        manifest = read_report(artifacts(root, version).manifest, "install")
         assert manifest["version"] == version
         assert set(manifest["sha256"]) == {"vmlinux", "bzImage", "config", "System.map", "sources.json",
                                            "firecracker.json", "qemu.sh", "kata-configuration.toml"}
@@ -185,7 +192,7 @@ def test_a_hand_edited_config_reruns_the_audit_and_never_installs_unaudited(two_
     root = two_kernels.root
     monkeypatch.setenv("KTAILOR_ALLOW_UNBOOTED", "1")
     assert run_doit(root, "install:x86_64-micro")[0] == 0
-    config = root.parent / "build" / "6.1.1" / "x86_64-micro" / "kbuild" / ".config"
+    config = artifacts(root).config
     config.write_text(config.read_text() + "CONFIG_DEBUG_KERNEL=y\n")  # what `invoke menuconfig` leaves behind
     code, ran, err = run_doit(root, "install:x86_64-micro")
     assert code == 0, err
@@ -204,7 +211,7 @@ def test_a_skipped_boot_blocks_install_and_reruns_once_the_skip_is_gone(two_kern
     monkeypatch.delenv("KTAILOR_SKIP_BOOT")  # the skip is no longer wanted: the real boot stage runs again
     code, ran, err = run_doit(root, "boot:x86_64-micro")
     assert ran == ["boot:x86_64-micro"], err
-    boot = root.parent / "build" / "6.1.1" / "x86_64-micro" / "boot" / "boot.json"
+    boot = artifacts(root).boot
     if shutil.which("qemu-system-x86_64"):  # QEMU refuses the fake vmlinux: a failed boot, not a skip
         assert code != 0 and json.loads(boot.read_text())["status"] == "fail"
     code, ran, err = run_doit(root, "install:x86_64-micro")
@@ -237,7 +244,7 @@ def test_config_lints_the_targets_fragments_before_make(project_factory):
     code, ran, err = run_doit(project.root, "config:x86_64-micro")
     assert code != 0 and "config:x86_64-micro" in ran
     assert "fragments/micro.conf:8" in err and "reason" in err
-    assert not (project.root.parent / "build" / "6.1.1" / "x86_64-micro" / "kbuild" / "make-calls").exists()
+    assert not (artifacts(project.root).kbuild / "make-calls").exists()
 
 
 def test_a_cached_tarball_changed_on_disk_is_rehashed_refused_and_fetched_again(two_kernels):
@@ -289,7 +296,7 @@ def real_dodo(two_kernels) -> Path:
 
 def test_a_second_doit_waits_for_the_first_or_fails_clearly_with_no_wait(real_dodo):
     root = real_dodo
-    kbuild = root.parent / "build" / "6.1.1" / "x86_64-micro" / "kbuild"
+    kbuild = artifacts(root).kbuild
     first = doit_process(root, "build:x86_64-micro", FAKE_SLEEP="4")
     try:
         wait_for(kbuild / "build-started")
@@ -297,7 +304,7 @@ def test_a_second_doit_waits_for_the_first_or_fails_clearly_with_no_wait(real_do
         _, err = busy.communicate(timeout=60)
         assert busy.returncode != 0
         assert "is in use by pid" in err and "KTAILOR_NO_WAIT=1" in err and "Traceback" not in err
-        assert not (root.parent / "build" / "6.1.1" / "aarch64-micro").exists()  # it did nothing
+        assert not (artifacts(root, target="aarch64-micro").dir).exists()  # it did nothing
         second = doit_process(root, "build:aarch64-micro")
         _out, err = second.communicate(timeout=120)
         assert second.returncode == 0, err
@@ -310,7 +317,7 @@ def test_a_second_doit_waits_for_the_first_or_fails_clearly_with_no_wait(real_do
 
 def test_ctrl_c_during_a_build_leaves_no_make_behind(real_dodo):
     root = real_dodo
-    kbuild = root.parent / "build" / "6.1.1" / "x86_64-micro" / "kbuild"
+    kbuild = artifacts(root).kbuild
     run = doit_process(root, "build:x86_64-micro", FAKE_SLEEP="60")
     wait_for(kbuild / "build-started")
     fake_pid = int((kbuild / "build-started").read_text())
@@ -333,8 +340,8 @@ def test_reports_written_without_file_hashes_make_their_stage_rerun(two_kernels,
     """An older ktailor's verify.json/boot.json cannot pass the install gate: the stages redo them."""
     root = two_kernels.root
     assert run_doit(root, "boot:x86_64-micro")[0] == 0
-    target_dir = root.parent / "build" / "6.1.1" / "x86_64-micro"
-    for report in (target_dir / "verify.json", target_dir / "boot" / "boot.json"):
+    files = artifacts(root)
+    for report in (files.verify, files.boot):
         data = json.loads(report.read_text())
         del data["evidence"]
         report.write_text(json.dumps(data))
@@ -347,30 +354,30 @@ def test_reports_written_without_file_hashes_make_their_stage_rerun(two_kernels,
 def test_builds_go_through_ccache_by_default_with_hits_recorded(two_kernels, monkeypatch):
     root = two_kernels.root
     assert run_doit(root, "build:x86_64-micro")[0] == 0
-    target_dir = root.parent / "build" / "6.1.1" / "x86_64-micro"
-    first = json.loads((target_dir / "build.json").read_text())
+    files = artifacts(root)
+    first = read_report(files.build_json, "build")
     assert first["make_vars"]["CC"] == "ccache gcc"
     assert first["ccache"]["dir"] == str(root.parent / "cache" / "ccache")
-    assert first["ccache"]["misses"] >= 1 and first["ccache"]["hits"] == 0, (target_dir / "ccache-stats.log").read_text()
+    assert first["ccache"]["misses"] >= 1 and first["ccache"]["hits"] == 0, files.ccache_stats.read_text()
     assert first["make_vars"]["KBUILD_BUILD_USER"] == "ktailor" and "KBUILD_BUILD_TIMESTAMP" in first["make_vars"]
-    shutil.rmtree(target_dir / "kbuild" / "arch")  # a rebuild of the same inputs: every compile is a hit
+    shutil.rmtree(files.kbuild / "arch")  # a rebuild of the same inputs: every compile is a hit
     code, ran, err = run_doit(root, "build:x86_64-micro")
     assert code == 0 and ran == ["build:x86_64-micro"], err
-    second = json.loads((target_dir / "build.json").read_text())
+    second = read_report(files.build_json, "build")
     assert second["ccache"]["hits"] >= 1 and second["ccache"]["misses"] == 0
 
     # Another build dir (another machine's checkout, or the next point release's tree): still hits, because
     # paths under the build dir are hashed relative to it (CCACHE_BASEDIR).
     monkeypatch.setenv("KTAILOR_BUILD_DIR", str(root.parent / "elsewhere" / "build"))
     assert run_doit(root, "build:x86_64-micro")[0] == 0
-    moved = json.loads((root.parent / "elsewhere" / "build" / "6.1.1" / "x86_64-micro" / "build.json").read_text())
+    moved = read_report(artifacts(root).build_json, "build")
     assert moved["ccache"]["hits"] >= 1 and moved["ccache"]["misses"] == 0, moved["ccache"]
     monkeypatch.setenv("KTAILOR_BUILD_DIR", str(root.parent / "build"))
 
     monkeypatch.setenv("KTAILOR_CCACHE", "0")  # off: the make variables change, so config and build rerun
     code, ran, err = run_doit(root, "build:x86_64-micro")
     assert code == 0 and ran == ["config:x86_64-micro", "build:x86_64-micro"], err
-    off = json.loads((target_dir / "build.json").read_text())
+    off = read_report(files.build_json, "build")
     assert "CC" not in off["make_vars"] and off["ccache"] is None
 
 
@@ -405,7 +412,7 @@ def test_a_must_stay_feature_the_config_leaves_off_fails_verify(project_factory)
     project.must_stay()
     code, _, err = run_doit(project.root, "install:x86_64-micro")
     assert code != 0 and "CONFIG_FUTEX is off but must stay on (fragments/must-stay.toml:2" in err
-    verify = json.loads((project.root.parent / "build" / "6.1.1" / "x86_64-micro" / "verify.json").read_text())
+    verify = read_report(artifacts(project.root).verify, "verify")
     assert verify["status"] == "failed" and verify["must_stay"] == {"checked": 1, "missing": ["FUTEX"]}
     assert not (project.root.parent / "prefix").exists()
 
@@ -413,7 +420,7 @@ def test_a_must_stay_feature_the_config_leaves_off_fails_verify(project_factory)
 def test_an_os_error_inside_an_action_is_one_paragraph_not_a_traceback(two_kernels):
     root = two_kernels.root
     assert run_doit(root, "build:x86_64-micro")[0] == 0
-    (root.parent / "build" / "6.1.1" / "x86_64-micro" / "verify.json").mkdir()  # where a file is written
+    artifacts(root).verify.mkdir()  # where a file is written
     code, _, err = run_doit(root, "verify:x86_64-micro")
     assert code != 0 and "E: verify failed: Is a directory" in err
     assert "Traceback" not in err

@@ -23,10 +23,11 @@ from _signedmirror import drop_key, make_key, unit_run
 from _vulnsrepo import make_vulns_repo
 from ktailor.commands.runner import run_doit
 from ktailor.core.errors import VerificationFailed
+from ktailor.core.records import read_report
 from ktailor.guest.vm import StderrLog
 from ktailor.guest.workloads import ACCEPTANCE, load_acceptance
 from ktailor.kconfig.fragments import load_fragments, requested_options
-from ktailor.project.layout import Project
+from ktailor.project.layout import Artifacts, Project
 from ktailor.project.versions import parse_version
 from ktailor.sources.mirror import add_to_mirror, serve, versions_toml
 from ktailor.stages.boot import boot_target
@@ -73,8 +74,9 @@ class Pipeline:
     def built(self) -> list[str]:
         return BUILT[".".join(self.version.split(".")[:2])]
 
-    def target_dir(self, target: str) -> Path:
-        return self.work / "build" / self.version / target
+    def files(self, target: str) -> Artifacts:
+        """The target's files, named by the layout (never spelled here)."""
+        return Project(REPO, self.env).artifacts_of(self.version, target)
 
 
 @pytest.fixture(scope="module", params=sorted(TARBALLS), ids=lambda series: f"linux-{series}")
@@ -102,7 +104,7 @@ def test_every_target_configures_with_zero_unexplained_drops(pipeline):
     result = pipeline.doit("config")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     for target in ALL_TARGETS:
-        audit = json.loads((pipeline.target_dir(target) / "audit.json").read_text())
+        audit = read_report(pipeline.files(target).audit, "config")
         assert audit["status"] == "passed", (target, audit["differences"])
         assert audit["requested"] > 40
         assert all(d["status"] == "expected" for d in audit["differences"])
@@ -185,7 +187,7 @@ def test_the_shipped_unit_upgrades_builds_boots_and_installs_unattended(pipeline
     (kernel,) = json.loads((state / "security-update.json").read_text())["kernels"]
     assert (kernel["action"], kernel["new_version"]) == ("upgraded", pipeline.version)
     assert kernel["targets"]["x86_64-micro"] == {"verify": "passed", "boot": "pass", "accept": "pass", "installed": True}
-    manifest = json.loads((pipeline.work / "prefix" / pipeline.version / "x86_64-micro" / "manifest.json").read_text())
+    manifest = read_report(pipeline.files("x86_64-micro").manifest, "install")
     assert manifest["boot"]["status"] == "pass" and len(manifest["boot"]["probes"]) >= 25
     assert manifest["evidence"]["images"]["vmlinux"] == manifest["sha256"]["vmlinux"]
     assert (pipeline.work / "prefix" / "x86_64-micro").resolve().parent.name == pipeline.version
@@ -196,22 +198,22 @@ def test_micro_targets_build_verify_boot_and_install(pipeline):
     result = pipeline.doit(*names)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     for target in pipeline.built:
-        verify = json.loads((pipeline.target_dir(target) / "verify.json").read_text())
+        verify = read_report(pipeline.files(target).verify, "verify")
         assert verify["status"] == "passed", verify["problems"]
-        boot = json.loads((pipeline.target_dir(target) / "boot" / "boot.json").read_text())
+        boot = read_report(pipeline.files(target).boot, "boot")
         assert boot["status"] == "pass", boot.get("message")
         assert len(boot["probes"]) >= 25 and all(p["status"] == "pass" for p in boot["probes"])
         assert 0 < boot["metrics"]["time_to_init_ms"] < 20_000 and boot["metrics"]["guest_used_kib"] > 1024
-        installed = pipeline.work / "prefix" / pipeline.version / target
-        manifest = json.loads((installed / "manifest.json").read_text())
+        installed = pipeline.files(target).install
+        manifest = read_report(pipeline.files(target).manifest, "install")
         assert manifest["target"] == target and manifest["version"] == pipeline.version
         for name, digest in manifest["sha256"].items():
             assert len(digest) == 64 and (installed / name).is_file()
         assert (pipeline.work / "prefix" / target).resolve() == installed.resolve()
         assert manifest["boot"]["status"] == "pass" and manifest["cmdline"]
-        accept_json = pipeline.target_dir(target) / "accept" / "accept.json"
+        accept_json = pipeline.files(target).accept
         if target.startswith("aarch64") and not ARM64_ROOTFS:  # the pipeline's env opts in to this one skip
-            skipped = json.loads(accept_json.read_text())
+            skipped = read_report(accept_json, "accept")
             assert skipped["status"] == "skipped" and "aarch64" in skipped["reason"]
             continue
         assert_accepted(accept_json, manifest)
@@ -219,7 +221,7 @@ def test_micro_targets_build_verify_boot_and_install(pipeline):
 
 def assert_accepted(accept_json: Path, manifest: dict) -> None:
     """Every workload of the target's type passed on a stock Debian userspace, and the install records it."""
-    accepted = json.loads(accept_json.read_text())
+    accepted = read_report(accept_json, "accept")
     assert accepted["status"] == "pass", accepted.get("message") or accepted.get("reason")
     names = {w["name"]: w["status"] for w in accepted["workloads"]}
     assert {"systemd", "systemd-ip-firewall", "luks2", "luks2-keyring", "crun", "runc", "rootless",
@@ -238,14 +240,14 @@ def test_installed_micro_kernels_are_judged_by_what_they_compiled(pipeline):
     expected = {"x86_64-micro": ["CVE-2026-0004", "CVE-2026-0001", "CVE-2026-0006"],
                 "aarch64-micro": ["CVE-2026-0004", "CVE-2026-0001", "CVE-2026-0005", "CVE-2026-0006"]}
     for target in pipeline.built:
-        installed = pipeline.work / "prefix" / pipeline.version / target
-        sources = set(json.loads((installed / "sources.json").read_text())["sources"])
+        installed = pipeline.files(target).install
+        sources = set(read_report(pipeline.files(target).installed_sources, "build")["sources"])
         assert {"drivers/md/dm-crypt.c", "fs/ext4/inode.c"} <= sources and len(sources) > 500
         assert not any(s.startswith(("sound/", "drivers/usb/", "scripts/")) for s in sources)
         # host programs under tools/ are left out; the one tools/ file a kernel object is built from (6.1+:
         # kernel/bpf/relo_core.o, since micro has BPF_SYSCALL for the container runtimes) is kernel code
         assert {s for s in sources if s.startswith("tools/")} <= {"tools/lib/bpf/relo_core.c"}
-        vex = json.loads((installed / "vex.openvex.json").read_text())
+        vex = read_report(installed / Project.VEX, "install")
         status = {s["vulnerability"]["name"]: s["status"] for s in vex["statements"]}
         assert sorted(c for c, s in status.items() if s == "affected") == sorted(expected[target])
         assert sorted(c for c, s in status.items() if s == "not_affected") == sorted(
@@ -287,7 +289,7 @@ def test_second_run_does_nothing(pipeline):
 
 def test_default_kernel_keeps_the_userspace_abi(pipeline):
     """The final x86_64-micro .config has what 5.10's allnoconfig used to switch off (EMBEDDED → EXPERT)."""
-    config = (pipeline.target_dir("x86_64-micro") / "kbuild" / ".config").read_text().splitlines()
+    config = pipeline.files("x86_64-micro").config.read_text().splitlines()
     for symbol in ("FUTEX", "EPOLL", "SHMEM", "MULTIUSER", "BLOCK", "POSIX_TIMERS", "FILE_LOCKING", "X86_UMIP"):
         assert f"CONFIG_{symbol}=y" in config, symbol
     assert "CONFIG_EXPERT=y" not in config and "CONFIG_DEBUG_KERNEL=y" not in config
@@ -300,7 +302,7 @@ def test_kernel_without_dm_crypt_fails_boot_naming_the_requirement(pipeline, tmp
     if pipeline.version_tuple[:2] != (5, 10):
         pytest.skip("the crippled-kernel boot runs on the default kernel (5.10) only, for CI's time")
     project = Project.from_env(REPO)
-    kbuild = pipeline.target_dir("x86_64-micro") / "kbuild"
+    kbuild = pipeline.files("x86_64-micro").kbuild
     crippled = tmp_path / "kbuild"
     shutil.copytree(kbuild, crippled, symlinks=True)
     srctree = Project(REPO, {"KTAILOR_BUILD_DIR": str(pipeline.work / "build")}).source_tree_of(pipeline.version)
@@ -316,7 +318,7 @@ def test_kernel_without_dm_crypt_fails_boot_naming_the_requirement(pipeline, tmp
     message = str(caught.value)
     assert "probe dm-crypt failed" in message and "'volume-encryption'" in message
     assert "fragments/crypto-luks.conf:" in message and "CONFIG_DM_CRYPT is not set in the built .config" in message
-    report = json.loads((tmp_path / "boot" / "boot.json").read_text())
+    report = read_report(tmp_path / "boot" / Project.BOOT_REPORT, "boot")
     assert report["status"] == "fail"
     assert [p["name"] for p in report["probes"] if p["status"] != "pass"] == ["dm-crypt"]
 
@@ -331,7 +333,7 @@ def test_every_target_configures_on(series, tmp_path):
         result = pipe.doit("config")
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
         for target in ALL_TARGETS:
-            assert json.loads((pipe.target_dir(target) / "audit.json").read_text())["status"] == "passed"
+            assert read_report(pipe.files(target).audit, "config")["status"] == "passed"
     finally:
         pipe.server.shutdown()
         shutil.rmtree(tmp_path / "build", ignore_errors=True)
@@ -351,9 +353,9 @@ def test_the_readmes_site_fragment_example_lands_on_x86_64_micro(pipeline, tmp_p
     env = pipeline.env | {"KTAILOR_FRAGMENTS": str(site), "KTAILOR_BUILD_DIR": str(tmp_path / "build")}
     result = run_doit(REPO, "report:x86_64-micro", env=env, capture=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    target_dir = tmp_path / "build" / pipeline.version / "x86_64-micro"
-    assert json.loads((target_dir / "audit.json").read_text())["status"] == "passed"
-    rows = {row["option"]: row for row in json.loads((target_dir / "report.json").read_text())["rows"]}
+    files = Project(REPO, env).artifacts_of(pipeline.version, "x86_64-micro")
+    assert read_report(files.audit, "config")["status"] == "passed"
+    rows = {row["option"]: row for row in read_report(files.report_json, "report")["rows"]}
     assert rows["CONFIG_NF_TABLES"]["status"] == "landed"
     assert rows["CONFIG_NF_TABLES"]["where"].startswith(str(site / "site-nftables.conf") + ":")
     assert rows["CONFIG_VIRTIO_MMIO"]["status"] == "landed"  # the project's list came along
@@ -390,10 +392,10 @@ def test_a_git_checkout_of_the_real_tree_with_a_local_patch_builds_boots_and_ins
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
         status = subprocess.run([*git, "status", "--porcelain", "--ignored"], capture_output=True, text=True, check=True)
         assert status.stdout == ""  # nothing written into the tree, not even an ignored file
-        target_dir = build_dir / pipeline.version / "x86_64-micro"
-        assert json.loads((target_dir / "boot" / "boot.json").read_text())["status"] == "pass"
-        assert "ktailor-site-patch: applied" in (target_dir / "boot" / "console.log").read_text()
-        manifest = json.loads((tmp_path / "prefix" / pipeline.version / "x86_64-micro" / "manifest.json").read_text())
+        files = Project(REPO, env).artifacts_of(pipeline.version, "x86_64-micro")
+        assert read_report(files.boot, "boot")["status"] == "pass"
+        assert "ktailor-site-patch: applied" in (files.boot_dir / "console.log").read_text()
+        manifest = read_report(files.manifest, "install")
         assert manifest["source"]["commit"] == head and manifest["source"]["dirty"] is False
         assert manifest["source"]["path"] == str(tree) and manifest["boot"]["status"] == "pass"
     finally:
@@ -405,11 +407,11 @@ def test_the_ledger_charges_vmlinux_to_the_options_and_fragment_lines_that_pulle
     result = pipeline.doit(*names)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     for target in pipeline.built:
-        ledger = json.loads((pipeline.target_dir(target) / "ledger.json").read_text())
+        ledger = read_report(pipeline.files(target).ledger_json, "ledger")
         assert ledger["attributed_share"] >= 0.90, (target, ledger["attributed_share"])
         assert ledger["objects_bytes"] + ledger["link_bytes"] == ledger["vmlinux"]["total"]
         options = {o["option"]: o for o in ledger["options"]}
         ext4 = options["CONFIG_EXT4_FS"]
         assert ext4["where"].startswith("fragments/fs.conf:") and ext4["bytes"] > 100_000 and ext4["objects"] > 10
         assert options["core"]["bytes"] > 1_000_000
-        assert "## By requirement group" in (pipeline.target_dir(target) / "ledger.md").read_text()
+        assert "## By requirement group" in pipeline.files(target).ledger_md.read_text()
