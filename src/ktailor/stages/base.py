@@ -20,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ktailor.core.errors import KtailorError
-from ktailor.farm.toolchain import make_vars, require_tools
+from ktailor.farm.toolchain import compiler_fingerprint, make_vars, require_tools
 from ktailor.kconfig.fragments import Option, load_fragments, requested_options
 from ktailor.project.layout import Artifacts, Project
 from ktailor.project.targets import Target
@@ -73,6 +73,10 @@ class Context:
     def make_vars(self) -> dict[str, str]:
         """The make variables config, build and reproduce run with (ARCH, O, CROSS_COMPILE, …)."""
         return make_vars(self.the_target, self.project.env, srctree=self.source_tree, kbuild=self.files.kbuild)
+
+    def toolchain_state(self) -> dict:
+        """The make variables and the compiler's identity: what config, build and reproduce depend on."""
+        return {"make_vars": self.make_vars(), "compiler": compiler_fingerprint(self.the_target, self.project.env)}
 
     def checked_make_vars(self) -> dict[str, str]:
         """make_vars, once the tools they name are known to be there."""

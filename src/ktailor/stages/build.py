@@ -182,17 +182,11 @@ def build_env(ctx: Context) -> dict[str, str]:
     return env | {"SOURCE_DATE_EPOCH": str(stamp)} if isinstance(stamp, int) else env
 
 
-def _state(ctx: Context) -> dict:
-    from ktailor.stages.config import toolchain_state
-
-    return toolchain_state(ctx)
-
-
 STAGE = Stage(
     "build", "compile each target's images out of tree (make O=…)",
     doc=lambda ctx: f"make {' '.join(ctx.the_target.make_goals)} for {ctx.label.replace(' ', ' on ')}",
     run=run,
     inputs=lambda ctx: [ctx.files.config, ctx.source_stamp],
     outputs=lambda ctx: [*ctx.files.images.values(), ctx.files.system_map, ctx.files.sources],
-    state=_state,
+    state=Context.toolchain_state,
 )

@@ -16,7 +16,7 @@ from pathlib import Path
 from ktailor.core.errors import ConfigAuditFailed, EnvironmentProblem
 from ktailor.core.progress import info, warn
 from ktailor.core.records import read_optional, sha256_of
-from ktailor.farm.toolchain import compiler_fingerprint, make_argv
+from ktailor.farm.toolchain import make_argv
 from ktailor.kconfig.audit import AuditResult, Difference, compare, mark_expected, render_causes, render_table
 from ktailor.kconfig.dotconfig import final_value, parse_dotconfig, same_value
 from ktailor.kconfig.fragments import EXPECTED_DROPS, Option, fragment_text, load_expected_drops
@@ -222,15 +222,10 @@ def config_matches_audit(task, values, config: str, audit: str) -> bool:  # doit
     return Path(config).is_file() and recorded == sha256_of(Path(config))
 
 
-def toolchain_state(ctx: Context) -> dict:
-    """The make variables and the compiler's identity: what config, build and reproduce depend on."""
-    return {"make_vars": ctx.make_vars(), "compiler": compiler_fingerprint(ctx.the_target, ctx.project.env)}
-
-
 def _state(ctx: Context) -> dict:
     return {"version": ctx.the_kernel.version, "arch": ctx.the_target.arch.name,
             "expected_drops": tables.expected_drops_state(ctx.project.fragments_dir, ctx.the_target,
-                                                          ctx.the_kernel.version_tuple)} | toolchain_state(ctx)
+                                                          ctx.the_kernel.version_tuple)} | ctx.toolchain_state()
 
 
 STAGE = Stage(

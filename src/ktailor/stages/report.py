@@ -16,6 +16,7 @@ from ktailor.kconfig.configdiff import error_count, render_changes, target_drift
 from ktailor.kconfig.dotconfig import final_value, parse_dotconfig, same_value
 from ktailor.kconfig.fragments import Fragment
 from ktailor.stages.base import Context, Stage
+from ktailor.stages.verify import hardening_of, verdict_state
 
 
 def report_rows(fragments: list[Fragment], requested_symbols: dict, final: dict[str, str], audit: dict) -> list[dict]:
@@ -147,7 +148,6 @@ def write_target_report(ctx: Context, *, quiet: bool = False) -> None:
     from ktailor.guest.probes import load_probe_table
     from ktailor.kconfig.fragments import load_fragments, requested_options
     from ktailor.project.tables import PROBES
-    from ktailor.stages.verify import hardening_of
 
     project, kernel, row, files = ctx.project, ctx.the_kernel, ctx.the_target, ctx.files
     fragments = load_fragments(project.fragment_paths(row), project.root)
@@ -186,17 +186,11 @@ def _other_configs(ctx: Context) -> list[Path]:
             if other.version != ctx.the_kernel.version and ctx.the_target.name in other.targets]
 
 
-def _state(ctx: Context) -> dict:
-    from ktailor.stages.verify import verdict_state
-
-    return verdict_state(ctx)
-
-
 STAGE = Stage(
     "report", "write each target's requirement → option → final value table (report.md, report.json)",
     doc=lambda ctx: f"requirement → option → final value table for {ctx.label.replace(' ', ' on ')}",
     run=run,
     inputs=lambda ctx: [ctx.files.config, ctx.files.audit, *ctx.project.fragment_paths(ctx.the_target), *_other_configs(ctx)],
     outputs=lambda ctx: [ctx.files.report_md, ctx.files.report_json],
-    state=_state,
+    state=verdict_state,
 )

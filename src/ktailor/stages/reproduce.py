@@ -132,18 +132,12 @@ def run(ctx: Context) -> None:
                      env=build_env(ctx))
 
 
-def _state(ctx: Context) -> dict:
-    from ktailor.stages.config import toolchain_state
-
-    return toolchain_state(ctx)
-
-
 STAGE = Stage(
     "reproduce", "build each target again in a second build dir, without the compile cache, and compare images",
     doc=lambda ctx: f"rebuild {ctx.label} elsewhere and compare every image's sha256 (reproduce.json)",
     run=run,
     inputs=lambda ctx: [*ctx.files.images.values(), ctx.files.config, ctx.source_stamp],
     outputs=lambda ctx: [ctx.files.reproduce],
-    state=_state,
+    state=Context.toolchain_state,
     clean=lambda ctx: removes(ctx.files.rebuild_dir),
 )
