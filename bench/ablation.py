@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from reference import boot_once  # noqa: E402
 
+from ktailor.core.records import read_report  # noqa: E402
 from ktailor.kconfig.dotconfig import parse_dotconfig  # noqa: E402
 from ktailor.kconfig.fragments import load_fragments, resolve_list  # noqa: E402
 from ktailor.project.layout import Project  # noqa: E402
@@ -116,7 +117,7 @@ def build_variant(env: dict[str, str], target, version: str, log: Path) -> tuple
 def needed_by(audit_file: Path) -> str:
     """Why a group cannot go: the options of other fragments that stop landing, by root cause (the audit's)."""
     try:
-        audit = json.loads(audit_file.read_text())
+        audit = read_report(audit_file, "config")
     except (OSError, ValueError):
         return ""
     causes = [f"{', '.join(c['members'][:4])}{' …' if len(c['members']) > 4 else ''} need "
@@ -192,9 +193,9 @@ def main() -> None:
     work = project.build_dir / "bench" / kernel.version / "ablation" / target.name
     plan = Plan(args, project, kernel, target, work)
     if args.report:  # the last run's table again, with the reasons re-read from each variant's audit
-        last_boot = json.loads((work / "boots" / "full" / "boot.json").read_text())
+        last_boot = read_report(work / "boots" / "full" / Project.BOOT_REPORT, "boot")
         record = {"target": target.name, "version": kernel.version, "boots": args.boots,
-                  "accel": last_boot.get("accel", "?")} | json.loads(plan.record_file.read_text())
+                  "accel": last_boot.get("accel", "?")} | read_report(plan.record_file, "ablation")
         for item, row in record[plan.kind].items():
             if not row["removable"]:
                 audit = plan.variant_dir(item) / "build" / kernel.version / target.name / "audit.json"

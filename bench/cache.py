@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from pipeline import extract_ratio  # noqa: E402
 
+from ktailor.core.records import read_report  # noqa: E402
 from ktailor.project.layout import Project  # noqa: E402
 
 DOIT = [sys.executable, "-m", "doit", "-f", str(ROOT / "dodo.py"), "-d", str(ROOT)]
@@ -94,7 +95,7 @@ def build(name: str, task: str, work: Path, env: dict[str, str]) -> dict:
     target, _, version = task.removeprefix("build:").partition("@")
     kernel = project.versions.get_or_default(version)
     files = project.artifacts(kernel, project.catalog.target(target))
-    record = json.loads(files.build_json.read_text())
+    record = read_report(files.build_json, "build")
     record["images"] = {image: hashlib.sha256(path.read_bytes()).hexdigest() for image, path in files.images.items()}
     return record
 

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from anchors import check_local, fetch_anchors  # noqa: E402
 
 from ktailor.core.errors import VerificationFailed  # noqa: E402
+from ktailor.core.records import read_report  # noqa: E402
 from ktailor.guest.vm import StderrLog  # noqa: E402
 from ktailor.kconfig.dotconfig import parse_dotconfig  # noqa: E402
 from ktailor.kconfig.hardening import CHECKS_FILE, audit_hardening, load_checks  # noqa: E402
@@ -106,7 +107,7 @@ def anchors_dir(args, project: Project) -> Path:
 def boot_once(target, kbuild: Path, workdir: Path) -> dict:
     with contextlib.suppress(VerificationFailed):  # the references fail some probes; boot.json is still written
         boot_target(target, kbuild, workdir, {}, StderrLog())
-    return json.loads((workdir / "boot.json").read_text())
+    return read_report(workdir / Project.BOOT_REPORT, "boot")
 
 
 def hardening_score(kbuild: Path, version: tuple[int, int, int]) -> dict:
