@@ -1,4 +1,5 @@
-"""Files as records: the one sha256 of a file, and the one way to read and write a stage's JSON result.
+"""Files as records: the one sha256 of a file, and the one way to read and write a stage's JSON result
+and to read a TOML data file.
 
 The lowest layer of the house: every module that hashes a file or reads a report comes here, so a file is
 hashed one way and a damaged report gives the same one-paragraph answer wherever it is read.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tomllib
 from pathlib import Path
 
 from ktailor.core.errors import InputError, VerificationFailed
@@ -22,6 +24,19 @@ def sha256_of(path: Path) -> str:
         while block := handle.read(CHUNK):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_toml(path: Path, missing: str) -> tuple[str, dict]:
+    """(text, data) of one of the project's TOML data files; a missing file is an InputError saying `missing`,
+    a syntax error one naming the file and what tomllib found (line and column)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError(missing, path=path) from None
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"not valid TOML ({exc}); fix the syntax.", path=path) from None
 
 
 def read_report(path: Path, stage: str) -> dict:

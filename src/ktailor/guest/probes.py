@@ -7,11 +7,11 @@ the fragment lines that were supposed to provide it, so the error says what to f
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ktailor.core.errors import InputError, line_of
+from ktailor.core.records import read_toml
 from ktailor.guest.guest_devices import DEVICES
 from ktailor.kconfig.fragments import Option
 from ktailor.project.targets import Target
@@ -68,13 +68,7 @@ class ProbeTable:
 
 
 def load_probe_table(path: Path) -> ProbeTable:
-    try:
-        text = path.read_text()
-        data = tomllib.loads(text)
-    except FileNotFoundError:
-        raise InputError("probe table not found; the boot stage needs it to know what to check.", path=path) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"not valid TOML ({exc}); fix the syntax.", path=path) from None
+    text, data = read_toml(path, "probe table not found; the boot stage needs it to know what to check.")
 
     probes = []
     for index, row in enumerate(data.get("probe", []), start=1):
@@ -181,11 +175,7 @@ def parse_console(lines: list[str]) -> GuestReport:
 
 def load_cmdline_undoes(path: Path) -> dict[str, str]:
     """guest/cmdline-undoes.toml: command-line word -> the hardening it switches off."""
-    try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path}: not valid TOML ({exc}); fix the file.") from None
+    _, data = read_toml(path, "not found; the boot stage checks the kernel command line against it.")
     undoes = data.get("undoes", {})
     if not isinstance(undoes, dict) or not all(isinstance(v, str) and v for v in undoes.values()):
         raise InputError(f"{path}: [undoes] must map each command-line word to the hardening it switches off, "

@@ -5,12 +5,12 @@ prints on the console."""
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ktailor.core.errors import InputError, line_of
+from ktailor.core.records import read_toml
 from ktailor.guest.probes import Probe
 from ktailor.guest.rootfs import RootfsSpec
 from ktailor.project.targets import Target
@@ -53,13 +53,7 @@ class AcceptanceSpec:
 
 
 def load_acceptance(path: Path) -> AcceptanceSpec:
-    try:
-        text = path.read_text()
-        data = tomllib.loads(text)
-    except FileNotFoundError:
-        raise InputError("not found; the acceptance stage reads its root filesystem and workloads from it.", path=path) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"not valid TOML ({exc}); fix the syntax.", path=path) from None
+    text, data = read_toml(path, "not found; the acceptance stage reads its root filesystem and workloads from it.")
     rootfs = data.get("rootfs") or {}
     missing = [key for key in ("suite", "variant", "packages") if not rootfs.get(key)]
     if missing:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import operator
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ktailor.core.errors import InputError, line_of
+from ktailor.core.records import read_toml
 from ktailor.kconfig.fragment_dirs import locate
 
 OPTION_RE = re.compile(r'^CONFIG_([A-Z0-9_]+)=(y|m|n|-?\d+|0x[0-9a-fA-F]+|"(?:[^"\\]|\\.)*")$')
@@ -324,11 +324,7 @@ def toml_entries(path: Path, table: str) -> tuple[str, list[dict]]:
     """(text, the [[table]] entries) of an optional data file beside the fragments; ("", []) when absent."""
     if not path.is_file():
         return "", []
-    text = path.read_text()
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"not valid TOML ({exc}); fix the syntax.", path=path) from None
+    text, data = read_toml(path, "not found.")
     return text, list(data.get(table, []))
 
 

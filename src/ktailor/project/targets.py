@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import platform
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ktailor.core.errors import InputError
+from ktailor.core.records import read_toml
 
 IMAGE_KINDS = ("elf", "bzimage", "arm64-image")
 MODULES_ARCHIVE = "modules.tar"  # modules.py packs a type's modules into it, beside the images
@@ -110,12 +110,7 @@ def _kernel_type(name: str, row: dict[str, Any], path: Path) -> KernelType:
 
 
 def load_catalog(path: Path) -> Catalog:
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError("targets file not found; ktailor needs it to know arches and types.", path=path) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"not valid TOML ({exc}); fix the syntax.", path=path) from None
+    _, data = read_toml(path, "targets file not found; ktailor needs it to know arches and types.")
 
     arches = {}
     for name, row in data.get("arch", {}).items():

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 from ktailor.core.errors import InputError, line_of
+from ktailor.core.records import read_toml
 from ktailor.project.targets import Catalog
 from ktailor.sources.source_tree import makefile_version
 
@@ -161,14 +161,7 @@ def _source_entry(entry: dict, index: int, path: Path, text: str) -> tuple[Path,
 
 def load_versions(path: Path, catalog: Catalog, fragments_dir: Path, env: dict[str, str] | None = None) -> VersionsFile:
     env = os.environ if env is None else env
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputError("versions file not found; create it with a [[kernel]] entry (see README).", path=path) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"not valid TOML ({exc}); fix the syntax.", path=path) from None
+    text, data = read_toml(path, "versions file not found; create it with a [[kernel]] entry (see README).")
 
     if env.get(MIRROR_ENV):
         mirror = check_mirror(env[MIRROR_ENV], path, None, f"from ${MIRROR_ENV}")
