@@ -1,0 +1,46 @@
+"""bench/memory.py: used memory split from a real console's /proc files, and the QEMU argv with one device changed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from memory import adjusted, breakdown  # noqa: E402
+
+CONSOLE = """\
+=== /proc/meminfo
+MemTotal:         249496 kB
+MemFree:          243804 kB
+MemAvailable:     241200 kB
+Buffers:              24 kB
+Cached:              728 kB
+AnonPages:            52 kB
+Slab:               2196 kB
+KernelStack:         272 kB
+PageTables:           32 kB
+VmallocUsed:         284 kB
+Percpu:               32 kB
+=== /proc/slabinfo
+slabinfo - version: 2.1
+# name <active_objs> <num_objs> <objsize> <objperslab> <pagesperslab> : tunables … : slabdata …
+kmalloc-4k          1032   1032   4096    8    8 : tunables    0    0    0 : slabdata    129    129      0
+dentry                96     96    192   21    1 : tunables    0    0    0 : slabdata      6      6      0
+=== END
+"""
+
+
+def test_used_memory_is_split_into_slab_and_the_pages_nobody_named():
+    found = breakdown(CONSOLE)
+    assert found["used_kib"] == 249496 - 241200
+    assert found["slab_kib"] == 2196 and found["largest_slabs"] == {"kmalloc-4k": 129 * 8 * 4, "dentry": 6 * 1 * 4}
+    assert found["other_kib"] == 249496 - 243804 - (728 + 52 + 2196 + 272 + 32 + 284 + 32)
+
+
+def test_one_device_is_dropped_or_given_a_property_and_nothing_else_changes():
+    argv = ["qemu", "-device", "virtio-blk-device,drive=root", "-device", "virtio-serial-device", "-append", "x"]
+    assert adjusted(argv, ["virtio-serial-device"], []) == ["qemu", "-device", "virtio-blk-device,drive=root", "-append", "x"]
+    assert adjusted(argv, [], ["virtio-blk-device,queue-size=64"]) == [
+        "qemu", "-device", "virtio-blk-device,drive=root,queue-size=64", "-device", "virtio-serial-device", "-append", "x"]
