@@ -6,7 +6,9 @@ an /init (bench/memory/meminit.c) that prints /proc/meminfo, zoneinfo and slabin
 slab caches, kernel stacks, percpu, vmalloc and the rest (pages drivers took straight from the page
 allocator). `--without DEV` drops one of the VM's standard devices (virtio-serial-device, …), `--set DEV,PROP`
 appends a property to it (virtio-blk-device,queue-size=64), `--append WORDS` adds kernel command-line words:
-each changes one thing against the same kernel booted as the boot stage boots it.
+each changes one thing against the same kernel booted as the boot stage boots it. `--initcalls N` boots
+with `initcall_debug` and lists each kernel's N slowest initcalls (from /dev/kmsg), what its time-to-init
+is spent on.
 
     .venv/bin/python bench/memory.py KBUILD... [--without virtio-serial-device] [--set virtio-blk-device,queue-size=64]
 """
@@ -29,6 +31,7 @@ from ktailor.project.targets import load_catalog  # noqa: E402
 
 FIELDS = ("MemTotal", "MemFree", "MemAvailable", "Cached", "Slab", "KernelStack", "PageTables", "Percpu", "VmallocUsed",
           "AnonPages")
+INITCALL_LINE = re.compile(r"initcall (\S+?)(?:\+0x[0-9a-f]+/0x[0-9a-f]+)? returned -?\d+ after (\d+) usecs")
 SLAB_LINE = re.compile(r"^(\S+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+:.*:\s+slabdata\s+(\d+)\s+(\d+)", re.MULTILINE)
 
 
@@ -44,6 +47,14 @@ def breakdown(console: str) -> dict:
             "largest_slabs": dict(sorted(slabs.items(), key=lambda item: -item[1])[:3]),
             "other_kib": meminfo["MemTotal"] - meminfo["MemFree"] - named,
             **{f"{key.lower()}_kib": meminfo.get(key, 0) for key in ("KernelStack", "Percpu", "VmallocUsed")}}
+
+
+def slowest_initcalls(console: str, count: int, system_map: str = "") -> list[tuple[str, int]]:
+    """(initcall, microseconds) of the `count` slowest, from initcall_debug's records; a kernel without
+    kallsyms prints addresses, named here from its System.map."""
+    names = {f"0x{line.split()[0].lstrip('0')}": line.split()[2] for line in system_map.splitlines() if line.count(" ") == 2}
+    found = [(names.get(m[1], m[1]), int(m[2])) for m in INITCALL_LINE.finditer(console)]
+    return sorted(found, key=lambda item: -item[1])[:count]
 
 
 def adjusted(argv: list[str], without: list[str], settings: list[str]) -> list[str]:
@@ -69,6 +80,7 @@ def main() -> None:
     parser.add_argument("--without", action="append", default=[], help="drop this -device (by its model name)")
     parser.add_argument("--set", action="append", default=[], help="DEVICE,PROP=VALUE appended to that device")
     parser.add_argument("--append", default="", help="extra kernel command-line words")
+    parser.add_argument("--initcalls", type=int, default=0, help="also list this many slowest initcalls per kernel")
     args = parser.parse_args()
     target = load_catalog(ROOT / "targets.toml").target("x86_64-micro")
     settings = boot_settings(target)
@@ -77,7 +89,8 @@ def main() -> None:
         rootfs = make_rootfs(init, Path(scratch) / "root.ext4")
         files = GuestFiles(init, rootfs, rootfs)
         cmdline = " ".join(filter(None, [kernel_cmdline(target, settings, accel="tcg", mode="rootfs", probe_names=[],
-                                                        vsock_cid=None), args.append]))
+                                                        vsock_cid=None), args.append,
+                                            "initcall_debug" if args.initcalls else ""]))
         print("| kernel | used at init KiB | slab KiB (largest caches) | other pages KiB | stacks | percpu | vmalloc |")
         print("|---|---|---|---|---|---|---|")
         for kbuild in args.kbuild:
@@ -89,6 +102,11 @@ def main() -> None:
             largest = ", ".join(f"{name} {kib:,}" for name, kib in found["largest_slabs"].items())
             print(f"| {kbuild} | {found['used_kib']:,} | {found['slab_kib']:,} ({largest}) | {found['other_kib']:,} | "
                   f"{found['kernelstack_kib']:,} | {found['percpu_kib']:,} | {found['vmallocused_kib']:,} |", flush=True)
+            if args.initcalls:
+                system_map = kbuild / "System.map"
+                slowest = slowest_initcalls(console, args.initcalls, system_map.read_text() if system_map.is_file() else "")
+                listed = ", ".join(f"{name} {us / 1000:.1f}" for name, us in slowest)
+                print(f"| slowest initcalls (ms) | {listed} |||||", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from memory import adjusted, breakdown  # noqa: E402
+from memory import adjusted, breakdown, slowest_initcalls  # noqa: E402
 
 CONSOLE = """\
 === /proc/meminfo
@@ -44,3 +44,11 @@ def test_one_device_is_dropped_or_given_a_property_and_nothing_else_changes():
     assert adjusted(argv, ["virtio-serial-device"], []) == ["qemu", "-device", "virtio-blk-device,drive=root", "-append", "x"]
     assert adjusted(argv, [], ["virtio-blk-device,queue-size=64"]) == [
         "qemu", "-device", "virtio-blk-device,drive=root,queue-size=64", "-device", "virtio-serial-device", "-append", "x"]
+
+
+def test_the_slowest_initcalls_are_named_even_without_kallsyms():
+    console = ("initcall 0xffffffff818de72c returned 0 after 67000 usecs\n"
+               "initcall virtio_console_init+0x0/0x10e returned 0 after 15600 usecs\n"
+               "initcall chr_dev_init+0x0/0xa0 returned 0 after 3900 usecs\n")
+    system_map = "ffffffff818de72c t serial8250_init\nffffffff818dcc55 t other_init\n"
+    assert slowest_initcalls(console, 2, system_map) == [("serial8250_init", 67000), ("virtio_console_init", 15600)]
