@@ -105,7 +105,6 @@ class Stage:
     check: Callable[[Context], tuple] | None = None
     clean: Callable[[Context], object] = lambda ctx: True
     applies: Callable[[Context], bool] = lambda ctx: True
-    task_name: Callable[[Context], str] | None = None  # per-kernel stages: the version; per-target: dag names them
 
     def action(self, ctx: Context) -> tuple:
         """doit's action entry: run_stage with plain strings, so `doit -n N` can run it in a worker process."""

@@ -196,14 +196,12 @@ def run(ctx: Context) -> None:
 
 def providers_of(ctx: Context) -> dict[str, list[str]]:
     """symbol -> the targets whose fragments turn it on at this kernel version (where an option belongs)."""
-    from ktailor.stages.base import Context as Other
-
     project = ctx.project
     found: dict[str, list[str]] = {}
     for target in project.catalog.targets.values():
         if not (project.fragments_dir / target.list_name).is_file():
             continue
-        for symbol, option in Other(project, ctx.kernel, target).requested().items():
+        for symbol, option in Context(project, ctx.kernel, target).requested().items():
             if option.value not in ("n", ""):
                 found.setdefault(symbol, []).append(target.name)
     return found

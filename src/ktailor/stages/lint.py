@@ -334,9 +334,10 @@ def run(ctx: Context) -> None:
          f"{len(findings)} finding(s)")
 
 
+WHAT = "check every fragment and list (format, reasons, duplicates, conflicts) before any make"
 STAGE = Stage(
-    "lint", "check every fragment and list (format, reasons, duplicates, conflicts) before any make",
-    doc=lambda ctx: "check every fragment and list (format, reasons, duplicates, conflicts) before any make",
+    "lint", WHAT,
+    doc=lambda ctx: WHAT,
     run=run, per=ONCE,
     inputs=lambda ctx: sorted(ctx.project.fragments_dir.glob("*.conf")) + sorted(ctx.project.fragments_dir.glob("*.list")),
     outputs=lambda ctx: [],
