@@ -8,7 +8,9 @@ allocator). `--without DEV` drops one of the VM's standard devices (virtio-seria
 appends a property to it (virtio-blk-device,queue-size=64), `--append WORDS` adds kernel command-line words:
 each changes one thing against the same kernel booted as the boot stage boots it. `--initcalls N` boots
 with `initcall_debug` and lists each kernel's N slowest initcalls (from /dev/kmsg), what its time-to-init
-is spent on.
+is spent on; `--phases` splits the time to /init at the log's milestones (mem_init's "Memory:" line, the
+first and last initcall, "Run /init"), sums the initcalls' own time and names the longest silences in the
+log (`--phases 8`: the 8 longest, each with the record that ended it).
 
     .venv/bin/python bench/memory.py KBUILD... [--without virtio-serial-device] [--set virtio-blk-device,queue-size=64]
 """
@@ -16,6 +18,7 @@ is spent on.
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 import subprocess
 import sys
@@ -32,6 +35,10 @@ from ktailor.project.targets import load_catalog  # noqa: E402
 FIELDS = ("MemTotal", "MemFree", "MemAvailable", "Cached", "Slab", "KernelStack", "PageTables", "Percpu", "VmallocUsed",
           "AnonPages")
 INITCALL_LINE = re.compile(r"initcall (\S+?)(?:\+0x[0-9a-f]+/0x[0-9a-f]+)? returned -?\d+ after (\d+) usecs")
+KMSG_LINE = re.compile(r"^kmsg (\d+) (.*)$", re.MULTILINE)
+# Milestones of a boot in the kernel log, in order: where each phase of bench/memory.py --phases ends.
+MILESTONES = (("mem_init", "Memory: "), ("first initcall", "calling "), ("last initcall", None),
+              ("/init", ("Run /init", "Freeing unused kernel")))
 SLAB_LINE = re.compile(r"^(\S+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+:.*:\s+slabdata\s+(\d+)\s+(\d+)", re.MULTILINE)
 
 
@@ -55,6 +62,32 @@ def slowest_initcalls(console: str, count: int, system_map: str = "") -> list[tu
     names = {f"0x{line.split()[0].lstrip('0')}": line.split()[2] for line in system_map.splitlines() if line.count(" ") == 2}
     found = [(names.get(m[1], m[1]), int(m[2])) for m in INITCALL_LINE.finditer(console)]
     return sorted(found, key=lambda item: -item[1])[:count]
+
+
+def phases(console: str) -> dict:
+    """Milliseconds from the kernel's start to each milestone of MILESTONES (the kernel log's own timestamps),
+    and the initcalls' summed time; a milestone the log does not show is None."""
+    records = [(int(m[1]) / 1000, m[2]) for m in KMSG_LINE.finditer(console)]
+    found: dict = {}
+    for name, prefix in MILESTONES:
+        if prefix is None:  # the last initcall's return
+            returns = [ms for ms, text in records if INITCALL_LINE.match(text)]
+            found[name] = returns[-1] if returns else None
+            continue
+        prefixes = (prefix,) if isinstance(prefix, str) else prefix  # the first that the log shows
+        found[name] = next((ms for wanted in prefixes for ms, text in records if text.startswith(wanted)), None)
+    time_to_init = re.search(r"^time-to-init-us (\d+)$", console, re.MULTILINE)
+    found["time-to-init"] = int(time_to_init[1]) / 1000 if time_to_init else None  # CLOCK_BOOTTIME at /init
+    found["initcalls"] = sum(int(m[2]) for _, text in records if (m := INITCALL_LINE.match(text))) / 1000
+    return found
+
+
+def largest_gaps(console: str, count: int) -> list[tuple[float, str]]:
+    """(milliseconds, message) of the `count` longest silences in the kernel log, each with the record that
+    ended it: where a boot spends time that no initcall accounts for."""
+    records = [(int(m[1]) / 1000, m[2]) for m in KMSG_LINE.finditer(console)]
+    gaps = [(later[0] - earlier[0], later[1]) for earlier, later in itertools.pairwise(records)]
+    return sorted(gaps, key=lambda gap: -gap[0])[:count]
 
 
 def adjusted(argv: list[str], without: list[str], settings: list[str]) -> list[str]:
@@ -81,6 +114,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="DEVICE,PROP=VALUE appended to that device")
     parser.add_argument("--append", default="", help="extra kernel command-line words")
     parser.add_argument("--initcalls", type=int, default=0, help="also list this many slowest initcalls per kernel")
+    parser.add_argument("--phases", type=int, nargs="?", const=5, default=0, metavar="GAPS",
+                        help="also time each kernel's boot phases (to mem_init, initcalls, to /init) from its log, "
+                             "and list its GAPS longest silences (default 5)")
     args = parser.parse_args()
     target = load_catalog(ROOT / "targets.toml").target("x86_64-micro")
     settings = boot_settings(target)
@@ -90,7 +126,8 @@ def main() -> None:
         files = GuestFiles(init, rootfs, rootfs)
         cmdline = " ".join(filter(None, [kernel_cmdline(target, settings, accel="tcg", mode="rootfs", probe_names=[],
                                                         vsock_cid=None), args.append,
-                                            "initcall_debug" if args.initcalls else ""]))
+                                            # initcall_debug's records overflow a small log: 1 MiB holds them all
+                                            "initcall_debug log_buf_len=1M" if args.initcalls or args.phases else ""]))
         print("| kernel | used at init KiB | slab KiB (largest caches) | other pages KiB | stacks | percpu | vmalloc |")
         print("|---|---|---|---|---|---|---|")
         for kbuild in args.kbuild:
@@ -107,6 +144,14 @@ def main() -> None:
                 slowest = slowest_initcalls(console, args.initcalls, system_map.read_text() if system_map.is_file() else "")
                 listed = ", ".join(f"{name} {us / 1000:.1f}" for name, us in slowest)
                 print(f"| slowest initcalls (ms) | {listed} |||||", flush=True)
+            if args.phases:
+                found = phases(console)
+                marks = ", ".join(f"{name} {'n/a' if ms is None else f'{ms:.0f}'}" for name, ms in found.items()
+                                  if name != "initcalls")
+                print(f"| phases (ms from the kernel's start) | {marks}; initcalls' own time {found['initcalls']:.0f} |||||",
+                      flush=True)
+                silences = "; ".join(f"{ms:.0f} before “{text[:60]}”" for ms, text in largest_gaps(console, args.phases))
+                print(f"| longest silences in the log (ms) | {silences} |||||", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from memory import adjusted, breakdown, slowest_initcalls  # noqa: E402
+from memory import adjusted, breakdown, largest_gaps, phases, slowest_initcalls  # noqa: E402
 
 CONSOLE = """\
 === /proc/meminfo
@@ -52,3 +52,29 @@ def test_the_slowest_initcalls_are_named_even_without_kallsyms():
                "initcall chr_dev_init+0x0/0xa0 returned 0 after 3900 usecs\n")
     system_map = "ffffffff818de72c t serial8250_init\nffffffff818dcc55 t other_init\n"
     assert slowest_initcalls(console, 2, system_map) == [("serial8250_init", 67000), ("virtio_console_init", 15600)]
+
+
+def test_the_boot_is_split_at_the_logs_milestones_by_the_kernels_own_timestamps():
+    console = ("=== kmsg\n"
+               "kmsg 0 Linux version 5.10.262\n"
+               "kmsg 212500 Memory: 236000K/261752K available (10248K kernel code, 1040K rwdata)\n"
+               "kmsg 300000 calling  net_ns_init+0x0/0x140 @ 1\n"
+               "kmsg 300900 initcall net_ns_init+0x0/0x140 returned 0 after 900 usecs\n"
+               "kmsg 310000 calling  0xffffffff818de72c @ 1\n"
+               "kmsg 377000 initcall 0xffffffff818de72c returned 0 after 67000 usecs\n"
+               "kmsg 401000 Freeing unused kernel image (initmem) memory: 1024K\n"
+               "kmsg 402500 Run /init as init process\n"
+               "time-to-init-us 405100\n")
+    assert phases(console) == {"mem_init": 212.5, "first initcall": 300.0, "last initcall": 377.0, "/init": 402.5,
+                               "time-to-init": 405.1, "initcalls": 67.9}
+    assert phases("kmsg 5 Linux version 6.1\n") == {"mem_init": None, "first initcall": None, "last initcall": None,
+                                                     "/init": None, "time-to-init": None, "initcalls": 0}
+
+
+def test_the_longest_silences_are_named_by_the_record_that_ends_them():
+    console = ("kmsg 0 Linux version 5.10.262\n"
+               "kmsg 212500 Memory: 236000K/261752K available\n"
+               "kmsg 213000 SLUB: HWalign=64\n"
+               "kmsg 300000 Freeing SMP alternatives memory: 32K\n")
+    assert largest_gaps(console, 2) == [(212.5, "Memory: 236000K/261752K available"),
+                                        (87.0, "Freeing SMP alternatives memory: 32K")]
