@@ -13,6 +13,7 @@ first and last initcall, "Run /init"), sums the initcalls' own time and names th
 log (`--phases 8`: the 8 longest, each with the record that ended it).
 
     .venv/bin/python bench/memory.py KBUILD... [--without virtio-serial-device] [--set virtio-blk-device,queue-size=64]
+    .venv/bin/python bench/memory.py KBUILD KBUILD::init_on_free=0 FLOOR_KBUILD --phases 8 --boots 5
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,9 +109,40 @@ def adjusted(argv: list[str], without: list[str], settings: list[str]) -> list[s
     return out
 
 
+def entry(text: str) -> tuple[Path, str]:
+    """KBUILD[::WORDS]: a kernel, and command-line words for its boots only (the same kernel can be listed twice)."""
+    kbuild, _, words = text.partition("::")
+    return Path(kbuild), words
+
+
+def median_range(values: list[float]) -> str:
+    return f"{statistics.median(values):.0f} [{min(values):.0f}–{max(values):.0f}]" if values else "n/a"
+
+
+def report(name: str, consoles: list[str], kbuild: Path, args: argparse.Namespace) -> None:
+    """One kernel's rows: memory from its last boot; phases as medians [min–max] over all its boots."""
+    console = consoles[-1]
+    found = breakdown(console)
+    largest = ", ".join(f"{slab} {kib:,}" for slab, kib in found["largest_slabs"].items())
+    print(f"| {name} | {found['used_kib']:,} | {found['slab_kib']:,} ({largest}) | {found['other_kib']:,} | "
+          f"{found['kernelstack_kib']:,} | {found['percpu_kib']:,} | {found['vmallocused_kib']:,} |", flush=True)
+    if args.initcalls:
+        system_map = kbuild / "System.map"
+        slowest = slowest_initcalls(console, args.initcalls, system_map.read_text() if system_map.is_file() else "")
+        listed = ", ".join(f"{initcall} {us / 1000:.1f}" for initcall, us in slowest)
+        print(f"| slowest initcalls (ms) | {listed} |||||", flush=True)
+    if args.phases:
+        each = [phases(text) for text in consoles]
+        marks = ", ".join(f"{mark} {median_range([p[mark] for p in each if p[mark] is not None])}" for mark in each[0])
+        print(f"| phases, ms from the kernel's start, median [min–max] of {len(consoles)} | {marks} |||||", flush=True)
+        silences = "; ".join(f"{ms:.0f} before “{text[:60]}”" for ms, text in largest_gaps(console, args.phases))
+        print(f"| longest silences in the log (ms, last boot) | {silences} |||||", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kbuild", nargs="+", type=Path)
+    parser.add_argument("kbuild", nargs="+", type=entry, metavar="KBUILD[::WORDS]",
+                        help="a kbuild dir; ::WORDS adds command-line words to this entry's boots only")
     parser.add_argument("--without", action="append", default=[], help="drop this -device (by its model name)")
     parser.add_argument("--set", action="append", default=[], help="DEVICE,PROP=VALUE appended to that device")
     parser.add_argument("--append", default="", help="extra kernel command-line words")
@@ -117,6 +150,7 @@ def main() -> None:
     parser.add_argument("--phases", type=int, nargs="?", const=5, default=0, metavar="GAPS",
                         help="also time each kernel's boot phases (to mem_init, initcalls, to /init) from its log, "
                              "and list its GAPS longest silences (default 5)")
+    parser.add_argument("--boots", type=int, default=1, help="boot every entry this many times, interleaved")
     args = parser.parse_args()
     target = load_catalog(ROOT / "targets.toml").target("x86_64-micro")
     settings = boot_settings(target)
@@ -128,30 +162,17 @@ def main() -> None:
                                                         vsock_cid=None), args.append,
                                             # initcall_debug's records overflow a small log: 1 MiB holds them all
                                             "initcall_debug log_buf_len=1M" if args.initcalls or args.phases else ""]))
+        consoles: dict[int, list[str]] = {index: [] for index in range(len(args.kbuild))}
+        for _ in range(args.boots):
+            for index, (kbuild, words) in enumerate(args.kbuild):  # interleaved: machine noise hits each alike
+                argv = build_qemu_argv(target, settings, kbuild / "arch/x86/boot/bzImage", files, accel="tcg",
+                                       cmdline=" ".join(filter(None, [cmdline, words])), mode="rootfs", vsock_cid=None)
+                consoles[index].append(subprocess.run(adjusted(argv, args.without, args.set), capture_output=True,
+                                                      text=True, timeout=600).stdout)
         print("| kernel | used at init KiB | slab KiB (largest caches) | other pages KiB | stacks | percpu | vmalloc |")
         print("|---|---|---|---|---|---|---|")
-        for kbuild in args.kbuild:
-            argv = build_qemu_argv(target, settings, kbuild / "arch/x86/boot/bzImage", files, accel="tcg", cmdline=cmdline,
-                                   mode="rootfs", vsock_cid=None)
-            console = subprocess.run(adjusted(argv, args.without, args.set), capture_output=True, text=True,
-                                     timeout=600).stdout
-            found = breakdown(console)
-            largest = ", ".join(f"{name} {kib:,}" for name, kib in found["largest_slabs"].items())
-            print(f"| {kbuild} | {found['used_kib']:,} | {found['slab_kib']:,} ({largest}) | {found['other_kib']:,} | "
-                  f"{found['kernelstack_kib']:,} | {found['percpu_kib']:,} | {found['vmallocused_kib']:,} |", flush=True)
-            if args.initcalls:
-                system_map = kbuild / "System.map"
-                slowest = slowest_initcalls(console, args.initcalls, system_map.read_text() if system_map.is_file() else "")
-                listed = ", ".join(f"{name} {us / 1000:.1f}" for name, us in slowest)
-                print(f"| slowest initcalls (ms) | {listed} |||||", flush=True)
-            if args.phases:
-                found = phases(console)
-                marks = ", ".join(f"{name} {'n/a' if ms is None else f'{ms:.0f}'}" for name, ms in found.items()
-                                  if name != "initcalls")
-                print(f"| phases (ms from the kernel's start) | {marks}; initcalls' own time {found['initcalls']:.0f} |||||",
-                      flush=True)
-                silences = "; ".join(f"{ms:.0f} before “{text[:60]}”" for ms, text in largest_gaps(console, args.phases))
-                print(f"| longest silences in the log (ms) | {silences} |||||", flush=True)
+        for index, (kbuild, words) in enumerate(args.kbuild):
+            report(f"{kbuild}{' + ' + words if words else ''}", consoles[index], kbuild, args)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from memory import adjusted, breakdown, largest_gaps, phases, slowest_initcalls  # noqa: E402
+from memory import adjusted, breakdown, entry, largest_gaps, median_range, phases, slowest_initcalls  # noqa: E402
 
 CONSOLE = """\
 === /proc/meminfo
@@ -78,3 +78,10 @@ def test_the_longest_silences_are_named_by_the_record_that_ends_them():
                "kmsg 300000 Freeing SMP alternatives memory: 32K\n")
     assert largest_gaps(console, 2) == [(212.5, "Memory: 236000K/261752K available"),
                                         (87.0, "Freeing SMP alternatives memory: 32K")]
+
+
+def test_a_kernel_can_be_listed_again_with_its_own_command_line_words():
+    assert entry("/k/kbuild") == (Path("/k/kbuild"), "")
+    assert entry("/k/kbuild::init_on_free=0 page_alloc.shuffle=0") == (Path("/k/kbuild"),
+                                                                     "init_on_free=0 page_alloc.shuffle=0")
+    assert median_range([740.2, 718.0, 905.9]) == "740 [718–906]" and median_range([]) == "n/a"
