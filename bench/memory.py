@@ -66,10 +66,15 @@ def slowest_initcalls(console: str, count: int, system_map: str = "") -> list[tu
     return sorted(found, key=lambda item: -item[1])[:count]
 
 
+def kmsg_records(console: str) -> list[tuple[float, str]]:
+    """(milliseconds, message) of every kernel-log record the /init printed."""
+    return [(int(m[1]) / 1000, m[2]) for m in KMSG_LINE.finditer(console)]
+
+
 def phases(console: str) -> dict:
     """Milliseconds from the kernel's start to each milestone of MILESTONES (the kernel log's own timestamps),
     and the initcalls' summed time; a milestone the log does not show is None."""
-    records = [(int(m[1]) / 1000, m[2]) for m in KMSG_LINE.finditer(console)]
+    records = kmsg_records(console)
     found: dict = {}
     for name, prefix in MILESTONES:
         if prefix is None:  # the last initcall's return
@@ -87,7 +92,7 @@ def phases(console: str) -> dict:
 def largest_gaps(console: str, count: int) -> list[tuple[float, str]]:
     """(milliseconds, message) of the `count` longest silences in the kernel log, each with the record that
     ended it: where a boot spends time that no initcall accounts for."""
-    records = [(int(m[1]) / 1000, m[2]) for m in KMSG_LINE.finditer(console)]
+    records = kmsg_records(console)
     gaps = [(later[0] - earlier[0], later[1]) for earlier, later in itertools.pairwise(records)]
     return sorted(gaps, key=lambda gap: -gap[0])[:count]
 
