@@ -10,7 +10,8 @@ each changes one thing against the same kernel booted as the boot stage boots it
 with `initcall_debug` and lists each kernel's N slowest initcalls (from /dev/kmsg), what its time-to-init
 is spent on; `--phases` splits the time to /init at the log's milestones (mem_init's "Memory:" line, the
 first and last initcall, "Run /init"), sums the initcalls' own time and names the longest silences in the
-log (`--phases 8`: the 8 longest, each with the record that ended it).
+log (`--phases 8`: the 8 longest, each with the record that ended it). Every row also gives the host's side:
+QEMU's peak resident set (wait4's ru_maxrss), the memory the VM took from the host, guest RAM it wrote included.
 
     .venv/bin/python bench/memory.py KBUILD... [--without virtio-serial-device] [--set virtio-blk-device,queue-size=64]
     .venv/bin/python bench/memory.py KBUILD KBUILD::init_on_free=0 FLOOR_KBUILD --phases 8 --boots 5
@@ -20,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +100,23 @@ def largest_gaps(console: str, count: int) -> list[tuple[float, str]]:
     return sorted(gaps, key=lambda gap: -gap[0])[:count]
 
 
+def run_measured(argv: list[str], timeout: float = 600) -> tuple[str, int]:
+    """Run a VM to its end: its console (stdout) and the peak resident set of its process in KiB — the host
+    memory the VM took, the guest RAM it wrote included (QEMU backs guest RAM lazily and keeps what was touched)."""
+    with tempfile.TemporaryFile() as errors:  # stderr to a file: a full pipe nobody reads would stall the VM
+        vm = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, text=True)
+        timer = threading.Timer(timeout, vm.kill)
+        timer.start()
+        try:
+            console = vm.stdout.read()
+            _, status, usage = os.wait4(vm.pid, 0)  # wait4, not wait: its rusage is this child's alone
+        finally:
+            timer.cancel()
+            vm.stdout.close()
+        vm.returncode = os.waitstatus_to_exitcode(status)
+    return console, usage.ru_maxrss
+
+
 def adjusted(argv: list[str], without: list[str], settings: list[str]) -> list[str]:
     """The QEMU argv with the named -device entries dropped and the properties appended to theirs."""
     extra = {}
@@ -124,24 +144,25 @@ def median_range(values: list[float]) -> str:
     return f"{statistics.median(values):.0f} [{min(values):.0f}–{max(values):.0f}]" if values else "n/a"
 
 
-def report(name: str, consoles: list[str], kbuild: Path, args: argparse.Namespace) -> None:
-    """One kernel's rows: memory from its last boot; phases as medians [min–max] over all its boots."""
+def report(name: str, consoles: list[str], host_rss: list[int], kbuild: Path, args: argparse.Namespace) -> None:
+    """One kernel's rows: memory from its last boot; host RSS and phases as medians [min–max] over all its boots."""
     console = consoles[-1]
     found = breakdown(console)
     largest = ", ".join(f"{slab} {kib:,}" for slab, kib in found["largest_slabs"].items())
+    rss = f"{statistics.median(host_rss):,.0f} [{min(host_rss):,}–{max(host_rss):,}]"
     print(f"| {name} | {found['used_kib']:,} | {found['slab_kib']:,} ({largest}) | {found['other_kib']:,} | "
-          f"{found['kernelstack_kib']:,} | {found['percpu_kib']:,} | {found['vmallocused_kib']:,} |", flush=True)
+          f"{found['kernelstack_kib']:,} | {found['percpu_kib']:,} | {found['vmallocused_kib']:,} | {rss} |", flush=True)
     if args.initcalls:
         system_map = kbuild / "System.map"
         slowest = slowest_initcalls(console, args.initcalls, system_map.read_text() if system_map.is_file() else "")
         listed = ", ".join(f"{initcall} {us / 1000:.1f}" for initcall, us in slowest)
-        print(f"| slowest initcalls (ms) | {listed} |||||", flush=True)
+        print(f"| slowest initcalls (ms) | {listed} ||||||", flush=True)
     if args.phases:
         each = [phases(text) for text in consoles]
         marks = ", ".join(f"{mark} {median_range([p[mark] for p in each if p[mark] is not None])}" for mark in each[0])
-        print(f"| phases, ms from the kernel's start, median [min–max] of {len(consoles)} | {marks} |||||", flush=True)
+        print(f"| phases, ms from the kernel's start, median [min–max] of {len(consoles)} | {marks} ||||||", flush=True)
         silences = "; ".join(f"{ms:.0f} before “{text[:60]}”" for ms, text in largest_gaps(console, args.phases))
-        print(f"| longest silences in the log (ms, last boot) | {silences} |||||", flush=True)
+        print(f"| longest silences in the log (ms, last boot) | {silences} ||||||", flush=True)
 
 
 def main() -> None:
@@ -168,16 +189,19 @@ def main() -> None:
                                             # initcall_debug's records overflow a small log: 1 MiB holds them all
                                             "initcall_debug log_buf_len=1M" if args.initcalls or args.phases else ""]))
         consoles: dict[int, list[str]] = {index: [] for index in range(len(args.kbuild))}
+        host_rss: dict[int, list[int]] = {index: [] for index in range(len(args.kbuild))}
         for _ in range(args.boots):
             for index, (kbuild, words) in enumerate(args.kbuild):  # interleaved: machine noise hits each alike
                 argv = build_qemu_argv(target, settings, kbuild / "arch/x86/boot/bzImage", files, accel="tcg",
                                        cmdline=" ".join(filter(None, [cmdline, words])), mode="rootfs", vsock_cid=None)
-                consoles[index].append(subprocess.run(adjusted(argv, args.without, args.set), capture_output=True,
-                                                      text=True, timeout=600).stdout)
-        print("| kernel | used at init KiB | slab KiB (largest caches) | other pages KiB | stacks | percpu | vmalloc |")
-        print("|---|---|---|---|---|---|---|")
+                console, rss = run_measured(adjusted(argv, args.without, args.set))
+                consoles[index].append(console)
+                host_rss[index].append(rss)
+        print("| kernel | used at init KiB | slab KiB (largest caches) | other pages KiB | stacks | percpu | vmalloc "
+              "| host: QEMU's peak RSS KiB |")
+        print("|---|---|---|---|---|---|---|---|")
         for index, (kbuild, words) in enumerate(args.kbuild):
-            report(f"{kbuild}{' + ' + words if words else ''}", consoles[index], kbuild, args)
+            report(f"{kbuild}{' + ' + words if words else ''}", consoles[index], host_rss[index], kbuild, args)
 
 
 if __name__ == "__main__":

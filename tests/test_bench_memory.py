@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from memory import adjusted, breakdown, entry, largest_gaps, median_range, phases, slowest_initcalls  # noqa: E402
+from memory import adjusted, breakdown, entry, largest_gaps, median_range, phases, run_measured, slowest_initcalls  # noqa: E402
 
 CONSOLE = """\
 === /proc/meminfo
@@ -85,3 +86,17 @@ def test_a_kernel_can_be_listed_again_with_its_own_command_line_words():
     assert entry("/k/kbuild::init_on_free=0 page_alloc.shuffle=0") == (Path("/k/kbuild"),
                                                                      "init_on_free=0 page_alloc.shuffle=0")
     assert median_range([740.2, 718.0, 905.9]) == "740 [718–906]" and median_range([]) == "n/a"
+
+
+def test_a_vms_host_memory_is_its_own_process_peak_resident_set():
+    touched = ("b = bytearray(96 * 2**20); b[::4096] = b'x' * len(range(0, len(b), 4096)); print('wrote 96 MiB')")
+    console, rss = run_measured([sys.executable, "-c", touched])
+    assert console == "wrote 96 MiB\n" and 96 * 1024 <= rss < 200 * 1024
+    console, rss = run_measured([sys.executable, "-c", "print('small')"])
+    assert console == "small\n" and rss < 96 * 1024  # this child's peak, not the largest child's so far
+
+
+def test_a_vm_that_outlives_its_timeout_is_killed():
+    started = time.monotonic()
+    console, _ = run_measured(["sleep", "30"], timeout=0.5)
+    assert console == "" and time.monotonic() - started < 10
