@@ -6,7 +6,8 @@ an /init (bench/memory/meminit.c) that prints /proc/meminfo, zoneinfo and slabin
 slab caches, kernel stacks, percpu, vmalloc and the rest (pages drivers took straight from the page
 allocator). `--without DEV` drops one of the VM's standard devices (virtio-serial-device, …), `--set DEV,PROP`
 appends a property to it (virtio-blk-device,queue-size=64), `--append WORDS` adds kernel command-line words:
-each changes one thing against the same kernel booted as the boot stage boots it. `--initcalls N` boots
+`--shared-memory` backs guest RAM with a shared memfd as the boot stage does for vhost-user vsock: each changes one
+thing against the same kernel booted as the boot stage boots it. `--initcalls N` boots
 with `initcall_debug` and lists each kernel's N slowest initcalls (from /dev/kmsg), what its time-to-init
 is spent on; `--phases` splits the time to /init at the log's milestones (mem_init's "Memory:" line, the
 first and last initcall, "Run /init"), sums the initcalls' own time and names the longest silences in the
@@ -134,6 +135,13 @@ def adjusted(argv: list[str], without: list[str], settings: list[str]) -> list[s
     return out
 
 
+def shared_memory(argv: list[str], memory_mib: int) -> list[str]:
+    """The QEMU argv with guest RAM in a shareable memfd (what vhost-user devices need, and the boot stage uses)."""
+    at = argv.index("-m") + 2
+    return [*argv[:at], "-object", f"memory-backend-memfd,id=ktailor-ram,size={memory_mib}M,share=on",
+            "-machine", "memory-backend=ktailor-ram", *argv[at:]]
+
+
 def entry(text: str) -> tuple[Path, str]:
     """KBUILD[::WORDS]: a kernel, and command-line words for its boots only (the same kernel can be listed twice)."""
     kbuild, _, words = text.partition("::")
@@ -177,6 +185,9 @@ def main() -> None:
                         help="also time each kernel's boot phases (to mem_init, initcalls, to /init) from its log, "
                              "and list its GAPS longest silences (default 5)")
     parser.add_argument("--boots", type=int, default=1, help="boot every entry this many times, interleaved")
+    parser.add_argument("--shared-memory", action="store_true",
+                        help="back guest RAM with a shared memfd, as the boot stage does when a vhost-user device "
+                             "(vsock) is attached")
     args = parser.parse_args()
     target = load_catalog(ROOT / "targets.toml").target("x86_64-micro")
     settings = boot_settings(target)
@@ -194,7 +205,8 @@ def main() -> None:
             for index, (kbuild, words) in enumerate(args.kbuild):  # interleaved: machine noise hits each alike
                 argv = build_qemu_argv(target, settings, kbuild / "arch/x86/boot/bzImage", files, accel="tcg",
                                        cmdline=" ".join(filter(None, [cmdline, words])), mode="rootfs", vsock_cid=None)
-                console, rss = run_measured(adjusted(argv, args.without, args.set))
+                console, rss = run_measured(shared_memory(adjusted(argv, args.without, args.set), settings.memory_mib)
+                                            if args.shared_memory else adjusted(argv, args.without, args.set))
                 consoles[index].append(console)
                 host_rss[index].append(rss)
         print("| kernel | used at init KiB | slab KiB (largest caches) | other pages KiB | stacks | percpu | vmalloc "

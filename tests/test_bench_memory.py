@@ -9,7 +9,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from memory import adjusted, breakdown, entry, largest_gaps, median_range, phases, run_measured, slowest_initcalls  # noqa: E402
+from memory import (  # noqa: E402
+    adjusted,
+    breakdown,
+    entry,
+    largest_gaps,
+    median_range,
+    phases,
+    run_measured,
+    shared_memory,
+    slowest_initcalls,
+)
 
 CONSOLE = """\
 === /proc/meminfo
@@ -100,3 +110,10 @@ def test_a_vm_that_outlives_its_timeout_is_killed():
     started = time.monotonic()
     console, _ = run_measured(["sleep", "30"], timeout=0.5)
     assert console == "" and time.monotonic() - started < 10
+
+
+def test_shared_memory_backs_guest_ram_with_a_memfd_right_after_its_size():
+    argv = ["qemu-system-x86_64", "-M", "microvm", "-m", "256M", "-smp", "1", "-kernel", "bzImage"]
+    assert shared_memory(argv, 256) == ["qemu-system-x86_64", "-M", "microvm", "-m", "256M", "-object",
+                                        "memory-backend-memfd,id=ktailor-ram,size=256M,share=on",
+                                        "-machine", "memory-backend=ktailor-ram", "-smp", "1", "-kernel", "bzImage"]
