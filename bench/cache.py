@@ -107,7 +107,7 @@ def build(name: str, task: str, work: Path, env: dict[str, str]) -> dict:
 
 
 def perfect_cache_bound(clean_s: float, again_s: float, hits: int, misses: int) -> float:
-    """Seconds a build of the new release would take if every object whose preprocessed input is unchanged since
+    """Seconds a build of the new release would take if every object whose inputs (ccache's key) are unchanged since
     the old release came from a cache for free and the rest compiled as fast as in the clean build."""
     compiles = hits + misses
     if compiles == 0:
