@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from ktailor.guest.guest_devices import Attached, Attachment  # noqa: E402
 from ktailor.guest.guest_files import GuestFiles, build_init, make_rootfs  # noqa: E402
 from ktailor.guest.qemu import boot_settings, build_qemu_argv, kernel_cmdline  # noqa: E402
 from ktailor.project.targets import load_catalog  # noqa: E402
@@ -135,13 +136,6 @@ def adjusted(argv: list[str], without: list[str], settings: list[str]) -> list[s
     return out
 
 
-def shared_memory(argv: list[str], memory_mib: int) -> list[str]:
-    """The QEMU argv with guest RAM in a shareable memfd (what vhost-user devices need, and the boot stage uses)."""
-    at = argv.index("-m") + 2
-    return [*argv[:at], "-object", f"memory-backend-memfd,id=ktailor-ram,size={memory_mib}M,share=on",
-            "-machine", "memory-backend=ktailor-ram", *argv[at:]]
-
-
 def entry(text: str) -> tuple[Path, str]:
     """KBUILD[::WORDS]: a kernel, and command-line words for its boots only (the same kernel can be listed twice)."""
     kbuild, _, words = text.partition("::")
@@ -199,14 +193,16 @@ def main() -> None:
                                                         vsock_cid=None), args.append,
                                             # initcall_debug's records overflow a small log: 1 MiB holds them all
                                             "initcall_debug log_buf_len=1M" if args.initcalls or args.phases else ""]))
+        # guest RAM as the boot stage backs it for a vhost-user device: the same mechanism, one memfd-backed part
+        attached = Attached([Attachment(shared_memory=True)]) if args.shared_memory else None
         consoles: dict[int, list[str]] = {index: [] for index in range(len(args.kbuild))}
         host_rss: dict[int, list[int]] = {index: [] for index in range(len(args.kbuild))}
         for _ in range(args.boots):
             for index, (kbuild, words) in enumerate(args.kbuild):  # interleaved: machine noise hits each alike
                 argv = build_qemu_argv(target, settings, kbuild / "arch/x86/boot/bzImage", files, accel="tcg",
-                                       cmdline=" ".join(filter(None, [cmdline, words])), mode="rootfs", vsock_cid=None)
-                console, rss = run_measured(shared_memory(adjusted(argv, args.without, args.set), settings.memory_mib)
-                                            if args.shared_memory else adjusted(argv, args.without, args.set))
+                                       cmdline=" ".join(filter(None, [cmdline, words])), mode="rootfs", vsock_cid=None,
+                                       attached=attached)
+                console, rss = run_measured(adjusted(argv, args.without, args.set))
                 consoles[index].append(console)
                 host_rss[index].append(rss)
         print("| kernel | used at init KiB | slab KiB (largest caches) | other pages KiB | stacks | percpu | vmalloc "

@@ -17,9 +17,13 @@ from memory import (  # noqa: E402
     median_range,
     phases,
     run_measured,
-    shared_memory,
     slowest_initcalls,
 )
+
+from ktailor.guest.guest_devices import Attached, Attachment  # noqa: E402
+from ktailor.guest.guest_files import GuestFiles  # noqa: E402
+from ktailor.guest.qemu import boot_settings, build_qemu_argv  # noqa: E402
+from ktailor.project.targets import load_catalog  # noqa: E402
 
 CONSOLE = """\
 === /proc/meminfo
@@ -112,8 +116,14 @@ def test_a_vm_that_outlives_its_timeout_is_killed():
     assert console == "" and time.monotonic() - started < 10
 
 
-def test_shared_memory_backs_guest_ram_with_a_memfd_right_after_its_size():
-    argv = ["qemu-system-x86_64", "-M", "microvm", "-m", "256M", "-smp", "1", "-kernel", "bzImage"]
-    assert shared_memory(argv, 256) == ["qemu-system-x86_64", "-M", "microvm", "-m", "256M", "-object",
-                                        "memory-backend-memfd,id=ktailor-ram,size=256M,share=on",
-                                        "-machine", "memory-backend=ktailor-ram", "-smp", "1", "-kernel", "bzImage"]
+def test_shared_memory_backs_guest_ram_with_the_boot_stages_memfd():
+    """--shared-memory passes the boot stage's own mechanism (an attachment that needs shared RAM) to its argv builder."""
+    target = load_catalog(REPO / "targets.toml").target("x86_64-micro")
+    settings = boot_settings(target)
+    files = GuestFiles(Path("init"), Path("root.ext4"), Path("root.ext4"))
+    argv = build_qemu_argv(target, settings, Path("bzImage"), files, accel="tcg", cmdline="", mode="rootfs",
+                           vsock_cid=None, attached=Attached([Attachment(shared_memory=True)]))
+    at = argv.index("-object")
+    assert argv.count("-object") == 1
+    assert argv[at:at + 4] == ["-object", "memory-backend-memfd,id=ktailor-ram,size=256M,share=on",
+                               "-machine", "memory-backend=ktailor-ram"]
