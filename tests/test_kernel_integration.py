@@ -4,8 +4,9 @@ For Linux 5.10 (the default kernel: KTAILOR_TEST_TARBALL_5_10, Debian 11's linux
 6.1 (KTAILOR_TEST_TARBALL, /usr/src/linux-source-6.1.tar.xz): configures every target, builds
 x86_64-micro and aarch64-micro (minutes each on 2 cores), verifies, boots and installs them into a
 temp prefix. KTAILOR_TEST_TARBALL_6_12 and KTAILOR_TEST_TARBALL_7_2 (Debian sid's linux-source-7.2, the next
-series) add the configure check on those; KTAILOR_TEST_TARBALL_6_1_OLD (6.1.187) the unattended upgrade under the
-shipped systemd unit. scripts/test sets them all.
+series) add the configure check on those; KTAILOR_TEST_TARBALL_5_10_OLD (5.10.223, Debian 11's last point release)
+and KTAILOR_TEST_TARBALL_6_1_OLD (6.1.187) the unattended upgrade under the shipped systemd unit, on each series.
+scripts/test sets them all.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ TARBALL = os.environ.get("KTAILOR_TEST_TARBALL")
 # Configured only (every target lands every requested option): 6.12 and the next series, 7.x.
 CONFIGURED_ONLY = {"6.12": os.environ.get("KTAILOR_TEST_TARBALL_6_12"), "7.2": os.environ.get("KTAILOR_TEST_TARBALL_7_2")}
 TARBALLS = {"5.10": os.environ.get("KTAILOR_TEST_TARBALL_5_10"), "6.1": TARBALL}
-OLD_6_1 = os.environ.get("KTAILOR_TEST_TARBALL_6_1_OLD")  # an older 6.1 point release: the real upgrade pair
+# An older point release of each series: the real upgrade pair for the shipped unit's unattended run.
+OLD = {"5.10": os.environ.get("KTAILOR_TEST_TARBALL_5_10_OLD"), "6.1": os.environ.get("KTAILOR_TEST_TARBALL_6_1_OLD")}
 ALL_TARGETS = ["x86_64-micro", "x86_64-mini", "aarch64-micro", "aarch64-mini", "x86_64-micro-ebpf", "aarch64-micro-ebpf"]
 # Built, verified, booted and installed: both micro targets on the default kernel (5.10); on 6.1 the
 # x86_64 one (CI's time: every kernel build is minutes on 2 cores). Every target is configured on both.
@@ -151,16 +153,19 @@ def test_the_forecast_of_the_next_series_explains_every_change_on_the_real_trees
 
 def test_the_shipped_unit_upgrades_builds_boots_and_installs_unattended(pipeline):
     """`invoke security-update --apply` exactly as contrib/ktailor-security-update.service runs it, on a
-    fresh machine (empty cache and state dirs, no keyring), from 6.1.187 — Debian's archive keeps it — to
-    the 6.1 under test: a real point-release upgrade with a signed checksum file, then the real build,
-    verify, boot (QEMU) and install of x86_64-micro."""
-    if pipeline.version_tuple[:2] != (6, 1) or not OLD_6_1:
-        pytest.skip("runs on the 6.1 pipeline with KTAILOR_TEST_TARBALL_6_1_OLD (scripts/test fetches 6.1.187)")
-    old_version, _, old_sha = add_to_mirror(Path(OLD_6_1), pipeline.mirror)
+    fresh machine (empty cache and state dirs, no keyring), from an older point release of the series — 5.10.223
+    (Debian 11's last point release) or 6.1.187 (Debian's archive keeps it) — to the one under test: a real
+    point-release upgrade with a signed checksum file, then the real build, verify, boot (QEMU), acceptance and
+    install of x86_64-micro."""
+    series = ".".join(pipeline.version.split(".")[:2])
+    if not OLD.get(series):
+        pytest.skip(f"needs KTAILOR_TEST_TARBALL_{series.replace('.', '_')}_OLD, an older {series} point release "
+                    "(scripts/test fetches it)")
+    old_version, _, old_sha = add_to_mirror(Path(OLD[series]), pipeline.mirror)
     assert parse_version(old_version) < pipeline.version_tuple
     key = make_key("autosigner")
     try:
-        folder = pipeline.mirror / "v6.x"
+        folder = pipeline.mirror / f"v{pipeline.version.split('.')[0]}.x"
         (folder / "sha256sums.asc").write_bytes(key.clearsign((folder / "sha256sums").read_text()))
         shutil.copy(key.keyring, pipeline.mirror / "autosigner.gpg")
         now = int(time.time())
