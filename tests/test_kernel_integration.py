@@ -73,8 +73,12 @@ class Pipeline:
         return run_doit(REPO, *args, env=self.env, capture=True)
 
     @property
+    def series(self) -> str:
+        return ".".join(self.version.split(".")[:2])
+
+    @property
     def built(self) -> list[str]:
-        return BUILT[".".join(self.version.split(".")[:2])]
+        return BUILT[self.series]
 
     def files(self, target: str) -> Artifacts:
         """The target's files, named by the layout (never spelled here)."""
@@ -120,7 +124,7 @@ def test_the_forecast_of_the_next_series_explains_every_change_on_the_real_trees
     next series' real tree (5.10.262 → 6.1.192, 6.1.192 → 7.2.13): signed-off download from the mirror,
     config and audit of every target in the scratch dir, and the whole-config drift with a reason for every
     unrequested symbol that turned off or on, read from both trees' Kconfig (7.x's needs kconfig_syntax)."""
-    series = ".".join(pipeline.version.split(".")[:2])
+    series = pipeline.series
     if not NEXT_SERIES[series]:
         pytest.skip(f"needs the next series' tarball after {series} (scripts/test sets it)")
     new_version, _, _ = add_to_mirror(Path(NEXT_SERIES[series]), pipeline.mirror)
@@ -157,15 +161,15 @@ def test_the_shipped_unit_upgrades_builds_boots_and_installs_unattended(pipeline
     (Debian 11's last point release) or 6.1.187 (Debian's archive keeps it) — to the one under test: a real
     point-release upgrade with a signed checksum file, then the real build, verify, boot (QEMU), acceptance and
     install of x86_64-micro."""
-    series = ".".join(pipeline.version.split(".")[:2])
+    series = pipeline.series
     if not OLD.get(series):
         pytest.skip(f"needs KTAILOR_TEST_TARBALL_{series.replace('.', '_')}_OLD, an older {series} point release "
                     "(scripts/test fetches it)")
-    old_version, _, old_sha = add_to_mirror(Path(OLD[series]), pipeline.mirror)
+    old_version, old_tarball, old_sha = add_to_mirror(Path(OLD[series]), pipeline.mirror)
     assert parse_version(old_version) < pipeline.version_tuple
     key = make_key("autosigner")
     try:
-        folder = pipeline.mirror / f"v{pipeline.version.split('.')[0]}.x"
+        folder = old_tarball.parent  # the mirror's series folder (v5.x, v6.x), as add_to_mirror laid it out
         (folder / "sha256sums.asc").write_bytes(key.clearsign((folder / "sha256sums").read_text()))
         shutil.copy(key.keyring, pipeline.mirror / "autosigner.gpg")
         now = int(time.time())
